@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install what labctl needs on a Debian/Ubuntu machine, as root: system packages (only those missing)
+# and a Python virtualenv in .venv with labctl in it. Idempotent and quick when all is there.
+#   ./install.sh          what the lab and the demo need
+#   ./install.sh --dev    also what the test suite needs (pytest, ruff, hypothesis, chromium, shellcheck, ...)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (it installs packages and the lab needs root for namespaces)" >&2
+  exit 1
+fi
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+packages=(python3 python3-venv python3-pip openssh-server openssh-client tcpdump tshark iproute2
+          nftables ethtool procps util-linux rdate ca-certificates)
+if [ "$dev" = 1 ]; then
+  packages+=(chromium shellcheck git)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The venv is made with the system python3 (the one the lab's nodes run too).
+py=/usr/bin/python3
+[ -x "$py" ] || py=$(command -v python3)
+if [ ! -x .venv/bin/python ]; then
+  echo "install.sh: creating .venv"
+  "$py" -m venv .venv
+fi
+extra=""
+[ "$dev" = 1 ] && extra="[dev]"
+stamp=".venv/.labctl-installed$extra"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "install.sh: pip install -e .$extra"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".$extra"
+  touch "$stamp"
+fi

@@ -1,0 +1,159 @@
+"""The remote layer against a real OpenSSH sshd on loopback (no lab needed)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from labctl.backends.base import Host, LabNotUp
+from labctl.remote import (
+    CommandFailed,
+    Connection,
+    Group,
+    HostKeyError,
+    RemoteError,
+    command_line,
+)
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path(SSHD).exists(), reason="needs root and sshd")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 that accepts one generated client key; stopped by PID."""
+    d = tmp_path_factory.mktemp("sshd")
+    d.chmod(0o700)
+    host_pub = _keygen(d / "host")
+    client_pub = _keygen(d / "client")
+    (d / "authorized_keys").write_text(client_pub + "\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(f"""ListenAddress 127.0.0.1:{port}
+HostKey {d / 'host'}
+PidFile {d / 'sshd.pid'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowAgentForwarding no
+AllowTcpForwarding no
+X11Forwarding no
+Subsystem sftp internal-sftp
+""")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.01)
+    host = Host(name="loop", role="server", address="127.0.0.1", port=port, user="root",
+                key_file=d / "client", host_key=host_pub, interface="lo")
+    try:
+        yield host
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+
+
+def test_command_line_quotes_every_word():
+    assert command_line(["echo", "a b", "$(rm -rf /)"]) == "echo 'a b' '$(rm -rf /)'"
+    assert command_line("echo $HOME") == "echo $HOME"
+    assert command_line(["id"], sudo=True, user="vagrant") == "sudo -n -- sh -c id"
+    assert command_line(["id"], sudo=True, user="root") == "id"
+
+
+def test_run_put_get_and_quoting(sshd, tmp_path):
+    with Connection(sshd) as c:
+        r = c.run(["printf", "%s|", "a b", "$HOME;id"])
+        assert r.ok and r.stdout == "a b|$HOME;id|"
+        r = c.run("echo out; echo err >&2; exit 3", check=False)
+        assert (r.exited, r.stdout, r.stderr) == (3, "out\n", "err\n")
+        with pytest.raises(CommandFailed, match="exited 3"):
+            c.run("exit 3")
+        assert c.run(["cat"], stdin=b"piped").stdout == "piped"
+        big = c.run(["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; head -c 200000 /dev/zero >&2"])
+        assert len(big.stdout) == 300000 and len(big.stderr) == 200000
+        src = tmp_path / "src.txt"
+        src.write_text("hello node\n")
+        remote = str(tmp_path / "remote.txt")
+        c.put(src, remote, mode=0o640)
+        assert (tmp_path / "remote.txt").stat().st_mode & 0o777 == 0o640
+        back = c.get(remote, tmp_path / "back.txt")
+        assert back.read_text() == "hello node\n"
+
+
+def test_start_waits_for_ready_and_stop_by_pid(sshd, tmp_path):
+    log = str(tmp_path / "srv.log")
+    with Connection(sshd) as c:
+        pid = c.start(["sh", "-c", "sleep 0.2; echo now listening; exec sleep 60"], log=log, ready="listening")
+        assert Path(f"/proc/{pid}").exists()
+        assert "listening" in Path(log).read_text()
+        assert c.stop(pid) is True
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        assert c.stop(pid) is False  # already gone
+        with pytest.raises(RemoteError, match="exited before it was ready.*boom"):
+            c.start(["sh", "-c", "echo boom; exit 1"], log=log, ready="listening")
+        with pytest.raises(RemoteError, match="not ready within"):
+            c.start(["sleep", "30"], log=log, ready="listening", timeout=0.3)
+
+
+def test_unpinned_or_wrong_host_key_is_refused(sshd, tmp_path):
+    other = _keygen(tmp_path / "other")
+    wrong = Host(**{**sshd.__dict__, "host_key": other})
+    with pytest.raises(HostKeyError, match="does not match the pinned key"):
+        Connection(wrong).open()
+    with pytest.raises(HostKeyError, match="no pinned host key"):
+        Connection(Host(**{**sshd.__dict__, "host_key": ""})).open()
+
+
+def test_private_key_must_be_0600(sshd, tmp_path):
+    key = tmp_path / "loose"
+    shutil.copy(sshd.key_file, key)
+    key.chmod(0o644)
+    with pytest.raises(RemoteError, match="chmod 600"):
+        Connection(Host(**{**sshd.__dict__, "key_file": key})).open()
+
+
+def test_route_check_refuses_addresses_outside_the_bridge(sshd):
+    outside = Host(**{**sshd.__dict__, "interface": "labctl-nope0"})
+    with pytest.raises(LabNotUp, match="lab is not up: run labctl up"):
+        Connection(outside).open()
+    with pytest.raises(LabNotUp):
+        Group([outside])
+
+
+def test_group_keeps_results_of_live_hosts_when_one_fails(sshd):
+    dead = Host(**{**sshd.__dict__, "name": "dead", "port": _free_port()})
+    hosts = [sshd, Host(**{**sshd.__dict__, "name": "loop2"}), dead]
+    with Group(hosts) as g:
+        out = g.run(["echo", "hi"])
+        assert not out.ok
+        assert {n: r.stdout for n, r in out.results.items()} == {"loop": "hi\n", "loop2": "hi\n"}
+        assert list(out.failures) == ["dead"]
+        assert "connection refused" in str(out.failures["dead"])
+        with pytest.raises(RemoteError):
+            out["dead"]
+        fails = g.run("exit 7")
+        assert set(fails.failures) == {"loop", "loop2", "dead"}
+        assert isinstance(fails.failures["loop"], CommandFailed)
