@@ -15,6 +15,7 @@ import select
 import shlex
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,11 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar, Union
 
-import paramiko
+# paramiko imports `invoke` only for ssh_config's `Match exec`, which labctl never uses; skipping it
+# saves ~40 ms per labctl process.
+sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 
-from labctl.backends.base import Host
-from labctl.errors import LabctlError
-from labctl.safety import check_routes
+import paramiko  # noqa: E402
+
+from labctl.backends.base import Host  # noqa: E402
+from labctl.errors import LabctlError  # noqa: E402
+from labctl.safety import check_routes  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -147,7 +152,10 @@ class Connection:
             client._host_keys = pinned_host_keys(host)  # only the pinned key, never ~/.ssh/known_hosts
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
             try:
-                client.connect(host.address, port=host.port, username=host.user, pkey=pkey,
+                # TCP_NODELAY: without it each SSH request waits out a delayed ACK (~40 ms)
+                sock = socket.create_connection((host.address, host.port), timeout=self.connect_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                client.connect(host.address, port=host.port, username=host.user, pkey=pkey, sock=sock,
                                timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                                auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False)
             except paramiko.BadHostKeyException:

@@ -1,0 +1,164 @@
+"""Lab commands: ``up``, ``down``, ``status``, ``ssh NODE [CMD...]``, ``clean``.
+
+Printing only; the work is the backend's. Human output is a rich table, ``--json`` is for scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+
+from labctl.cli import CliError
+
+SSH_CLIENT = "ssh"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="bring the lab up (idempotent)",
+                       description="Create the lab (server + clients, each with its own sshd) and wait "
+                                   "until every node accepts SSH. Running it again repairs a lab (restarts "
+                                   "a dead sshd) or rebuilds it when the lab file changed.")
+    p.add_argument("--clients", type=int, metavar="N", help="number of clients (default: the lab file's)")
+    p.add_argument("--json", action="store_true", help="print the inventory as JSON")
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("down", help="remove the lab (namespaces, links, processes, state)")
+    p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("status", help="show each node and whether it is up",
+                       description="A node is up when its sshd runs (pid file, in the node's namespace) and "
+                                   "its SSH port accepts a TCP connection. Exit status 0 when every node is "
+                                   "up, 1 otherwise.")
+    p.add_argument("--json", action="store_true",
+                   help='print {"backend": ..., "nodes": [{"name", "role", "address", "up"}, ...]}')
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("ssh", help="a shell on a node, or run a command there",
+                       description="Without CMD: an interactive shell on NODE. With CMD: run it there and "
+                                   "exit with its status. Uses the system ssh client with the lab's pinned "
+                                   "known_hosts (StrictHostKeyChecking=yes) and key, after checking that the "
+                                   "node's address routes via the lab's bridge.")
+    p.add_argument("node", metavar="NODE", help="server, client1, ...")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments")
+    p.set_defaults(handler=cmd_ssh)
+
+    p = sub.add_parser("clean", help="remove the leftovers of a crashed or killed run",
+                       description="Remove every namespace, link, process and state file that the lab's "
+                                   "manifest names and that still exists (e.g. after kill -9 during up). "
+                                   "Never touches anything the manifest does not name.")
+    p.set_defaults(handler=cmd_clean)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def cmd_up(args: argparse.Namespace, ctx) -> int:
+    if args.clients is not None and args.clients < 1:
+        raise CliError("--clients must be at least 1")
+    backend = ctx.backend()
+    start = time.perf_counter()
+    progress = None if args.json else (lambda msg: _err(f"labctl: {msg}"))
+    inventory = backend.up(progress)
+    elapsed = time.perf_counter() - start
+    if args.json:
+        print(json.dumps(inventory_json(inventory), indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"lab {backend.lab.name} up ({backend.name}, {len(inventory)} nodes, {elapsed:.2f} s)"
+    table = Table(title=title)
+    for column in ("node", "role", "address", "ssh"):
+        table.add_column(column)
+    for host in inventory:
+        table.add_row(host.name, host.role, host.address, f"{host.user}@{host.address}:{host.port}")
+    Console().print(table)
+    print("Next: labctl ssh server  |  labctl status  |  labctl down")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, ctx) -> int:
+    backend = ctx.backend()
+    start = time.perf_counter()
+    backend.down(lambda msg: _err(f"labctl: {msg}"))
+    print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, ctx) -> int:
+    backend = ctx.backend()
+    nodes = backend.status()
+    if args.json:
+        print(json.dumps({"backend": backend.name,
+                          "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
+                                     "detail": n.detail} for n in nodes]}, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"lab {backend.lab.name} ({backend.name})")
+        for column in ("node", "role", "address", "up", "detail"):
+            table.add_column(column)
+        for n in nodes:
+            table.add_row(n.name, n.role, n.address, "[green]up[/]" if n.up else "[red]down[/]", n.detail)
+        Console().print(table)
+    return 0 if nodes and all(n.up for n in nodes) else 1
+
+
+def cmd_ssh(args: argparse.Namespace, ctx) -> int:
+    from labctl.safety import check_route
+
+    backend = ctx.backend()
+    host = backend.inventory().get(args.node)
+    check_route(host.address, host.interface)
+    client = shutil.which(SSH_CLIENT)
+    if client is None:
+        raise CliError("the ssh client is missing; install it with: apt-get install -y openssh-client", 1)
+    argv = ssh_argv(client, host, known_hosts=backend.state_dir / "known_hosts", command=args.command,
+                    interactive=not args.command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(client, argv)
+    return 127  # not reached
+
+
+def ssh_argv(client: str, host, *, known_hosts, command: list[str], interactive: bool) -> list[str]:
+    """The system ssh command line: pinned known_hosts only, the lab key only, no agent or forwarding."""
+    if not host.key_file or not host.host_key:
+        raise CliError(f"{host.name}: the inventory has no key or no pinned host key", 1)
+    argv = [client,
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
+            "-o", f"HostKeyAlgorithms={host.host_key.split()[0]}",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ForwardAgent=no",
+            "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-F", "/dev/null",
+            "-i", str(host.key_file), "-p", str(host.port), "-l", host.user]
+    if interactive:
+        argv.append("-t")
+    argv += ["--", host.address]
+    if command:
+        argv.append(shlex.join(command))  # the remote shell splits it back into exactly these words
+    return argv
+
+
+def cmd_clean(args: argparse.Namespace, ctx) -> int:
+    backend = ctx.backend()
+    removed = backend.clean(lambda msg: _err(f"labctl: {msg}"))
+    if removed:
+        print(f"lab {backend.lab.name}: removed " + ", ".join(removed))
+    else:
+        print(f"lab {backend.lab.name}: nothing to clean")
+    return 0
+
+
+def inventory_json(inventory) -> dict:
+    return {"backend": inventory.backend,
+            "hosts": [{"name": h.name, "role": h.role, "address": h.address, "port": h.port, "user": h.user,
+                       "key_file": str(h.key_file) if h.key_file else None, "host_key": h.host_key,
+                       "interface": h.interface, "lab_interface": h.lab_interface} for h in inventory]}

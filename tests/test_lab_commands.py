@@ -1,0 +1,147 @@
+"""The lab commands' output and arguments, against a fake backend (no lab needed)."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from labctl.backends.base import Backend, Host, Inventory, NodeStatus
+from labctl.cli import build_parser, main
+from labctl.cli import lab_commands as lc
+from labctl.lab import Lab
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def __init__(self, lab: Lab, state_dir: Path, *, up_nodes=("server", "client1")) -> None:
+        super().__init__(lab, state_dir)
+        self.up_nodes = set(up_nodes)
+        self.calls: list[str] = []
+
+    def up(self, progress=None):
+        self.calls.append("up")
+        if progress:
+            progress("doing things")
+        return self.inventory()
+
+    def down(self, progress=None):
+        self.calls.append("down")
+
+    def status(self):
+        return [NodeStatus(n.name, n.role, n.address, n.name in self.up_nodes, "x") for n in self.lab.nodes]
+
+    def inventory(self):
+        return Inventory(self.name, tuple(
+            Host(n.name, n.role, n.address, key_file=self.state_dir / "id_ed25519",
+                 host_key="ssh-ed25519 AAAAkey", interface="lab-br") for n in self.lab.nodes))
+
+    def clean(self, progress=None):
+        return ["2 namespaces (lab-server, lab-client1)"]
+
+
+class Ctx:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def backend(self) -> Backend:
+        return self._backend
+
+
+def run(argv: list[str], backend: Backend) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args, Ctx(backend))
+
+
+@pytest.fixture
+def backend(tmp_path):
+    return FakeBackend(Lab(clients=1), tmp_path / "lab")
+
+
+def test_status_json_is_the_documented_shape(backend, capsys):
+    assert run(["status", "--json"], backend) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "fake"
+    assert [{k: n[k] for k in ("name", "role", "address", "up")} for n in report["nodes"]] == [
+        {"name": "server", "role": "server", "address": "192.168.20.2", "up": True},
+        {"name": "client1", "role": "client", "address": "192.168.20.3", "up": True}]
+
+
+def test_status_exits_1_when_a_node_is_down(backend, capsys):
+    backend.up_nodes = {"server"}
+    assert run(["status"], backend) == 1
+    out = capsys.readouterr().out
+    assert "client1" in out and "down" in out
+
+
+def test_up_json_prints_the_inventory_and_no_progress(backend, capsys):
+    assert run(["up", "--json"], backend) == 0
+    captured = capsys.readouterr()
+    hosts = json.loads(captured.out)["hosts"]
+    assert hosts[0] == {"name": "server", "role": "server", "address": "192.168.20.2", "port": 22,
+                        "user": "root", "key_file": str(backend.state_dir / "id_ed25519"),
+                        "host_key": "ssh-ed25519 AAAAkey", "interface": "lab-br", "lab_interface": "eth0"}
+    assert captured.err == ""
+
+
+def test_up_prints_a_table_and_progress(backend, capsys):
+    assert run(["up"], backend) == 0
+    captured = capsys.readouterr()
+    assert "192.168.20.3" in captured.out and "labctl: doing things" in captured.err
+
+
+def test_up_takes_clients_which_the_context_reads():
+    args = build_parser().parse_args(["up", "--clients", "7"])
+    assert args.clients == 7
+
+
+def test_down_and_clean_report(backend, capsys):
+    assert run(["down"], backend) == 0
+    assert "down" in capsys.readouterr().out and backend.calls == ["down"]
+    assert run(["clean"], backend) == 0
+    assert "removed 2 namespaces" in capsys.readouterr().out
+
+
+def test_ssh_argv_pins_the_lab_key_and_quotes_the_command(tmp_path):
+    host = Host("server", "server", "192.168.20.2", key_file=tmp_path / "id", host_key="ssh-ed25519 AAAA",
+                interface="lab-br")
+    argv = lc.ssh_argv("/usr/bin/ssh", host, known_hosts=tmp_path / "known_hosts",
+                       command=["sh", "-c", "echo $1", "x y"], interactive=False)
+    opts = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
+    assert "StrictHostKeyChecking=yes" in opts
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in opts
+    assert "GlobalKnownHostsFile=/dev/null" in opts and "IdentitiesOnly=yes" in opts
+    assert "HostKeyAlgorithms=ssh-ed25519" in opts and "ForwardAgent=no" in opts
+    assert argv[argv.index("-i") + 1] == str(tmp_path / "id")
+    assert argv[-3:] == ["--", "192.168.20.2", shlex.join(["sh", "-c", "echo $1", "x y"])]
+    assert shlex.split(argv[-1]) == ["sh", "-c", "echo $1", "x y"]  # the remote shell gets the same words
+    assert "-t" not in argv
+    shell = lc.ssh_argv("/usr/bin/ssh", host, known_hosts=tmp_path / "k", command=[], interactive=True)
+    assert "-t" in shell and shell[-1] == "192.168.20.2"
+
+
+def test_ssh_refuses_without_a_pinned_key(tmp_path):
+    host = Host("server", "server", "192.168.20.2", key_file=tmp_path / "id", host_key="")
+    with pytest.raises(lc.CliError, match="no pinned host key"):
+        lc.ssh_argv("/usr/bin/ssh", host, known_hosts=tmp_path / "k", command=[], interactive=True)
+
+
+def test_ssh_to_an_unknown_node_is_a_clear_error(backend, monkeypatch):
+    monkeypatch.setattr(lc.os, "execv", lambda *a: pytest.fail("must not exec"))
+    with pytest.raises(Exception, match="no node named 'client9'"):
+        run(["ssh", "client9"], backend)
+
+
+def test_commands_of_a_lab_that_is_not_up_print_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LABCTL_STATE", str(tmp_path))
+    lab_file = tmp_path / "lab.yml"
+    lab_file.write_text("name: nolab\nsubnet: 192.168.119.0/24\nhost_address: 192.168.119.1\n"
+                        "server_address: 192.168.119.2\nclients: 1\n")
+    code = main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "ssh", "server", "true"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("labctl: lab is not up: run labctl up") and "Traceback" not in err
+    assert main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "status", "--json"]) == 1
+    assert not any(n["up"] for n in json.loads(capsys.readouterr().out)["nodes"])
+    assert main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "down"]) == 0
