@@ -1,0 +1,105 @@
+"""Benchmark: `labctl analyse FILE --json` (whole process) against tshark's conversation tables.
+
+    .venv/bin/python bench/analyse.py [--sizes 250000 500000 1000000] [--runs 3] [--dir DIR]
+
+Builds captures of short exchanges written directly with struct (size/10 TCP conversations of 8
+packets + size/10 UDP request/reply pairs), then for each size runs, alternately, `python labctl.py
+analyse FILE --json > /dev/null` and `tshark -q -z conv,tcp -z conv,udp -r FILE > /dev/null`, and
+prints medians: seconds, packets/s, peak RSS (largest process of the run, and the sum over labctl's
+worker processes), the ratio tshark/labctl, and time per packet for the linearity check. labctl runs
+three ways: its default (--jobs auto: one worker per free core), --jobs 1 (one process) and --jobs N
+(one worker per core, up to 4), so every figure is on record. The machine is shared: read
+the ratios of one run, not absolute times; when the machine is loaded, wall time also measures the
+wait for a core, so CPU seconds (user+sys of the process and its workers) are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from labctl.analyse.pcapwrite import write_bench_capture  # noqa: E402
+
+
+def timed(argv: list[str]) -> tuple[float, float, float, float]:
+    """(wall seconds, peak RSS MB of the largest process, sum of the processes' peak RSS MB,
+    CPU seconds of the process and its children)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[0]} failed: {err}")
+    peak = usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    total = peak
+    for line in err.splitlines():   # labctl's workers report theirs (LABCTL_BENCH_RSS)
+        if line.startswith("labctl-rss "):
+            total = sum(float(x) for x in line.split()[1:])
+            peak = max(peak, *(float(x) for x in line.split()[1:]))
+    return wall, peak, total, cpu
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the captures (default: tmp)")
+    args = ap.parse_args()
+    if not shutil.which("tshark"):
+        print("tshark is not installed: apt install tshark", file=sys.stderr)
+        return 2
+    tmp = args.dir or Path(tempfile.mkdtemp(prefix="labctl-bench-analyse-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    env = dict(os.environ, LABCTL_BENCH_RSS="1")
+    os.environ.update(env)
+    print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f} (shared machine: ratios "
+          "matter, not absolutes)")
+    header = (f"{'packets':>9} {'tool':<16} {'median s':>9} {'pkt/s':>10} {'peak MB':>8} "
+              f"{'sum MB':>7} {'tshark/x':>9} {'us/pkt':>7} {'CPU s':>6} {'CPU tshark/x':>13}")
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        path = tmp / f"bench-{size}.pcap"
+        if not path.exists():
+            n = write_bench_capture(path, size // 10, size // 10)
+            assert n == size, (n, size)
+        base = [py, str(ROOT / "labctl.py"), "analyse", str(path), "--json"]
+        tools = {"labctl (auto)": base, "labctl --jobs 1": [*base, "--jobs", "1"]}
+        cpus = os.cpu_count() or 1
+        if cpus > 1:
+            tools[f"labctl --jobs {min(cpus, 4)}"] = [*base, "--jobs", str(min(cpus, 4))]
+        tools["tshark"] = ["tshark", "-q", "-z", "conv,tcp", "-z", "conv,udp", "-r", str(path)]
+        res: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in tools}
+        for _ in range(args.runs):          # alternate the tools so load changes hit all of them
+            for name, argv in tools.items():
+                res[name].append(timed(argv))
+        t_shark = statistics.median(r[0] for r in res["tshark"])
+        c_shark = statistics.median(r[3] for r in res["tshark"])
+        for name in tools:
+            wall = statistics.median(r[0] for r in res[name])
+            peak = max(r[1] for r in res[name])
+            total = max(r[2] for r in res[name])
+            cpu = statistics.median(r[3] for r in res[name])
+            print(f"{size:>9} {name:<16} {wall:>9.2f} {size / wall:>10,.0f} {peak:>8.0f} {total:>7.0f} "
+                  f"{t_shark / wall:>8.2f}x {wall / size * 1e6:>7.2f} {cpu:>6.2f} {c_shark / cpu:>12.2f}x",
+                  flush=True)
+    if not args.dir:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""A self-contained HTML report: ladders inline as SVG, the TCP-vs-UDP table, findings and the exercise's
+reflection questions answered from this capture. No scripts, fonts or links to fetch: one file to hand
+out or print."""
+from __future__ import annotations
+
+import datetime as dt
+from html import escape
+from pathlib import Path
+
+from labctl.analyse.model import Analysis, Conversation
+from labctl.analyse.report import summaries
+from labctl.analyse.story import comparison_rows, findings, reflection
+from labctl.analyse.svg import ladder_group, svg_document
+
+CSS = """
+body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;color:#111;background:#fff;margin:24px auto;
+max-width:1180px;line-height:1.45;padding:0 16px}
+h1{font-size:26px;margin-bottom:4px}h2{font-size:20px;border-bottom:2px solid #111;padding-bottom:3px;
+margin-top:34px}h3{font-size:16px;margin-bottom:4px}
+.meta{color:#444;font-size:13px}
+table{border-collapse:collapse;margin:10px 0;font-size:14px}
+th,td{border:1px solid #999;padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}
+thead th{background:#eee}
+.ladder{overflow-x:auto;margin:8px 0 18px 0}.ladder svg{max-width:100%;height:auto}
+.findings li{margin:4px 0}.q{font-weight:bold;margin-top:18px}
+.warn{background:#fff4d6;border:1px solid #d9a400;padding:6px 10px}
+.small{font-size:12px;color:#444}
+@media print{body{margin:0;max-width:none}h2{page-break-after:avoid}.ladder{page-break-inside:avoid}}
+"""
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{escape(x)}</th>" for x in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _conv_rows(convs: list[Conversation]) -> list[list[str]]:
+    rows = []
+    def f(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    for c in convs:
+        extra = []
+        if c.retransmissions:
+            extra.append(f"{c.retransmissions} retransmitted")
+        if c.refused:
+            extra.append("refused")
+        if c.proto == "udp" and c.unanswered:
+            extra.append(f"{c.unanswered} unanswered")
+        if c.closed_by:
+            extra.append(f"closed by {c.closed_by}")
+        rows.append([c.proto.upper(), c.client, c.server, str(c.packets), str(c.bytes),
+                     str(c.payload_bytes), f"{c.overhead_pct:.0f} %", f(c.rtt_ms), f(c.ttfb_ms),
+                     f(c.duration_ms), ", ".join(extra)])
+    return rows
+
+
+def render_html(analysis: Analysis, max_rows: int = 200) -> str:
+    tcp, udp = summaries(analysis)
+    tcp_shown = analysis.shown("tcp", 2)
+    udp_shown = analysis.shown("udp", 2)
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>TCP vs UDP — {escape(Path(analysis.path).name)}</title>",
+           f"<style>{CSS}</style></head><body>",
+           "<h1>TCP vs UDP, seen on the wire</h1>",
+           f'<p class="meta">Capture <b>{escape(analysis.path)}</b>: {analysis.packets} packets, '
+           f"{analysis.bytes} bytes ({escape(analysis.info.format)}, "
+           f"{escape(', '.join(analysis.linktype_names))}); {analysis.tcp_count} TCP and "
+           f"{analysis.udp_count} UDP conversations. Report made by labctl on "
+           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
+    for w in analysis.warnings:
+        out.append(f'<p class="warn">Warning: {escape(w)}</p>')
+    out.append("<h2>The ladders</h2>")
+    out.append("<p>Time runs down. Each arrow is one packet, labelled with its TCP flags, relative "
+               "sequence and acknowledgement numbers and payload length; the left column is the time "
+               "in milliseconds since that conversation's first packet. Dashed red arrows were sent "
+               "again (retransmissions); a dashed stub means an answer that never came.</p>")
+    if tcp_shown and udp_shown:
+        out.append("<h3>The same question asked with TCP and with UDP</h3>")
+        out.append('<div class="ladder">' + svg_document(
+            [ladder_group(tcp_shown[0]), ladder_group(udp_shown[0])],
+            "TCP (left) and UDP (right), from this capture") + "</div>")
+    rest = tcp_shown[1:] + udp_shown[1:] if tcp_shown and udp_shown else tcp_shown + udp_shown
+    for conv in rest:
+        out.append(f"<h3>{conv.proto.upper()} {escape(conv.client)} → {escape(conv.server)}</h3>")
+        out.append('<div class="ladder">' + svg_document([ladder_group(conv)]) + "</div>")
+    out.append("<h2>Comparison</h2>")
+    headers, rows = comparison_rows(tcp, udp)
+    out.append(_table(headers, rows))
+    out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
+                                                 for s in findings(analysis, tcp, udp)) + "</ul>")
+    out.append("<h2>Reflection</h2>")
+    for question, answers in reflection(analysis, tcp, udp):
+        out.append(f'<p class="q">{escape(question)}</p>')
+        out.extend(f"<p>{escape(a)}</p>" for a in answers)
+    out.append("<h2>Every conversation</h2>")
+    convs = []
+    for i, c in enumerate(analysis.conversations()):
+        if i >= max_rows:
+            break
+        convs.append(c)
+    total = analysis.tcp_count + analysis.udp_count
+    out.append(_table(["", "client", "server", "packets", "bytes", "payload", "overhead", "RTT ms",
+                       "first byte ms", "duration ms", ""], _conv_rows(convs)))
+    if total > len(convs):
+        out.append(f'<p class="small">First {len(convs)} of {total} conversations; '
+                   "'labctl analyse FILE --json' lists them all.</p>")
+    if analysis.builder.skipped:
+        out.append('<p class="small">Not analysed: ' + escape("; ".join(
+            f"{n} {why}" for why, n in sorted(analysis.builder.skipped.items()))) + "</p>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_html(analysis: Analysis, path: str | Path) -> Path:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(render_html(analysis), encoding="utf-8")
+    return p

@@ -1,0 +1,335 @@
+"""What an analysis found, in the exercise's words: conversations, their packets and exchanges.
+
+``Analysis`` wraps the builder's compact state and turns it into ``Conversation`` objects on demand
+(``tcp()``, ``udp()``, ``conversations()``), so a capture with 100,000 conversations never holds
+100,000 objects at once unless asked to.
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from labctl.analyse import conversations as cv
+from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
+
+FLAG_NAMES = ((cv.SYN, "SYN"), (cv.FIN, "FIN"), (cv.RST, "RST"), (cv.PSH, "PSH"), (cv.ACK, "ACK"))
+
+
+def flag_text(flags: int) -> str:
+    """Wireshark-style flag label: SYN, SYN-ACK, ACK, PSH-ACK, FIN-ACK, RST, RST-ACK."""
+    names = [n for bit, n in FLAG_NAMES if flags & bit]
+    if flags & cv.SYN and flags & cv.ACK:
+        return "SYN-ACK"
+    return "-".join(names) if names else "(none)"
+
+
+def endpoint(addr: bytes, port: int) -> str:
+    if len(addr) == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
+
+
+def split_key(key: bytes) -> tuple[str, str]:
+    """(source endpoint, destination endpoint) of a key."""
+    n = (len(key) - 4) // 2
+    sport = int.from_bytes(key[2 * n:2 * n + 2], "big")
+    dport = int.from_bytes(key[2 * n + 2:], "big")
+    return endpoint(key[:n], sport), endpoint(key[n:2 * n], dport)
+
+
+@dataclass
+class Packet:
+    """One packet of a conversation shown as a ladder (client/server view)."""
+
+    t_ms: float          # since the conversation's first packet
+    from_client: bool
+    label: str           # SYN, SYN-ACK, PSH-ACK, UDP, ...
+    seq: int | None      # relative
+    ack: int | None      # relative (None when the ACK flag is not set)
+    length: int          # payload bytes
+    wire: int            # frame bytes on the wire
+    notes: list[str] = field(default_factory=list)   # retransmission, duplicate ACK, ...
+
+
+@dataclass
+class Exchange:
+    """A request and its reply (UDP datagrams, or TCP bursts of data each way)."""
+
+    request_ms: float | None
+    request_bytes: int
+    reply_ms: float | None
+    reply_bytes: int
+    replies: int = 0
+    note: str = ""
+
+    @property
+    def answered(self) -> bool:
+        return self.reply_ms is not None
+
+    def as_dict(self) -> dict:
+        return {"request_ms": _r(self.request_ms), "request_bytes": self.request_bytes,
+                "reply_ms": _r(self.reply_ms), "reply_bytes": self.reply_bytes,
+                "answered": self.answered, **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class Conversation:
+    proto: str                   # "tcp" or "udp"
+    index: int                   # order of first packet within its protocol
+    client: str
+    server: str
+    start: float                 # capture time of the first packet (seconds since the epoch)
+    packets: int
+    bytes: int                   # frame lengths on the wire
+    payload_bytes: int
+    client_payload: int
+    server_payload: int
+    duration_ms: float
+    rtt_ms: float | None = None          # TCP: SYN -> ACK of the handshake; UDP: first request -> reply
+    ttfb_ms: float | None = None         # first packet -> first payload byte from the server
+    retransmissions: int = 0
+    fast_retransmissions: int = 0
+    spurious_retransmissions: int = 0
+    out_of_order: int = 0
+    dup_acks: int = 0
+    syn: int = 0
+    synack: int = 0
+    fin: int = 0
+    rst: int = 0
+    closed_by: str | None = None         # "client", "server", "client (RST)", ...
+    refused: bool = False
+    handshake: bool = False
+    exchanges: list[Exchange] = field(default_factory=list)
+    ladder: list[Packet] | None = None
+
+    @property
+    def header_bytes(self) -> int:
+        return self.bytes - self.payload_bytes
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100.0 * self.header_bytes / self.bytes if self.bytes else 0.0
+
+    @property
+    def unanswered(self) -> int:
+        return sum(1 for e in self.exchanges if e.request_ms is not None and not e.answered)
+
+    @property
+    def got_answer(self) -> bool:
+        return self.server_payload > 0
+
+    def as_dict(self) -> dict:
+        d = {"proto": self.proto, "client": self.client, "server": self.server,
+             "start": round(self.start, 6), "packets": self.packets, "bytes": self.bytes,
+             "payload_bytes": self.payload_bytes, "client_payload_bytes": self.client_payload,
+             "server_payload_bytes": self.server_payload, "header_bytes": self.header_bytes,
+             "overhead_pct": round(self.overhead_pct, 1), "duration_ms": _r(self.duration_ms),
+             "rtt_ms": _r(self.rtt_ms), "ttfb_ms": _r(self.ttfb_ms)}
+        if self.proto == "tcp":
+            d.update(retransmissions=self.retransmissions, fast_retransmissions=self.fast_retransmissions,
+                     spurious_retransmissions=self.spurious_retransmissions,
+                     out_of_order=self.out_of_order, dup_acks=self.dup_acks, syn=self.syn,
+                     synack=self.synack, fin=self.fin, rst=self.rst, closed_by=self.closed_by,
+                     handshake=self.handshake, refused=self.refused)
+        else:
+            d.update(requests=sum(1 for e in self.exchanges if e.request_ms is not None),
+                     unanswered=self.unanswered)
+        d["exchanges"] = [e.as_dict() for e in self.exchanges]
+        return d
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _ms(t: float | None, t0: float) -> float | None:
+    return None if t is None else (t - t0) * 1000.0
+
+
+@dataclass
+class Analysis:
+    """The result of analysing one capture file."""
+
+    path: str
+    info: ReadInfo
+    builder: cv.Builder
+
+    @property
+    def packets(self) -> int:
+        return self.builder.packets
+
+    @property
+    def bytes(self) -> int:
+        return self.builder.bytes
+
+    @property
+    def warnings(self) -> list[str]:
+        w = list(self.info.warnings)
+        for reason, n in sorted(self.builder.skipped.items()):
+            if reason in (cv.dec.SKIP_CUT, cv.dec.SKIP_BAD):
+                w.append(f"{n} packet(s) {reason}: not analysed" + (
+                    f" (snapshot length {self.info.snaplen}; capture with -s 0)"
+                    if reason == cv.dec.SKIP_CUT else ""))
+        return w
+
+    @property
+    def linktype_names(self) -> list[str]:
+        return [LINKTYPE_NAMES.get(lt, str(lt)) for lt in self.info.linktypes]
+
+    @property
+    def tcp_count(self) -> int:
+        return len(self.builder.tcp)
+
+    @property
+    def udp_count(self) -> int:
+        return len(self.builder.udp)
+
+    def tcp(self) -> Iterator[Conversation]:
+        for i, c in enumerate(self.builder.tcp_states()):
+            yield tcp_conversation(i, c)
+
+    def udp(self) -> Iterator[Conversation]:
+        for i, c in enumerate(self.builder.udp):
+            yield udp_conversation(i, c, self.builder.icmp.get(c[cv.U_KEY]))
+
+    def conversations(self) -> Iterator[Conversation]:
+        yield from self.tcp()
+        yield from self.udp()
+
+    def shown(self, proto: str, limit: int) -> list[Conversation]:
+        """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
+        (retransmitted, refused, unanswered), or more unusual ones when there are no ordinary ones."""
+        convs = [c for c in (self.tcp() if proto == "tcp" else self.udp()) if c.ladder is not None]
+        if limit <= 0 or not convs:
+            return []
+        normal = [c for c in convs if not _unusual(c)][:limit]
+        odd = [c for c in convs if _unusual(c)]
+        return normal + odd[:max(1, limit - len(normal))]
+
+
+def _unusual(c: Conversation) -> bool:
+    return bool(c.retransmissions or c.refused or c.rst or c.unanswered or c.out_of_order)
+
+
+def tcp_conversation(index: int, c: list) -> Conversation:
+    key = c[cv.T_KEY]
+    a, b = split_key(key)
+    # who is the client: whoever sent the SYN; without one, the side with the higher port
+    if c[cv.T_SYN] or c[cv.T_SYN + 1]:
+        cd = 0 if c[cv.T_SYN] >= c[cv.T_SYN + 1] else 1
+    elif c[cv.T_SYNACK] or c[cv.T_SYNACK + 1]:
+        cd = 1 if c[cv.T_SYNACK] else 0
+    else:
+        cd = 0 if _port(a) >= _port(b) else 1
+    sd = 1 - cd
+    t0 = c[cv.T_FIRST]
+    bursts = [c[i:i + 4] for i in range(cv.T_SIZE, len(c), 4)]
+    exchanges: list[Exchange] = []
+    for d, first, _last, nbytes in bursts:
+        if d == cd:
+            exchanges.append(Exchange(_ms(first, t0), nbytes, None, 0))
+        elif exchanges and exchanges[-1].reply_ms is None:
+            exchanges[-1].reply_ms = _ms(first, t0)
+            exchanges[-1].reply_bytes = nbytes
+            exchanges[-1].replies = 1
+        else:
+            exchanges.append(Exchange(None, 0, _ms(first, t0), nbytes, 1))
+    first_server = next((first for d, first, _, _ in bursts if d == sd), None)
+    fin_c, fin_s = c[cv.T_FIN + cd], c[cv.T_FIN + sd]
+    rst_c, rst_s = c[cv.T_RST + cd], c[cv.T_RST + sd]
+    closed_by = None
+    if fin_c is not None or fin_s is not None:
+        closed_by = "client" if fin_s is None or (fin_c is not None and fin_c <= fin_s) else "server"
+    elif rst_c or rst_s:
+        closed_by = "client (RST)" if rst_c and not rst_s else "server (RST)"
+    refused = bool(rst_s) and not (c[cv.T_SYNACK + sd]) and bool(c[cv.T_SYN + cd])
+    handshake = bool(c[cv.T_SYN + cd] and c[cv.T_SYNACK + sd] and c[cv.T_IRTT] is not None)
+    conv = Conversation(
+        proto="tcp", index=index, client=(a, b)[cd], server=(a, b)[sd], start=t0,
+        packets=c[cv.T_PKTS], bytes=c[cv.T_BYTES], payload_bytes=c[cv.T_PAY] + c[cv.T_PAY + 1],
+        client_payload=c[cv.T_PAY + cd], server_payload=c[cv.T_PAY + sd],
+        duration_ms=(c[cv.T_LAST] - t0) * 1000.0,
+        rtt_ms=None if c[cv.T_IRTT] is None else c[cv.T_IRTT] * 1000.0,
+        ttfb_ms=_ms(first_server, t0), retransmissions=c[cv.T_RETRANS],
+        fast_retransmissions=c[cv.T_FASTRT], spurious_retransmissions=c[cv.T_SPURIOUS],
+        out_of_order=c[cv.T_OOO], dup_acks=c[cv.T_DUPACK], syn=c[cv.T_SYN] + c[cv.T_SYN + 1],
+        synack=c[cv.T_SYNACK] + c[cv.T_SYNACK + 1],
+        fin=(fin_c is not None) + (fin_s is not None), rst=rst_c + rst_s, closed_by=closed_by,
+        refused=refused, handshake=handshake, exchanges=exchanges)
+    if c[cv.T_DETAIL] is not None:
+        conv.ladder = _tcp_ladder(c, cd, t0)
+    return conv
+
+
+def _port(ep: str) -> int:
+    return int(ep.rsplit(":", 1)[1])
+
+
+def _tcp_ladder(c: list, cd: int, t0: float) -> list[Packet]:
+    isn = [c[cv.T_ISN], c[cv.T_ISN + 1]]
+    out: list[Packet] = []
+    for rec in c[cv.T_DETAIL]:
+        if rec[0] == "note":
+            if out:
+                out[-1].notes.append(rec[1])
+            continue
+        ts, d, flags, seq, ack_sw, plen, orig, _win = rec
+        base = isn[d]
+        if base is None:   # no SYN seen in this direction: count from the first sequence number
+            base = isn[d] = (seq - 1) & cv.M32 if not flags & cv.SYN else seq
+        rseq = (seq - base) & cv.M32
+        rack = None
+        if flags & cv.ACK:
+            ack = cv.swap32(ack_sw)
+            obase = isn[1 - d]
+            if obase is None:
+                obase = isn[1 - d] = (ack - 1) & cv.M32
+            rack = (ack - obase) & cv.M32
+        out.append(Packet((ts - t0) * 1000.0, d == cd, flag_text(flags), rseq, rack, plen, orig))
+    # point at the original of each retransmission: the picture then tells its story
+    for i, p in enumerate(out):
+        if any(n in ("retransmission", "fast retransmission") for n in p.notes):
+            for q in out[:i]:
+                if (q.from_client == p.from_client and q.seq == p.seq and q.length == p.length
+                        and q.label == p.label and not q.notes):
+                    q.notes.append(f"lost? sent again at {p.t_ms:.1f} ms")
+                    break
+    return out
+
+
+def udp_conversation(index: int, c: list, icmp: list | None) -> Conversation:
+    a, b = split_key(c[cv.U_KEY])
+    t0 = c[cv.U_FIRST]
+    exchanges = []
+    for i in range(cv.U_SIZE, len(c), 5):
+        rq, rqb, rp, rpb, n = c[i:i + 5]
+        exchanges.append(Exchange(_ms(rq, t0), rqb, _ms(rp, t0), rpb, n))
+    for num, _ts, text in icmp or ():
+        if 0 <= num < len(exchanges):
+            exchanges[num].note = text
+    first_reply = next((e.reply_ms for e in exchanges if e.reply_ms is not None), None)
+    rtt = next((e.reply_ms - e.request_ms for e in exchanges
+                if e.reply_ms is not None and e.request_ms is not None), None)
+    conv = Conversation(
+        proto="udp", index=index, client=a, server=b, start=t0, packets=c[cv.U_PKTS],
+        bytes=c[cv.U_BYTES], payload_bytes=c[cv.U_PAY] + c[cv.U_PAY + 1], client_payload=c[cv.U_PAY],
+        server_payload=c[cv.U_PAY + 1], duration_ms=(c[cv.U_LAST] - t0) * 1000.0, rtt_ms=rtt,
+        ttfb_ms=first_reply, exchanges=exchanges)
+    if c[cv.U_DETAIL] is not None:
+        lad: list[Packet] = []
+        for ts, d, kind, _s, _a, plen, orig, text in c[cv.U_DETAIL]:
+            if kind == -1:
+                lad.append(Packet((ts - t0) * 1000.0, False, "ICMP", None, None, 0, orig, [text]))
+            else:
+                lad.append(Packet((ts - t0) * 1000.0, d == 0, "UDP", None, None, plen, orig))
+        conv.ladder = lad
+    return conv
+
+
+def median(xs) -> float | None:
+    xs = sorted(xs) if not isinstance(xs, list) else sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2

@@ -1,0 +1,148 @@
+"""The comparison in words: table rows, findings and the exercise's reflection answers, all from the
+numbers of *this* capture (shared by the terminal report and the HTML report)."""
+from __future__ import annotations
+
+from labctl.analyse.model import Analysis
+from labctl.analyse.report import ProtoSummary
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else (f"{x:.3f} ms" if x < 10 else f"{x:.1f} ms")
+
+
+def _n(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if not isinstance(x, float):
+        return str(x)
+    t = f"{x:.{digits}f}"
+    return t.rstrip("0").rstrip(".") if "." in t else t
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the TCP-vs-UDP table."""
+    rows = [
+        ["conversations", str(tcp.conversations), str(udp.conversations)],
+        ["requests (answered)", f"{tcp.requests} ({tcp.answered})", f"{udp.requests} ({udp.answered})"],
+        ["packets", str(tcp.packets), str(udp.packets)],
+        ["packets per conversation", _n(tcp.packets_per_conversation), _n(udp.packets_per_conversation)],
+        ["bytes on the wire", str(tcp.bytes), str(udp.bytes)],
+        ["payload bytes", str(tcp.payload_bytes), str(udp.payload_bytes)],
+        ["header overhead", f"{tcp.overhead_pct:.1f} %", f"{udp.overhead_pct:.1f} %"],
+        ["handshake / request→reply (median)", _ms(tcp.rtt_ms), _ms(udp.rtt_ms)],
+        ["time to first byte of answer (median)", _ms(tcp.ttfb_ms), _ms(udp.ttfb_ms)],
+        ["duration (median)", _ms(tcp.duration_ms), _ms(udp.duration_ms)],
+        ["retransmissions", str(tcp.retransmissions), "– (none: UDP never resends)"],
+        ["unanswered requests", str(tcp.unanswered), str(udp.unanswered)],
+        ["refused connections (RST)", str(tcp.refused), "–"],
+    ]
+    return ["", "TCP", "UDP"], rows
+
+
+def findings(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
+    """Short sentences stating what this capture shows."""
+    out: list[str] = []
+    if tcp.conversations:
+        per = tcp.packets / tcp.conversations
+        pay = tcp.payload_bytes / tcp.conversations
+        out.append(
+            f"TCP needed {_n(per)} packets / {_n(tcp.bytes / tcp.conversations, 0)} bytes per conversation "
+            f"to deliver {_n(pay, 0)} bytes of payload ({tcp.overhead_pct:.0f} % headers): handshake "
+            f"(SYN, SYN-ACK, ACK), data, acknowledgements and the FIN/ACK close.")
+    if udp.conversations:
+        per_req = udp.packets / max(udp.requests, 1)
+        out.append(
+            f"UDP needed {_n(per_req)} packets / {_n(udp.bytes / max(udp.requests, 1), 0)} bytes per "
+            f"request for {_n(udp.payload_bytes / max(udp.requests, 1), 0)} bytes of payload "
+            f"({udp.overhead_pct:.0f} % headers): one datagram each way, nothing else.")
+    if tcp.ttfb_ms is not None and udp.ttfb_ms is not None:
+        out.append(f"The answer's first byte came after {_ms(tcp.ttfb_ms)} with TCP (the handshake "
+                   f"comes first) and after {_ms(udp.ttfb_ms)} with UDP (median).")
+    if tcp.conversations:
+        lost = tcp.retransmissions
+        got = tcp.answered
+        if lost:
+            out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing, and "
+                       f"{got} of {tcp.conversations - tcp.refused} connected clients got their answer.")
+        elif tcp.conversations - tcp.refused:
+            out.append(f"No TCP retransmissions: {got} of {tcp.conversations - tcp.refused} connected "
+                       "clients got their answer.")
+        if tcp.refused:
+            out.append(f"{_plural(tcp.refused, 'TCP connection')} was refused: the server host answered "
+                       "the SYN with RST (nothing listening) and the client knew at once."
+                       .replace("connections was", "connections were"))
+    if udp.requests:
+        if udp.unanswered:
+            out.append(f"{udp.unanswered} of {udp.requests} UDP requests got no reply: UDP neither notices "
+                       "nor resends; only a client timeout can tell.")
+        else:
+            out.append(f"All {udp.requests} UDP requests got a reply (nothing was lost on this run).")
+    return out
+
+
+def reflection(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str]]]:
+    """The exercise's three reflection questions, answered with this capture's numbers."""
+    t_per = tcp.packets / tcp.conversations if tcp.conversations else None
+    u_per = udp.packets / udp.requests if udp.requests else None
+    diff = [
+        "TCP is a connection: before any data it takes a three-way handshake (SYN, SYN-ACK, ACK), every "
+        "segment is numbered and acknowledged, and the connection is closed with FIN/ACK from both "
+        "sides. UDP sends a datagram and that is all: no connection, no acknowledgement, no order, no "
+        "resending.",
+    ]
+    if t_per is not None and u_per is not None:
+        diff.append(
+            f"In this capture that meant {_n(t_per)} packets and {_n(tcp.bytes / tcp.conversations, 0)} "
+            f"bytes per TCP conversation against {_n(u_per)} packets and "
+            f"{_n(udp.bytes / udp.requests, 0)} bytes per UDP request, for about the same payload; "
+            f"headers were {tcp.overhead_pct:.0f} % of TCP's bytes and {udp.overhead_pct:.0f} % of UDP's.")
+    if tcp.retransmissions or udp.unanswered:
+        t = (f"When packets went missing, TCP noticed and sent them again "
+             f"({_plural(tcp.retransmissions, 'retransmission')})")
+        if udp.unanswered:
+            t += (f"; UDP did not: {udp.unanswered} of {udp.requests} requests simply got no answer "
+                  "and nobody on the wire tried again.")
+        else:
+            t += "; UDP has no such repair: a lost datagram stays lost unless the application asks again."
+        diff.append(t)
+    when = [
+        "Choose TCP when every byte must arrive, in order, and the exchange is worth a round trip of "
+        "set-up: file transfer, web and API calls, database sessions, anything transactional.",
+        "Choose UDP when an answer that is late is worthless or can just be asked for again, when there "
+        "are many small independent messages, or when the application wants its own rules for loss: "
+        "time (NTP), DNS look-ups, telemetry, voice and video, games, discovery and broadcast.",
+    ]
+    if tcp.ttfb_ms is not None and udp.ttfb_ms is not None:
+        when.append(
+            f"Measured here: the first byte of the answer after {_ms(tcp.ttfb_ms)} with TCP and "
+            f"{_ms(udp.ttfb_ms)} with UDP; a time service asked by many clients is a natural UDP job, a "
+            "service that must never lose a request a TCP one.")
+    integ = [
+        "TCP gives an integration a reliable byte stream, so most integration protocols build on it "
+        "(HTTP/REST, gRPC, AMQP and MQTT brokers, database drivers, SSH); the price is connection "
+        "state on both ends, the handshake's latency and framing your own messages inside the stream "
+        "(here: one line of text ended by a newline).",
+        "UDP leaves reliability to the application: an integration over UDP needs time-outs, retries, "
+        "idempotent requests and message sizes below the path MTU, and must accept lost or repeated "
+        "datagrams. In return it is cheap, needs no connection and can send one message to many "
+        "(broadcast/multicast): service discovery, metrics (StatsD), logs (syslog), NTP, DNS.",
+    ]
+    if udp.requests:
+        if udp.unanswered:
+            integ.append(
+                f"This run shows why: {udp.unanswered} of {udp.requests} UDP requests went unanswered, "
+                "so a UDP client in an integration must retry; the TCP clients needed no such code "
+                f"because TCP retransmitted for them ({_plural(tcp.retransmissions, 'retransmission')}).")
+        else:
+            integ.append(
+                f"On this run all {udp.requests} UDP requests were answered, but nothing in UDP "
+                "guaranteed it; on a lossy network the same client would need a retry loop.")
+    return [
+        ("What is the difference between communication with TCP and UDP?", diff),
+        ("When would you choose which protocol?", when),
+        ("How can these two protocols be used with respect to system integration?", integ),
+    ]

@@ -1,0 +1,91 @@
+"""``labctl analyse FILE [--json] [--svg DIR] [--html FILE]``: ladders and the TCP-vs-UDP comparison."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyse", aliases=["analyze"],
+        help="draw TCP/UDP ladder diagrams and compare the protocols from a pcap/pcapng capture",
+        description="Read a capture (pcap or pcapng, e.g. from 'labctl capture' or 'tcpdump -w') and "
+                    "show how TCP and UDP exchanged packets: one ladder diagram per conversation "
+                    "(handshake, data, acknowledgements, retransmissions, unanswered datagrams) and a "
+                    "table comparing packets, bytes, overhead and time to answer.",
+        epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
+               "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
+               "labctl analyse cap.pcap --json | jq .summary")
+    p.add_argument("file", type=Path, metavar="FILE", help="capture file (.pcap or .pcapng)")
+    p.add_argument("--json", action="store_true",
+                   help="print every conversation and the summary as JSON (for scripts) instead of text")
+    p.add_argument("--svg", type=Path, metavar="DIR",
+                   help="write one printable SVG ladder per shown conversation (and a TCP-vs-UDP pair) "
+                        "into DIR")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="write a self-contained HTML report (ladders, comparison, reflection answers)")
+    p.add_argument("--ladders", type=int, default=1, metavar="N",
+                   help="ladders per protocol in the terminal (default 1; 0 for none); the first "
+                        "conversations, plus the first one that lost packets or was refused")
+    p.add_argument("--detail", type=int, default=None, metavar="N",
+                   help="conversations per protocol whose packets are kept for ladders (default 8; "
+                        "memory stays small however large the capture)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes for --json on a big capture (default: one per free CPU "
+                        "core, up to 4, for files over 16 MB; 1 = single process)")
+    p.set_defaults(handler=run_analyse)
+
+
+def run_analyse(args: argparse.Namespace, ctx) -> int:
+    try:
+        return _run(args)
+    except BrokenPipeError:   # 'labctl analyse F | head': the reader left, which is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from labctl.analyse import analyse_file
+    from labctl.analyse.conversations import DEFAULT_DETAIL
+
+    if args.ladders < 0:
+        from labctl.cli import CliError
+        raise CliError("--ladders must be 0 or more")
+    detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
+    if args.json and not args.svg and not args.html:
+        from labctl.analyse.parallel import default_jobs, write_json_parallel
+
+        jobs = args.jobs if args.jobs is not None else default_jobs(args.file)
+        if jobs > 1:
+            analysis = write_json_parallel(args.file, sys.stdout, jobs)
+            sys.stdout.flush()
+            for w in analysis.warnings:
+                print(f"labctl: warning: {w}", file=sys.stderr)
+            return 0
+    analysis = analyse_file(args.file, detail=detail)
+    if args.json:
+        from labctl.analyse.report import write_json_fast
+
+        write_json_fast(analysis, sys.stdout)
+        sys.stdout.flush()
+    else:
+        from labctl.analyse import render_terminal
+
+        render_terminal(analysis, ladders=args.ladders)
+    written = []
+    if args.svg:
+        from labctl.analyse.svg import write_svgs
+
+        written += write_svgs(analysis, args.svg, per_proto=max(args.ladders, 2))
+    if args.html:
+        from labctl.analyse.html import write_html
+
+        written.append(write_html(analysis, args.html))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    for w in analysis.warnings:
+        print(f"labctl: warning: {w}", file=sys.stderr)
+    return 0
