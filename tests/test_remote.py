@@ -106,13 +106,16 @@ def test_run_put_get_and_quoting(sshd, tmp_path):
 def test_start_waits_for_ready_and_stop_by_pid(sshd, tmp_path):
     log = str(tmp_path / "srv.log")
     with Connection(sshd) as c:
-        pid = c.start(["sh", "-c", "sleep 0.2; echo now listening; exec sleep 60"], log=log, ready="listening")
+        pid = c.start(["sh", "-c", "sleep 0.2; echo now listening; exec sleep 60"], log=log,
+                      ready="listening")
         assert Path(f"/proc/{pid}").exists()
         assert "listening" in Path(log).read_text()
+        t0 = time.monotonic()
         assert c.stop(pid) is True
+        assert time.monotonic() - t0 < 1.0  # a zombie awaiting a lazy init counts as gone
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
         assert c.stop(pid) is False  # already gone
-        with pytest.raises(RemoteError, match="exited before it was ready.*boom"):
+        with pytest.raises(RemoteError, match=r"exited before it was ready.*boom"):
             c.start(["sh", "-c", "echo boom; exit 1"], log=log, ready="listening")
         with pytest.raises(RemoteError, match="not ready within"):
             c.start(["sleep", "30"], log=log, ready="listening", timeout=0.3)

@@ -378,8 +378,6 @@ def _prewarm_remote() -> None:
     """Import labctl.remote (paramiko, ~100 ms) in a thread while namespaces and sshds come up."""
     from labctl.backends.sshd import blocked_signals
 
-    # paramiko imports `invoke` only for ssh_config `Match exec`, which labctl never parses: ~40 ms saved
-    sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
     if "labctl.remote" not in sys.modules:
         with blocked_signals():  # the thread inherits the mask: Ctrl-C always lands in the main thread
             threading.Thread(target=importlib.import_module, args=("labctl.remote",), daemon=True,

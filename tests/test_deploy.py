@@ -1,0 +1,64 @@
+"""deploy's pure parts: the probe it sends, how it reads the answer, when a node counts as current."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+from labctl.backends.base import Host
+from labctl.deploy import (
+    CLIENT_PROGRAM,
+    SCRIPTS_DIR,
+    SERVER_PROGRAM,
+    file_hash,
+    is_current,
+    parse_probe,
+    probe_script,
+    server_argv,
+)
+from labctl.lab import Ports
+
+SERVER = Host("server", "server", "192.168.20.2")
+CLIENT = Host("client1", "client", "192.168.20.3")
+
+
+def test_server_argv_binds_the_lab_address_with_the_lab_ports():
+    argv = server_argv("192.168.20.2", Ports(tcp=8080, proto=8081, time=37))
+    assert argv[:2] == ["python3", "labctl/timeserver.py"]
+    assert argv[argv.index("--bind") + 1] == "192.168.20.2"
+    flags = ("--port", "--proto-port", "--time-port")
+    assert [argv[argv.index(f) + 1] for f in flags] == ["8080", "8081", "37"]
+
+
+def test_probe_script_runs_in_a_real_shell(tmp_path):
+    d = tmp_path / "my dir"  # spaces survive the quoting
+    script = probe_script(SERVER, [SERVER_PROGRAM], str(d), extra="echo EXTRA")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert d.is_dir() and out.strip() == "EXTRA"  # nothing there yet: no hash, no server
+    (d / SERVER_PROGRAM).write_text("x")
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        (d / "timeserver.pid").write_text(f"{proc.pid}\n")
+        (d / "timeserver.cmd").write_text("python3 labctl/timeserver.py --bind x\n")
+        out = subprocess.run(["sh", "-c", probe_script(SERVER, [SERVER_PROGRAM], str(d))],
+                             capture_output=True, text=True, check=True).stdout
+        state = parse_probe(out)
+        assert state.hashes[SERVER_PROGRAM] == file_hash(d / SERVER_PROGRAM)
+        # a recorded PID that is not our server (here: `sleep`) does not count as running
+        assert state.server_pid is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_is_current_needs_same_hash_and_same_server_command():
+    ports = Ports()
+    cmd = shlex.join(server_argv(SERVER.address, ports))
+    good = parse_probe(f"{file_hash(SCRIPTS_DIR / SERVER_PROGRAM)}  {SERVER_PROGRAM}\nSERVER 77 {cmd}\n")
+    assert good.server_pid == 77 and is_current(SERVER, good, ports)
+    assert not is_current(SERVER, good, Ports(tcp=9090))          # ports changed: restart
+    stopped = parse_probe(f"{file_hash(SCRIPTS_DIR / SERVER_PROGRAM)}  {SERVER_PROGRAM}\n")
+    assert not is_current(SERVER, stopped, ports)                 # not running: start it
+    client = parse_probe(f"{'0' * 64}  {CLIENT_PROGRAM}\n")
+    assert not is_current(CLIENT, client, ports)                  # changed file: copy it
+    client = parse_probe(f"{file_hash(SCRIPTS_DIR / CLIENT_PROGRAM)}  {CLIENT_PROGRAM}\n1795600000.5\n")
+    assert is_current(CLIENT, client, ports)

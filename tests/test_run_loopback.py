@@ -1,0 +1,194 @@
+"""deploy, run and capture against a real OpenSSH sshd on loopback (no lab, no lock needed).
+
+Four "nodes" (server, client1..3) are four names for one sshd on 127.0.0.1; each test gets its own
+remote directory, and the lab's ports are free high ports, so nothing collides with a running lab.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from labctl.backends.base import Host, Inventory
+from labctl.capture import CaptureError, capture, parse_stats
+from labctl.deploy import SERVER_PID, deploy, probe, stop_server
+from labctl.lab import Lab, Ports
+from labctl.remote import Group
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path(SSHD).exists() or not shutil.which("tcpdump"),
+    reason="needs root, sshd and tcpdump")
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def loop_sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 accepting one generated key; stopped by PID."""
+    d = tmp_path_factory.mktemp("sshd")
+    d.chmod(0o700)
+    host_pub = _keygen(d / "host")
+    client_pub = _keygen(d / "client")
+    (d / "authorized_keys").write_text(client_pub + "\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(f"""ListenAddress 127.0.0.1:{port}
+HostKey {d / 'host'}
+PidFile {d / 'sshd.pid'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+MaxSessions 100
+MaxStartups 100
+Subsystem sftp internal-sftp
+""")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.01)
+    try:
+        yield {"port": port, "key_file": d / "client", "host_key": host_pub}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+
+
+@pytest.fixture
+def loop_lab(loop_sshd, tmp_path):
+    """An inventory of server + client1..3 on the loopback sshd, with free ports and its own remote dir."""
+    ports = Ports(tcp=_free_port(), proto=_free_port(), time=_free_port())
+    lab = Lab(name="loop", subnet="127.0.0.0/8", host_address="127.0.0.1", server_address="127.0.0.2",
+              clients=3, ports=ports)
+    common = {"address": "127.0.0.1", "port": loop_sshd["port"], "user": "root",
+              "key_file": loop_sshd["key_file"], "host_key": loop_sshd["host_key"],
+              "interface": "lo", "lab_interface": "lo"}
+    hosts = (Host(name="server", role="server", **common),
+             *(Host(name=f"client{i}", role="client", **common) for i in range(1, 4)))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    inventory = Inventory(backend="loop", hosts=hosts, lab=lab)
+    yield inventory, str(remote)
+    # stop whatever server the test left running, by its recorded PID
+    pid_file = remote / SERVER_PID
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
+    inventory, remote = loop_lab
+    ports = inventory.lab.ports
+    with Group(inventory.hosts) as g:
+        first = deploy(g, ports, remote_dir=remote)
+        assert first.ok, first.to_json()
+        server = first.nodes[0]
+        assert server.copied == ["timeserver.py"] and server.server.startswith("started pid ")
+        # the three "clients" share one directory here: whoever looks first copies, the others may not
+        assert all(n.copied + n.unchanged == ["timeclient.py"] for n in first.nodes[1:])
+        assert any(n.copied for n in first.nodes[1:])
+        pid = int(server.server.split()[-1])
+        assert Path(f"/proc/{pid}").exists()
+        # the server answers on its TCP port (RFC 868 on the time port too)
+        with socket.create_connection(("127.0.0.1", ports.tcp), timeout=2) as s:
+            assert s.recv(100).strip()
+        with socket.create_connection(("127.0.0.1", ports.time), timeout=2) as s:
+            assert len(s.recv(8)) == 4
+
+        again = deploy(g, ports, remote_dir=remote)
+        assert again.ok
+        assert again.nodes[0].copied == [] and again.nodes[0].server == f"running pid {pid}"
+        assert all(n.copied == [] for n in again.nodes)
+
+        # a changed port restarts the server (its command line is part of what is deployed)
+        moved = Ports(tcp=_free_port(), proto=ports.proto, time=ports.time)
+        third = deploy(g, moved, remote_dir=remote)
+        assert third.nodes[0].server.startswith("restarted pid ")
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+        assert stop_server(g.connections["server"], remote_dir=remote) is True
+        assert probe(g.connections["server"], remote).server_pid is None
+
+
+def test_deploy_reports_a_dead_node_and_keeps_the_others(loop_lab):
+    inventory, remote = loop_lab
+    dead = Host(**{**inventory.hosts[1].__dict__, "name": "client9", "port": _free_port()})
+    with Group([*inventory.hosts, dead]) as g:
+        report = deploy(g, inventory.lab.ports, remote_dir=remote)
+    assert not report.ok
+    by_node = {n.node: n for n in report.nodes}
+    assert "connection refused" in by_node["client9"].error
+    assert by_node["server"].ok and by_node["server"].server.startswith("started")
+
+
+def test_capture_on_loopback_counts_every_packet(loop_lab, tmp_path):
+    inventory, remote = loop_lab
+    port = _free_port()
+    with Group([inventory.server]) as g:
+        conn = g.connections["server"]
+
+        def talk():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                for i in range(20):
+                    u.sendto(b"x%d" % i, ("127.0.0.1", port))
+            return None
+
+        # On "lo" the kernel's filter also counts each packet's outgoing copy, which libpcap then
+        # discards: tcpdump reports 20 captured of (at least) 40 received (more when other loopback
+        # traffic arrives while tcpdump attaches its filter). That is exactly the kind of mismatch
+        # capture must not let pass silently; the pcap still comes home and the remote copy is removed.
+        with pytest.raises(CaptureError, match=r"INCOMPLETE on server: tcpdump says 20 captured, "
+                                               r"\d+ received by filter, \d+ dropped") as err:
+            capture(conn, [port], output=tmp_path / "c.pcap", during=talk, settle=0.05, remote_dir=remote)
+        assert int(str(err.value).split(", ")[1].split()[0]) >= 40
+    data = (tmp_path / "c.pcap").read_bytes()
+    assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") and len(data) > 24 + 20 * 16
+    assert not list(Path(remote).glob("labctl-capture-*"))  # the remote pcap and log are removed
+    assert not subprocess.run(["pgrep", "-f", f"{remote}/labctl-capture-"], capture_output=True).stdout
+    assert parse_stats("1 packet captured\n1 packet received by filter\n0 packets dropped by kernel\n") \
+        .complete
+    with pytest.raises(CaptureError, match="statistics"):
+        parse_stats("tcpdump: lo: No such device exists\n")
+
+
+def test_deploy_refuses_to_share_the_port_with_a_foreign_server(loop_lab):
+    inventory, remote = loop_lab
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # like a second timeserver would
+        squatter.bind(("127.0.0.1", inventory.lab.ports.tcp))
+        squatter.listen()
+        with Group([inventory.server]) as g:
+            report = deploy(g, inventory.lab.ports, remote_dir=remote)
+    assert not report.ok
+    assert f"port {inventory.lab.ports.tcp} is already in use" in report.nodes[0].error
+    assert not (Path(remote) / SERVER_PID).exists()
