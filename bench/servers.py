@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: scripts/timeserver.py against the seed's Go servers, side by side, on loopback.
 
-Runs /work/shared/bench/loadgen (bounded: -d seconds, -c workers) in alternating rounds against our
+Runs ../shared/bench/loadgen (bounded: -d seconds, -c workers) in alternating rounds against our
 server (default settings but --no-rate-limit; its per-exchange log goes to /dev/null, as the seed UDP
 server's per-datagram print does) and against seed-tcpserver / seed-udpserver, then prints
 requests/s, p50 and p99 (medians over the rounds) and the ratio ours/seed. The seed has no line
@@ -28,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "scripts" / "timeserver.py"
-BENCH = Path(os.environ.get("LABCTL_BENCH_DIR", "/work/shared/bench"))
+# the course's shared/ folder sits beside the checkout (../shared/bench); LABCTL_BENCH_DIR overrides
+BENCH = Path(os.environ.get("LABCTL_BENCH_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bench")
 LOADGEN = BENCH / "loadgen"
 LINE = re.compile(r"rps=(\S+) p50_us=(\d+) p99_us=(\d+) errors=(\d+) n=(\d+)")
 
