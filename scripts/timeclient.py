@@ -133,6 +133,7 @@ class Exchange:
         self.timings: dict[str, float | None] = {"start": None, "connected": None, "first_byte": None,
                                                  "done": None}
         self.sock: socket.socket | None = None
+        self.ready: float | None = None  # when it went to sleep until --start-at
         self.local = ""
         self.replies: list[str] = []
         self.raw = b""
@@ -233,6 +234,7 @@ class Exchange:
         except OSError as e:
             return EXIT_NETWORK, f"cannot make a socket: {e}", 0, None
         if a.start_at is not None:
+            self.ready = time.time()  # asleep from here: labctl checks this came before --start-at
             woke = wait_until(a.start_at)
             late_ms = max(0.0, (woke - a.start_at) * 1000.0)
         err: Failure | None = None
@@ -311,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         obj = {"protocol": a.protocol, "host": a.host, "port": a.port, "ok": code == EXIT_OK,
                "reply": reply if ex and ex.replies else None, "error": error, "exit_code": code,
                "timings": ex.timings if ex else dict.fromkeys(("start", "connected", "first_byte", "done")),
-               "start_at": a.start_at, "late_ms": None if late_ms is None else round(late_ms, 3),
+               "start_at": a.start_at, "ready": ex.ready if ex else None,
+               "late_ms": None if late_ms is None else round(late_ms, 3),
                "late": late, "attempts": attempts, "local": ex.local if ex else None,
                "replies": ex.replies if ex else [], "bytes_sent": ex.sent if ex else 0,
                "bytes_received": ex.received if ex else 0,

@@ -168,11 +168,13 @@ def test_start_at_waits_for_the_instant(server):
     assert obj["timings"]["start"] >= at
     assert obj["late_ms"] is not None and obj["late_ms"] < 50  # generous: the machine is shared
     assert obj["timings"]["done"] - at < 0.5
+    assert obj["ready"] is not None and obj["ready"] < at  # it was asleep before the instant
 
 
 def test_start_at_in_the_past_is_reported_late(server):
     code, obj = run_json("tcp", HOST, "--port", str(server.port), "--start-at", str(time.time() - 2))
     assert code == 0 and obj["late"] is True and obj["late_ms"] >= 1900
+    assert obj["ready"] > obj["start_at"]
     out = run("tcp", HOST, "--port", str(server.port), "--start-at", str(time.time() - 2))
     assert "after --start-at" in out.stderr
 
