@@ -5,12 +5,12 @@
 Builds captures of short exchanges written directly with struct (size/10 TCP conversations of 8
 packets + size/10 UDP request/reply pairs), then for each size runs, alternately, `python labctl.py
 analyse FILE --json > /dev/null` and `tshark -q -z conv,tcp -z conv,udp -r FILE > /dev/null`, and
-prints medians: seconds, packets/s, peak RSS (largest process of the run, and the sum over labctl's
-worker processes), the ratio tshark/labctl, and time per packet for the linearity check. labctl runs
-three ways: its default (--jobs auto: one worker per free core), --jobs 1 (one process) and --jobs N
-(one worker per core, up to 4), so every figure is on record. The machine is shared: read
-the ratios of one run, not absolute times; when the machine is loaded, wall time also measures the
-wait for a core, so CPU seconds (user+sys of the process and its workers) are printed too.
+prints medians: wall seconds, CPU seconds (user+sys of the process and its workers), packets/s, peak
+RSS (largest process of the run, and the sum over labctl's worker processes), the ratios tshark/labctl
+(wall and CPU), and CPU time per packet for the linearity check. labctl runs its default way (one
+process) and, with --parallel, also --jobs N (N forked workers, N = CPU count up to 4). The machine is
+shared: read the ratios of one run, not absolute times; when the machine is loaded, wall time also
+measures the wait for a core, so the CPU ratio is the steadier figure.
 """
 from __future__ import annotations
 
@@ -56,6 +56,11 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the captures (default: tmp)")
+    ap.add_argument("--parallel", action="store_true", help="also time --jobs N (forked workers)")
+    ap.add_argument("--cached-bytecode", action="store_true",
+                    help="let Python cache compiled bytecode (in a temporary PYTHONPYCACHEPREFIX), as an "
+                         "installed labctl does; without it the environment decides "
+                         "(PYTHONDONTWRITEBYTECODE=1 makes every run compile the sources first, ~0.02 s)")
     args = ap.parse_args()
     if not shutil.which("tshark"):
         print("tshark is not installed: apt install tshark", file=sys.stderr)
@@ -64,11 +69,17 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     env = dict(os.environ, LABCTL_BENCH_RSS="1")
+    if args.cached_bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    os.environ.clear()
     os.environ.update(env)
+    print("bytecode: " + ("cached" if not os.environ.get("PYTHONDONTWRITEBYTECODE") else
+                          "compiled on every run (PYTHONDONTWRITEBYTECODE is set)"))
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f} (shared machine: ratios "
           "matter, not absolutes)")
-    header = (f"{'packets':>9} {'tool':<16} {'median s':>9} {'pkt/s':>10} {'peak MB':>8} "
-              f"{'sum MB':>7} {'tshark/x':>9} {'us/pkt':>7} {'CPU s':>6} {'CPU tshark/x':>13}")
+    header = (f"{'packets':>9} {'tool':<16} {'wall s':>7} {'pkt/s':>10} {'peak MB':>8} "
+              f"{'sum MB':>7} {'tshark/x':>9} {'CPU s':>6} {'CPU tshark/x':>13} {'CPU us/pkt':>11}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -77,12 +88,13 @@ def main() -> int:
             n = write_bench_capture(path, size // 10, size // 10)
             assert n == size, (n, size)
         base = [py, str(ROOT / "labctl.py"), "analyse", str(path), "--json"]
-        tools = {"labctl (auto)": base, "labctl --jobs 1": [*base, "--jobs", "1"]}
+        tools = {"labctl": base}
         cpus = os.cpu_count() or 1
-        if cpus > 1:
+        if args.parallel and cpus > 1:
             tools[f"labctl --jobs {min(cpus, 4)}"] = [*base, "--jobs", str(min(cpus, 4))]
         tools["tshark"] = ["tshark", "-q", "-z", "conv,tcp", "-z", "conv,udp", "-r", str(path)]
         res: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in tools}
+        timed(base)                         # warm the page cache (and the bytecode cache, if any)
         for _ in range(args.runs):          # alternate the tools so load changes hit all of them
             for name, argv in tools.items():
                 res[name].append(timed(argv))
@@ -93,8 +105,8 @@ def main() -> int:
             peak = max(r[1] for r in res[name])
             total = max(r[2] for r in res[name])
             cpu = statistics.median(r[3] for r in res[name])
-            print(f"{size:>9} {name:<16} {wall:>9.2f} {size / wall:>10,.0f} {peak:>8.0f} {total:>7.0f} "
-                  f"{t_shark / wall:>8.2f}x {wall / size * 1e6:>7.2f} {cpu:>6.2f} {c_shark / cpu:>12.2f}x",
+            print(f"{size:>9} {name:<16} {wall:>7.2f} {size / wall:>10,.0f} {peak:>8.0f} {total:>7.0f} "
+                  f"{t_shark / wall:>8.2f}x {cpu:>6.2f} {c_shark / cpu:>12.2f}x {cpu / size * 1e6:>11.2f}",
                   flush=True)
     if not args.dir:
         shutil.rmtree(tmp, ignore_errors=True)

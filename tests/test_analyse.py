@@ -354,7 +354,7 @@ def test_fold_and_unfold_keep_everything(tmp_path, monkeypatch):
     (t,) = list(a.tcp())
     assert t.packets == 9 and t.retransmissions == 1
     b = analyse_file(write_pcap(tmp_path / "d.pcap", tcp_daytime(C, 40000, S, 8080, 10.0)), detail=0)
-    assert type(b.builder.tcp[0]) is bytes        # folded
+    assert type(b.builder.tcp[0]) is not list     # folded
     c = analyse_file(write_pcap(tmp_path / "e.pcap", tcp_daytime(C, 40000, S, 8080, 10.0)), detail=5)
     assert type(c.builder.tcp[0]) is list         # kept for its ladder
     assert next(b.tcp()).as_dict() == next(c.tcp()).as_dict()
@@ -395,6 +395,43 @@ def test_json_fast_equals_reference(tmp_path):
               "overhead_pct"):
         assert k in conv
     assert d1["summary"]["tcp"]["conversations"] == 5    # the reused 4-tuple counts twice
+
+
+def _stories(tmp_path: Path) -> list[Path]:
+    """Captures whose JSON takes every branch: the examples (real traffic, odd medians), crafted stories,
+    the bench traffic."""
+    frames = _exchange() + _scenario("rto", 40010) + _scenario("reuse", 40020) + _scenario("refused", 40030)
+    for n, kind in enumerate(("ooo", "spurious", "fast")):
+        frames += [(t + 1 + n, f) for t, f in _scenario(kind, 40040 + n)]
+    frames.sort(key=lambda f: f[0])
+    bench = tmp_path / "b.pcap"
+    write_bench_capture(bench, 300, 300)
+    return [ROOT / "labctl" / "analyse" / "examples" / "tcp-vs-udp.pcap",
+            ROOT / "labctl" / "analyse" / "examples" / "tcp-vs-udp-lossy.pcap",
+            write_pcap(tmp_path / "s.pcap", frames), bench]
+
+
+def test_fast_json_text_equals_the_float_path(tmp_path):
+    """fastjson (integer microseconds, cached texts) writes the same bytes as report.emit_rows (floats)."""
+    for p in _stories(tmp_path):
+        a = analyse_file(p)
+        fast, slow = io.StringIO(), io.StringIO()
+        write_json_fast(a, fast)
+        a.builder.units = 0          # not microseconds: the float path
+        write_json_fast(a, slow)
+        assert fast.getvalue() == slow.getvalue(), p
+
+
+def test_folding_early_changes_nothing(tmp_path, monkeypatch):
+    """Closed conversations folded from the first one (FOLD_FROM = 0) unfold exactly: same document."""
+    for p in _stories(tmp_path):
+        plain = io.StringIO()
+        write_json_fast(analyse_file(p, detail=0), plain)
+        monkeypatch.setattr(cv, "FOLD_FROM", 0)
+        folded = io.StringIO()
+        write_json_fast(analyse_file(p, detail=0), folded)
+        monkeypatch.undo()
+        assert folded.getvalue() == plain.getvalue(), p
 
 
 def test_json_cli_on_bench_capture(tmp_path):

@@ -7,11 +7,14 @@ only when used, so ``--json`` stays light.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TextIO
 
 from labctl.analyse.conversations import DEFAULT_DETAIL, build
 from labctl.analyse.model import Analysis, Conversation, Exchange, Packet
 from labctl.analyse.pcap import CaptureFileError
+
+TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 __all__ = ["Analysis", "CaptureFileError", "Conversation", "Exchange", "Packet", "analyse_file",
            "render_terminal"]

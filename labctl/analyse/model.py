@@ -6,8 +6,7 @@
 """
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from labctl.analyse import conversations as cv
@@ -25,6 +24,8 @@ def flag_text(flags: int) -> str:
 
 
 def endpoint(addr: bytes, port: int) -> str:
+    import socket
+
     if len(addr) == 4:
         return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
     return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
@@ -186,12 +187,14 @@ class Analysis:
         return len(self.builder.udp)
 
     def tcp(self) -> Iterator[Conversation]:
-        for i, c in enumerate(self.builder.tcp_states()):
-            yield tcp_conversation(i, c)
+        b = self.builder
+        for i in range(len(b.tcp)):
+            yield tcp_conversation(i, b.tcp_flat(i), b.tcp_keys[i], b.tcp_detail(i), b.seconds)
 
     def udp(self) -> Iterator[Conversation]:
-        for i, c in enumerate(self.builder.udp):
-            yield udp_conversation(i, c, self.builder.icmp.get(c[cv.U_KEY]))
+        b = self.builder
+        for i, c in enumerate(b.udp):
+            yield udp_conversation(i, c, b.icmp.get(c[cv.U_KEY]), b.seconds)
 
     def conversations(self) -> Iterator[Conversation]:
         yield from self.tcp()
@@ -212,21 +215,24 @@ def _unusual(c: Conversation) -> bool:
     return bool(c.retransmissions or c.refused or c.rst or c.unanswered or c.out_of_order)
 
 
-def tcp_conversation(index: int, c: list) -> Conversation:
-    key = c[cv.T_KEY]
+def tcp_conversation(index: int, f, key: bytes, detail: list | None, seconds: Callable[[int], float]
+                     ) -> Conversation:
+    """A TCP conversation from its flat state ``f`` (see ``conversations.F_*``); times via ``seconds``."""
     a, b = split_key(key)
     # who is the client: whoever sent the SYN; without one, the side with the higher port
-    if c[cv.T_SYN] or c[cv.T_SYN + 1]:
-        cd = 0 if c[cv.T_SYN] >= c[cv.T_SYN + 1] else 1
-    elif c[cv.T_SYNACK] or c[cv.T_SYNACK + 1]:
-        cd = 1 if c[cv.T_SYNACK] else 0
+    syn_a, syn_b = f[cv.F_SYN], f[cv.F_SYN + 12]
+    if syn_a or syn_b:
+        cd = 0 if syn_a >= syn_b else 1
+    elif f[cv.F_SYNACK] or f[cv.F_SYNACK + 12]:
+        cd = 1 if f[cv.F_SYNACK] else 0
     else:
         cd = 0 if _port(a) >= _port(b) else 1
     sd = 1 - cd
-    t0 = c[cv.T_FIRST]
-    bursts = [c[i:i + 4] for i in range(cv.T_SIZE, len(c), 4)]
+    c_, s_ = 12 * cd, 12 * sd
+    t0 = seconds(f[cv.F_FIRST])
+    bursts = [(f[i], seconds(f[i + 1]), f[i + 2]) for i in range(cv.F_SIZE, len(f), 3)]
     exchanges: list[Exchange] = []
-    for d, first, _last, nbytes in bursts:
+    for d, first, nbytes in bursts:
         if d == cd:
             exchanges.append(Exchange(_ms(first, t0), nbytes, None, 0))
         elif exchanges and exchanges[-1].reply_ms is None:
@@ -235,30 +241,33 @@ def tcp_conversation(index: int, c: list) -> Conversation:
             exchanges[-1].replies = 1
         else:
             exchanges.append(Exchange(None, 0, _ms(first, t0), nbytes, 1))
-    first_server = next((first for d, first, _, _ in bursts if d == sd), None)
-    fin_c, fin_s = c[cv.T_FIN + cd], c[cv.T_FIN + sd]
-    rst_c, rst_s = c[cv.T_RST + cd], c[cv.T_RST + sd]
+    first_server = next((first for d, first, _ in bursts if d == sd), None)
+    fin_c, fin_s = f[cv.F_FIN + c_], f[cv.F_FIN + s_]
+    fin_c = None if fin_c < 0 else seconds(fin_c)
+    fin_s = None if fin_s < 0 else seconds(fin_s)
+    rst_c, rst_s = f[cv.F_RST + c_], f[cv.F_RST + s_]
     closed_by = None
     if fin_c is not None or fin_s is not None:
         closed_by = "client" if fin_s is None or (fin_c is not None and fin_c <= fin_s) else "server"
     elif rst_c or rst_s:
         closed_by = "client (RST)" if rst_c and not rst_s else "server (RST)"
-    refused = bool(rst_s) and not (c[cv.T_SYNACK + sd]) and bool(c[cv.T_SYN + cd])
-    handshake = bool(c[cv.T_SYN + cd] and c[cv.T_SYNACK + sd] and c[cv.T_IRTT] is not None)
+    refused = bool(rst_s) and not (f[cv.F_SYNACK + s_]) and bool(f[cv.F_SYN + c_])
+    irtt = None if f[cv.F_IRTT] < 0 else seconds(f[cv.F_IRTT]) - seconds(f[cv.F_IRTT0])
+    handshake = bool(f[cv.F_SYN + c_] and f[cv.F_SYNACK + s_] and irtt is not None)
     conv = Conversation(
         proto="tcp", index=index, client=(a, b)[cd], server=(a, b)[sd], start=t0,
-        packets=c[cv.T_PKTS], bytes=c[cv.T_BYTES], payload_bytes=c[cv.T_PAY] + c[cv.T_PAY + 1],
-        client_payload=c[cv.T_PAY + cd], server_payload=c[cv.T_PAY + sd],
-        duration_ms=(c[cv.T_LAST] - t0) * 1000.0,
-        rtt_ms=None if c[cv.T_IRTT] is None else c[cv.T_IRTT] * 1000.0,
-        ttfb_ms=_ms(first_server, t0), retransmissions=c[cv.T_RETRANS],
-        fast_retransmissions=c[cv.T_FASTRT], spurious_retransmissions=c[cv.T_SPURIOUS],
-        out_of_order=c[cv.T_OOO], dup_acks=c[cv.T_DUPACK], syn=c[cv.T_SYN] + c[cv.T_SYN + 1],
-        synack=c[cv.T_SYNACK] + c[cv.T_SYNACK + 1],
+        packets=f[cv.F_PKTS], bytes=f[cv.F_BYTES], payload_bytes=f[cv.F_PAY] + f[cv.F_PAY + 12],
+        client_payload=f[cv.F_PAY + c_], server_payload=f[cv.F_PAY + s_],
+        duration_ms=(seconds(f[cv.F_LAST]) - t0) * 1000.0,
+        rtt_ms=None if irtt is None else irtt * 1000.0,
+        ttfb_ms=_ms(first_server, t0), retransmissions=f[cv.F_RETRANS],
+        fast_retransmissions=f[cv.F_FASTRT], spurious_retransmissions=f[cv.F_SPURIOUS],
+        out_of_order=f[cv.F_OOO], dup_acks=f[cv.F_DUPACK], syn=syn_a + syn_b,
+        synack=f[cv.F_SYNACK] + f[cv.F_SYNACK + 12],
         fin=(fin_c is not None) + (fin_s is not None), rst=rst_c + rst_s, closed_by=closed_by,
         refused=refused, handshake=handshake, exchanges=exchanges)
-    if c[cv.T_DETAIL] is not None:
-        conv.ladder = _tcp_ladder(c, cd, t0)
+    if detail is not None:
+        conv.ladder = _tcp_ladder(detail, [f[cv.F_ISN], f[cv.F_ISN + 12]], cd, t0, seconds)
     return conv
 
 
@@ -266,15 +275,16 @@ def _port(ep: str) -> int:
     return int(ep.rsplit(":", 1)[1])
 
 
-def _tcp_ladder(c: list, cd: int, t0: float) -> list[Packet]:
-    isn = [c[cv.T_ISN], c[cv.T_ISN + 1]]
+def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: float, seconds: Callable[[int], float]
+                ) -> list[Packet]:
+    isn = [None if x < 0 else x for x in isns]
     out: list[Packet] = []
-    for rec in c[cv.T_DETAIL]:
+    for rec in detail:
         if rec[0] == "note":
             if out:
                 out[-1].notes.append(rec[1])
             continue
-        ts, d, flags, seq, ack_sw, plen, orig, _win = rec
+        t, d, flags, seq, ack_sw, plen, orig, _win = rec
         base = isn[d]
         if base is None:   # no SYN seen in this direction: count from the first sequence number
             base = isn[d] = (seq - 1) & cv.M32 if not flags & cv.SYN else seq
@@ -286,7 +296,7 @@ def _tcp_ladder(c: list, cd: int, t0: float) -> list[Packet]:
             if obase is None:
                 obase = isn[1 - d] = (ack - 1) & cv.M32
             rack = (ack - obase) & cv.M32
-        out.append(Packet((ts - t0) * 1000.0, d == cd, flag_text(flags), rseq, rack, plen, orig))
+        out.append(Packet((seconds(t) - t0) * 1000.0, d == cd, flag_text(flags), rseq, rack, plen, orig))
     # point at the original of each retransmission: the picture then tells its story
     for i, p in enumerate(out):
         if any(n in ("retransmission", "fast retransmission") for n in p.notes):
@@ -298,13 +308,15 @@ def _tcp_ladder(c: list, cd: int, t0: float) -> list[Packet]:
     return out
 
 
-def udp_conversation(index: int, c: list, icmp: list | None) -> Conversation:
+def udp_conversation(index: int, c: list, icmp: list | None, seconds: Callable[[int], float]
+                     ) -> Conversation:
     a, b = split_key(c[cv.U_KEY])
-    t0 = c[cv.U_FIRST]
+    t0 = seconds(c[cv.U_FIRST])
     exchanges = []
     for i in range(cv.U_SIZE, len(c), 5):
         rq, rqb, rp, rpb, n = c[i:i + 5]
-        exchanges.append(Exchange(_ms(rq, t0), rqb, _ms(rp, t0), rpb, n))
+        exchanges.append(Exchange(None if rq < 0 else _ms(seconds(rq), t0), rqb,
+                                  None if rp < 0 else _ms(seconds(rp), t0), rpb, n))
     for num, _ts, text in icmp or ():
         if 0 <= num < len(exchanges):
             exchanges[num].note = text
@@ -314,15 +326,15 @@ def udp_conversation(index: int, c: list, icmp: list | None) -> Conversation:
     conv = Conversation(
         proto="udp", index=index, client=a, server=b, start=t0, packets=c[cv.U_PKTS],
         bytes=c[cv.U_BYTES], payload_bytes=c[cv.U_PAY] + c[cv.U_PAY + 1], client_payload=c[cv.U_PAY],
-        server_payload=c[cv.U_PAY + 1], duration_ms=(c[cv.U_LAST] - t0) * 1000.0, rtt_ms=rtt,
+        server_payload=c[cv.U_PAY + 1], duration_ms=(seconds(c[cv.U_LAST]) - t0) * 1000.0, rtt_ms=rtt,
         ttfb_ms=first_reply, exchanges=exchanges)
     if c[cv.U_DETAIL] is not None:
         lad: list[Packet] = []
-        for ts, d, kind, _s, _a, plen, orig, text in c[cv.U_DETAIL]:
+        for t, d, kind, _s, _a, plen, orig, text in c[cv.U_DETAIL]:
             if kind == -1:
-                lad.append(Packet((ts - t0) * 1000.0, False, "ICMP", None, None, 0, orig, [text]))
+                lad.append(Packet((seconds(t) - t0) * 1000.0, False, "ICMP", None, None, 0, orig, [text]))
             else:
-                lad.append(Packet((ts - t0) * 1000.0, d == 0, "UDP", None, None, plen, orig))
+                lad.append(Packet((seconds(t) - t0) * 1000.0, d == 0, "UDP", None, None, plen, orig))
         conv.ladder = lad
     return conv
 

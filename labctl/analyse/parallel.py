@@ -1,4 +1,4 @@
-"""``--json`` on a big capture with several CPU cores: one forked worker per core.
+"""``--json --jobs N``: N forked worker processes share the work on a big capture.
 
 Every worker reads the whole file but keeps only the conversations whose port numbers hash to its
 share (the low bytes of the two ports XOR-ed, so both directions of a conversation land in the same
@@ -8,40 +8,29 @@ adds up the summaries. Same document as ``write_json_fast``.
 """
 from __future__ import annotations
 
-import contextlib
-import heapq
-import json
 import os
-import pickle
-import signal
-import tempfile
 from pathlib import Path
-from typing import TextIO
 
-from labctl.analyse.conversations import Builder, build
-from labctl.analyse.model import Analysis
-from labctl.analyse.pcap import ReadInfo
-from labctl.analyse.report import emit_rows, summary_dict
-
-PARALLEL_MIN_BYTES = 16 << 20     # below this, forking costs more than it saves
+TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 def default_jobs(path: str | Path) -> int:
-    try:
-        size = Path(path).stat().st_size
-    except OSError:
-        return 1
-    if size < PARALLEL_MIN_BYTES or not hasattr(os, "fork"):
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:   # only cores that are free: workers fighting other jobs for a core lose to one process
-        free = cpus - os.getloadavg()[0]
-    except OSError:
-        free = cpus
-    return max(1, min(int(free + 0.5), cpus, 4))
+    """Worker processes for ``--json`` when ``--jobs`` is not given: 1.
+
+    Each worker reads and decodes the whole file and keeps only its share, so the workers together
+    use more CPU than one process; since the single-process path got about twice as fast, two workers
+    gain little wall time even on idle cores and lose it on a loaded machine (CI). ``--jobs N`` still
+    splits the work when asked.
+    """
+    return 1
 
 
 def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
+    from labctl.analyse.conversations import build
+    from labctl.analyse.report import emit_rows
+
     b, info = build(path, detail=0, part=part, parts=parts)
     files = {p: Path(tmp) / f"{p}.{part}" for p in ("tcp", "udp")}
     with files["tcp"].open("w") as ft, files["udp"].open("w") as fu:
@@ -57,9 +46,20 @@ def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
             "files": {k: str(v) for k, v in files.items()}, "info": info, "meta": meta}
 
 
-def write_json_parallel(path: str | Path, out: TextIO, jobs: int) -> Analysis:
+def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
     """Write the JSON document for ``path`` using ``jobs`` worker processes; returns a summary-only
     Analysis (for its warnings)."""
+    import contextlib
+    import heapq
+    import json
+    import pickle
+    import signal
+    import tempfile
+
+    from labctl.analyse.conversations import Builder
+    from labctl.analyse.model import Analysis
+    from labctl.analyse.report import summary_dict
+
     path = str(path)
     with tempfile.TemporaryDirectory(prefix="labctl-analyse-") as tmp:
         kids = []
@@ -107,7 +107,7 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int) -> Analysis:
         for k, v in first["meta"].items():
             if k != "rss_mb":
                 setattr(b, k, v)
-        info: ReadInfo = first["info"]
+        info = first["info"]
         analysis = Analysis(path, info, b)
         out.flush()
         raw = getattr(out, "buffer", None)    # bytes straight through: no decoding and re-encoding

@@ -11,9 +11,12 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from labctl.errors import LabctlError
+
+TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 BLOCK = 4 << 20          # bytes read at a time
 PAD = 96                 # zero bytes after each chunk, so fixed-size unpacks near its end never fail
@@ -119,14 +122,15 @@ def read_chunks(path: str | Path, info: ReadInfo | None = None) -> Iterator[Chun
         big = endian == ">"
         hdr = struct.Struct(endian + "8xI")
         leftover = b""
+        pad = bytes(PAD)
         while True:
             block = f.read(BLOCK)
             if not block:
                 break
-            buf = leftover + block
-            chunk = Chunk(buf + bytes(PAD), len(buf), linktype, big, scale)
+            buf = b"".join((leftover, block, pad))    # one copy
+            chunk = Chunk(buf, len(buf) - PAD, linktype, big, scale)
             yield chunk
-            leftover = buf[chunk.consumed:]
+            leftover = buf[chunk.consumed:chunk.end]
         if leftover:
             info.truncated = True
             if len(leftover) < 16:

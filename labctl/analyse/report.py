@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from array import array
 from dataclasses import dataclass
-from typing import TextIO
 
 from labctl.analyse.model import Analysis, Conversation, median
+
+TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 @dataclass
@@ -232,22 +235,26 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
     eps = _Endpoints()
     fmt = tcp_line is not None
     n_conv = n_pkts = n_bytes = n_pay = n_retr = n_ooo = n_dup = n_ans = n_ref = 0
-    for c in (b.tcp if not b.tcp_closed else b.tcp_states()):
-        syn_a, syn_b = c[28], c[29]
+    secs = b.seconds
+    keys = b.tcp_keys
+    for idx in range(len(b.tcp)):
+        c = b.tcp_flat(idx)
+        key = keys[idx]
+        syn_a, syn_b = c[cv.F_SYN], c[cv.F_SYN + 12]
         if syn_a or syn_b:
             cd = 0 if syn_a >= syn_b else 1
-        elif c[30] or c[31]:
-            cd = 1 if c[30] else 0
+        elif c[cv.F_SYNACK] or c[cv.F_SYNACK + 12]:
+            cd = 1 if c[cv.F_SYNACK] else 0
         else:
-            a, z = eps.pair(c[18])
+            a, z = eps.pair(key)
             cd = 0 if int(a.rsplit(":", 1)[1]) >= int(z.rsplit(":", 1)[1]) else 1
         sd = 1 - cd
-        t0 = c[0]
+        t0 = secs(c[cv.F_FIRST])
         exs = []
         ttfb = None
         open_req = None
-        for i in range(cv.T_SIZE, len(c), 4):
-            d, first, nb = c[i], c[i + 1], c[i + 3]
+        for i in range(cv.F_SIZE, len(c), 3):
+            d, first, nb = c[i], secs(c[i + 1]), c[i + 2]
             ms = (first - t0) * 1000.0
             if d == cd:
                 if open_req is not None and fmt:
@@ -264,16 +271,18 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
                 open_req = None
         if open_req is not None and fmt:
             exs.append(_EX_FMT % ("%.3f" % open_req[0], open_req[1], "null", 0, "false", ""))  # noqa: UP031 (fast path)
-        rst_c, rst_s = c[34 + cd], c[34 + sd]
-        refused = bool(rst_s) and not c[30 + sd] and bool(c[28 + cd])
-        irtt = c[21]
-        rtt = None if irtt is None else irtt * 1000.0
-        pay = c[4] + c[5]
-        nbytes = c[3]
-        dur = (c[1] - t0) * 1000.0
+        c_, s_ = 12 * cd, 12 * sd
+        rst_c, rst_s = c[cv.F_RST + c_], c[cv.F_RST + s_]
+        refused = bool(rst_s) and not c[cv.F_SYNACK + s_] and bool(c[cv.F_SYN + c_])
+        rtt = None if c[cv.F_IRTT] < 0 else (secs(c[cv.F_IRTT]) - secs(c[cv.F_IRTT0])) * 1000.0
+        pay = c[cv.F_PAY] + c[cv.F_PAY + 12]
+        nbytes = c[cv.F_BYTES]
+        dur = (secs(c[cv.F_LAST]) - t0) * 1000.0
         if fmt:
-            a, z = eps.pair(c[18])
-            fin_c, fin_s = c[32 + cd], c[32 + sd]
+            a, z = eps.pair(key)
+            fin_c, fin_s = c[cv.F_FIN + c_], c[cv.F_FIN + s_]
+            fin_c = None if fin_c < 0 else secs(fin_c)
+            fin_s = None if fin_s < 0 else secs(fin_s)
             if fin_c is not None or fin_s is not None:
                 closed = ('"client"' if fin_s is None or (fin_c is not None and fin_c <= fin_s)
                           else '"server"')
@@ -281,23 +290,25 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
                 closed = '"client (RST)"' if rst_c and not rst_s else '"server (RST)"'
             else:
                 closed = "null"
-            handshake = bool(c[28 + cd] and c[30 + sd] and irtt is not None)
+            handshake = bool(c[cv.F_SYN + c_] and c[cv.F_SYNACK + s_] and rtt is not None)
             tcp_line(_TCP_FMT % (
-                (a, z)[cd], (a, z)[sd], t0, c[2], nbytes, pay, c[4 + cd], c[4 + sd], nbytes - pay,
-                100.0 * (nbytes - pay) / nbytes if nbytes else 0.0, dur, _f(rtt), _f(ttfb), c[23], c[27],
-                c[26], c[24], c[25], syn_a + syn_b, c[30] + c[31], (fin_c is not None) + (fin_s is not None),
-                rst_c + rst_s, closed, _TF[handshake], _TF[refused], ",".join(exs)))
+                (a, z)[cd], (a, z)[sd], t0, c[cv.F_PKTS], nbytes, pay, c[cv.F_PAY + c_], c[cv.F_PAY + s_],
+                nbytes - pay, 100.0 * (nbytes - pay) / nbytes if nbytes else 0.0, dur, _f(rtt), _f(ttfb),
+                c[cv.F_RETRANS], c[cv.F_FASTRT], c[cv.F_SPURIOUS], c[cv.F_OOO], c[cv.F_DUPACK],
+                syn_a + syn_b, c[cv.F_SYNACK] + c[cv.F_SYNACK + 12],
+                (fin_c is not None) + (fin_s is not None), rst_c + rst_s, closed, _TF[handshake],
+                _TF[refused], ",".join(exs)))
             if len(lines) >= BATCH:
                 tcp_batch(lines)
                 lines.clear()
         n_conv += 1
-        n_pkts += c[2]
+        n_pkts += c[cv.F_PKTS]
         n_bytes += nbytes
         n_pay += pay
-        n_retr += c[23]
-        n_ooo += c[24]
-        n_dup += c[25]
-        if c[4 + sd]:
+        n_retr += c[cv.F_RETRANS]
+        n_ooo += c[cv.F_OOO]
+        n_dup += c[cv.F_DUPACK]
+        if c[cv.F_PAY + s_]:
             n_ans += 1
         if refused:
             n_ref += 1
@@ -316,7 +327,7 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
     udp_line = lines.append
     n_conv = n_pkts = n_bytes = n_pay = n_req = n_ans = 0
     for c in b.udp:
-        t0 = c[0]
+        t0 = secs(c[0])
         notes = None
         if b.icmp:
             icmp = b.icmp.get(c[6])
@@ -326,11 +337,11 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
         requests = unanswered = 0
         for k, i in enumerate(range(8, len(c), 5)):
             rq, rqb, rp, rpb = c[i], c[i + 1], c[i + 2], c[i + 3]
-            rq_ms = None if rq is None else (rq - t0) * 1000.0
-            rp_ms = None if rp is None else (rp - t0) * 1000.0
-            if rq is not None:
+            rq_ms = None if rq < 0 else (secs(rq) - t0) * 1000.0
+            rp_ms = None if rp < 0 else (secs(rp) - t0) * 1000.0
+            if rq >= 0:
                 requests += 1
-                if rp is None:
+                if rp < 0:
                     unanswered += 1
                 elif rtt is None:
                     rtt = rp_ms - rq_ms
@@ -338,10 +349,10 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
                 ttfb = rp_ms
             if fmt:
                 note = ',"note":"%s"' % notes[k] if notes and k in notes else ""  # noqa: UP031 (fast path)
-                exs.append(_EX_FMT % (_f(rq_ms), rqb, _f(rp_ms), rpb, _TF[rp is not None], note))
+                exs.append(_EX_FMT % (_f(rq_ms), rqb, _f(rp_ms), rpb, _TF[rp >= 0], note))
         pay = c[4] + c[5]
         nbytes = c[3]
-        dur = (c[1] - t0) * 1000.0
+        dur = (secs(c[1]) - t0) * 1000.0
         if fmt:
             a, z = eps.pair(c[6])
             udp_line(_UDP_FMT % (a, z, t0, c[2], nbytes, pay, c[4], c[5], nbytes - pay,
@@ -384,7 +395,21 @@ def write_json_fast(analysis: Analysis, out: TextIO) -> None:
         write(",\n".join(lines))
         sep[0] = ",\n"
 
-    tcp, udp = emit_rows(analysis.builder, batch, batch).finish()
+    b = analysis.builder
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()     # many short-lived tuples and strings, no cycles: no need to look for any
+    try:
+        if b.units == 1_000_000:
+            from labctl.analyse.fastjson import emit_rows_us
+
+            tcp, udp = emit_rows_us(b, batch, batch)
+        else:
+            tcp, udp = emit_rows(b, batch, batch).finish()
+    finally:
+        if was:
+            gc.enable()
     write('],\n"summary":')
     write(json.dumps(summary_dict(analysis, tcp, udp), indent=1))
     write("}\n")

@@ -1,8 +1,9 @@
 """Argument parsing and printing; no logic of its own.
 
 Each group of commands lives in its own module with a ``register(subparsers)`` function:
-``lab_commands`` (up, down, status, ssh, clean, inventory), ``exercise_commands`` (deploy, run, capture)
-and ``analyse_command`` (analyse). A command handler takes ``(args, ctx)`` and returns an exit status.
+``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run, capture),
+``analyse_command`` (analyse) and ``inventory_command`` (inventory). A command handler takes
+``(args, ctx)`` and returns an exit status.
 """
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
                    help="conversations per protocol whose packets are kept for ladders (default 8; "
                         "memory stays small however large the capture)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="worker processes for --json on a big capture (default: one per free CPU "
-                        "core, up to 4, for files over 16 MB; 1 = single process)")
+                   help="worker processes for --json (default 1: one process; N forks N workers "
+                        "that split the conversations, same document)")
     p.set_defaults(handler=run_analyse)
 
 
