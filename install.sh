@@ -17,7 +17,10 @@ dev=0
 packages=(python3 python3-venv python3-pip openssh-server openssh-client tcpdump tshark iproute2
           nftables ethtool procps util-linux rdate ca-certificates)
 if [ "$dev" = 1 ]; then
-  packages+=(chromium shellcheck git)
+  # tests: the HTML report in a real browser, shellcheck on the provisioners, and the Vagrant VM test
+  # (vagrant-libvirt on QEMU/TCG; a local Debian box built with debootstrap)
+  packages+=(chromium shellcheck git qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
+             vagrant vagrant-libvirt debootstrap dnsmasq-base)
 fi
 
 missing=()

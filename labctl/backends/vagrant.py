@@ -1,0 +1,412 @@
+"""The ``vagrant`` backend: the lab as Vagrant VMs (VirtualBox by default, libvirt where it is missing).
+
+``up`` runs ``vagrant up --provision`` through python-vagrant with the project's Vagrantfile, which
+reads the same lab file. Then, once per ``up``, each VM's host key is read over Vagrant's own channel
+(``vagrant ssh NAME -c 'cat /etc/ssh/ssh_host_ed25519_key.pub'``) and pinned: labctl never inherits
+Vagrant's ``StrictHostKeyChecking no``. From then on labctl reaches every VM directly on its private
+lab address, as root with its own key (installed by provision/common.sh), or, if that key is not in
+the VM, as the user and key ``vagrant ssh-config`` names.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
+from labctl.lab import DEFAULT_LAB_FILE, Lab
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent  # where the Vagrantfile is
+PROVIDERS = ("virtualbox", "libvirt")
+VBOX_NETWORKS_CONF = Path("/etc/vbox/networks.conf")
+VBOX_DEFAULT_RANGE = ipaddress.IPv4Network("192.168.56.0/21")
+LIBVIRT_URI = "qemu:///system"
+HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
+_PUBKEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+")
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+class VagrantPreflightError(BackendError):
+    """This machine cannot run the Vagrant lab yet; the message says exactly what to do."""
+
+
+# --- preflight -----------------------------------------------------------------------------------------
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``6.1.28r147628`` -> (6, 1, 28); None when there is no version in ``text``."""
+    match = _VERSION_RE.search(text)
+    return tuple(int(g) for g in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def vbox_allowed_ranges(conf_text: str | None) -> list[ipaddress.IPv4Network]:
+    """The host-only ranges VirtualBox allows: the ``* RANGE ...`` lines of networks.conf, or its default."""
+    if conf_text is None:
+        return [VBOX_DEFAULT_RANGE]
+    ranges = []
+    for line in conf_text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if not fields or fields[0] != "*":
+            continue
+        for field in fields[1:]:
+            with contextlib.suppress(ValueError):
+                net = ipaddress.ip_network(field, strict=False)
+                if isinstance(net, ipaddress.IPv4Network):
+                    ranges.append(net)
+    return ranges
+
+
+def vbox_network_problem(subnet: str, version: str | None, conf_text: str | None,
+                         conf_path: Path = VBOX_NETWORKS_CONF) -> str | None:
+    """Why VirtualBox would refuse the lab's host-only network, with the line to add; None if it won't.
+
+    VirtualBox >= 6.1.28 only allows host-only networks in 192.168.56.0/21 unless networks.conf lists
+    the range (``vagrant up`` then fails half-way with an unhelpful message).
+    """
+    parsed = parse_version(version or "")
+    if parsed is None or parsed < (6, 1, 28):
+        return None
+    net = ipaddress.IPv4Network(subnet)
+    if any(net.subnet_of(allowed) for allowed in vbox_allowed_ranges(conf_text)):
+        return None
+    how = "create it with this line" if conf_text is None else "add this line to it"
+    return (f"VirtualBox {'.'.join(map(str, parsed))} allows host-only networks only in the ranges "
+            f"{conf_path} lists (default {VBOX_DEFAULT_RANGE}), and the lab uses {net}. As root, {how}:\n"
+            f"    * {net}\n"
+            f"e.g.: sudo mkdir -p {conf_path.parent} && echo '* {net}' | sudo tee -a {conf_path}")
+
+
+def check_virtualbox(subnet: str, conf_path: Path | None = None) -> None:
+    """Raise :class:`VagrantPreflightError` if VirtualBox would refuse the lab's host-only network."""
+    conf_path = conf_path or VBOX_NETWORKS_CONF
+    vboxmanage = shutil.which("VBoxManage") or shutil.which("vboxmanage")
+    if vboxmanage is None:
+        raise VagrantPreflightError("VirtualBox is not installed (no VBoxManage on PATH): install it, or use "
+                                    "the libvirt provider (lab file vagrant.provider: libvirt), see "
+                                    "docs/backends.md")
+    version = subprocess.run([vboxmanage, "--version"], capture_output=True, text=True, check=False).stdout
+    try:
+        conf_text: str | None = conf_path.read_text()
+    except FileNotFoundError:
+        conf_text = None
+    problem = vbox_network_problem(subnet, version, conf_text, conf_path)
+    if problem:
+        raise VagrantPreflightError(problem)
+
+
+def check_libvirt(uri: str = LIBVIRT_URI) -> None:
+    """Raise :class:`VagrantPreflightError` unless vagrant-libvirt can talk to a running libvirtd."""
+    if shutil.which("virsh") is None:
+        raise VagrantPreflightError("libvirt is not installed: apt-get install --no-install-recommends "
+                                    "qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients "
+                                    "vagrant-libvirt dnsmasq-base")
+    proc = subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise VagrantPreflightError(f"libvirtd does not answer on {uri} ({proc.stderr.strip()}): start it "
+                                    "(without systemd: virtlogd -d; libvirtd -d), see docs/backends.md")
+
+
+# --- ssh-config ----------------------------------------------------------------------------------------
+
+def parse_ssh_config(text: str) -> dict[str, dict[str, Any]]:
+    """``vagrant ssh-config`` output -> {machine: {option: value}}; IdentityFile is always a list."""
+    machines: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if "=" in key:  # "Key=value" is valid ssh_config too
+            key, _, value = line.partition("=")
+        value = value.strip().strip("=").strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if key.lower() == "host":
+            current = machines.setdefault(value, {"IdentityFile": []})
+        elif current is not None:
+            if key.lower() == "identityfile":
+                current["IdentityFile"].append(value)
+            else:
+                current[key] = value
+    return machines
+
+
+def parse_pin_output(text: str) -> tuple[str, str | None, bool]:
+    """What the pin command printed -> (host key ``TYPE BASE64``, lab interface, labctl key installed)."""
+    host_key, interface, key_ok = "", None, False
+    for line in text.splitlines():
+        line = line.strip()
+        if _PUBKEY_RE.match(line) and not host_key:
+            host_key = " ".join(line.split()[:2])
+        elif line == "LABCTL_KEY_OK":
+            key_ok = True
+        elif ": " in line and " inet " in line:  # `ip -o -4 addr show to ADDR`: "3: eth1    inet ..."
+            interface = line.split()[1].split("@")[0]
+    return host_key, interface, key_ok
+
+
+def host_interface(address: str) -> str | None:
+    """The interface of this machine that holds ``address`` (the lab's bridge or host-only adapter)."""
+    proc = subprocess.run(["ip", "-o", "-4", "addr", "show", "to", f"{address}/32"], capture_output=True,
+                          text=True, check=False)
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3].split("/")[0] == address:
+            return fields[1].split("@")[0]
+    return None
+
+
+# --- the backend ---------------------------------------------------------------------------------------
+
+class VagrantBackend(Backend):
+    """Vagrant VMs from the project's Vagrantfile, driven through python-vagrant."""
+
+    name = "vagrant"
+
+    def __init__(self, lab: Lab, state_dir: Path, *, project_dir: Path = PROJECT_DIR) -> None:
+        super().__init__(lab, state_dir)
+        self.project_dir = Path(project_dir)
+        self.dir = Path(state_dir) / "vagrant"
+        self.client_key = self.dir / "id_ed25519"
+        self.pins_file = self.dir / "host_keys.json"
+        self.log_file = self.dir / "vagrant.log"
+
+    # --- python-vagrant -----------------------------------------------------------------------------
+
+    @property
+    def provider(self) -> str:
+        """The lab file's ``vagrant.provider``, else env LABCTL_VAGRANT_PROVIDER, else what is installed."""
+        chosen = str(self.lab.vagrant.get("provider") or os.environ.get("LABCTL_VAGRANT_PROVIDER") or "")
+        if not chosen:
+            chosen = "virtualbox" if shutil.which("VBoxManage") or not shutil.which("virsh") else "libvirt"
+        if chosen not in PROVIDERS:
+            raise BackendError(f"vagrant provider {chosen!r}: use one of {', '.join(PROVIDERS)}")
+        return chosen
+
+    def environment(self) -> dict[str, str]:
+        """What the Vagrantfile is told: this lab's file, size, labctl's key, and where state goes."""
+        env = dict(os.environ)
+        lab_file = Path(self.lab.source or DEFAULT_LAB_FILE).resolve()
+        env.update(LABCTL_LAB=str(lab_file), LABCTL_CLIENTS=str(self.lab.clients),
+                   LABCTL_PUBKEY=f"{self.client_key}.pub", LABCTL_STATE=str(Path(self.state_dir).parent),
+                   LABCTL_SERVER_SERVICE="0")  # labctl deploy runs the server itself
+        if lab_file != DEFAULT_LAB_FILE.resolve():  # another lab: its own machines, not the project's
+            env["VAGRANT_DOTFILE_PATH"] = str(self.dir / "dotfile")
+        return env
+
+    def vagrant(self):
+        """A python-vagrant handle on the project's Vagrantfile; output goes to the state dir's log."""
+        import vagrant
+
+        if shutil.which("vagrant") is None:
+            raise VagrantPreflightError("vagrant is not installed: apt-get install -y "
+                                        "--no-install-recommends "
+                                        "vagrant (and vagrant-libvirt without VirtualBox)")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create the lab's state directory {self.dir}: {exc.strerror} "
+                               "(run as root, or choose another with --state-dir)") from None
+        log = vagrant.make_file_cm(str(self.log_file))
+        return vagrant.Vagrant(root=str(self.project_dir), env=self.environment(), out_cm=log, err_cm=log)
+
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """Turn a failed vagrant command into a :class:`BackendError` quoting the end of its log."""
+        try:
+            yield
+        except subprocess.CalledProcessError as exc:
+            raise BackendError(f"{what} failed (exit {exc.returncode}): {self._log_tail()} "
+                               f"(full log: {self.log_file})") from None
+        except (RuntimeError, OSError) as exc:
+            raise BackendError(f"{what} failed: {exc}") from None
+
+    def _log_tail(self, lines: int = 4) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+        return " / ".join(tail)
+
+    # --- interface ------------------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        provider = self.provider
+        if provider == "virtualbox":
+            check_virtualbox(self.lab.subnet)
+        else:
+            check_libvirt()
+
+    def up(self, progress: Progress | None = None) -> Inventory:
+        """``vagrant up --provision``, pin each VM's host key over Vagrant's channel, check SSH works."""
+        say = progress or (lambda _m: None)
+        self.preflight()
+        self._ensure_client_key()
+        v = self.vagrant()
+        say(f"vagrant up --provider={self.provider} ({len(self.lab.nodes)} VMs; log: {self.log_file})")
+        with self._calling("vagrant up"):
+            v.up(provider=self.provider, provision=True)
+        say("reading each VM's host key over vagrant ssh, to pin it")
+        self.pin_host_keys(v)
+        inventory = self.inventory()
+        self._check_reachable(inventory)
+        say(f"{len(inventory)} VMs answer on their lab addresses with their pinned keys")
+        return inventory
+
+    def halt(self, progress: Progress | None = None) -> None:
+        """Stop the VMs, keeping their disks (``vagrant halt``)."""
+        if progress:
+            progress("vagrant halt")
+        with self._calling("vagrant halt"):
+            self.vagrant().halt()
+
+    def down(self, progress: Progress | None = None) -> None:
+        """Destroy every VM of the lab (``vagrant destroy -f``) and forget their host keys."""
+        if progress:
+            progress("vagrant destroy -f")
+        if shutil.which("vagrant") is not None:
+            with self._calling("vagrant destroy"):
+                self.vagrant().destroy()
+        with contextlib.suppress(FileNotFoundError):
+            self.pins_file.unlink()
+
+    def clean(self, progress: Progress | None = None) -> list[str]:
+        """``down``, then remove this lab's libvirt networks if vagrant-libvirt left any."""
+        self.down(progress)
+        removed = []
+        if shutil.which("virsh") is not None:
+            for network in self.libvirt_networks():
+                subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-destroy", network], capture_output=True,
+                               check=False)
+                subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-undefine", network], capture_output=True,
+                               check=False)
+                removed.append(f"libvirt network {network}")
+        return removed
+
+    def libvirt_networks(self) -> list[str]:
+        """This lab's libvirt networks (named by the Vagrantfile: labctl-NAME, labctl-NAME-mgmt)."""
+        proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-list", "--all", "--name"],
+                              capture_output=True, text=True, check=False)
+        mine = {f"labctl-{self.lab.name}", f"labctl-{self.lab.name}-mgmt"}
+        return [n.strip() for n in proc.stdout.splitlines() if n.strip() in mine]
+
+    def machine_states(self) -> dict[str, str]:
+        """{machine: state} from ``vagrant status`` (running, poweroff, not_created, ...)."""
+        with self._calling("vagrant status"):
+            return {s.name: s.state for s in self.vagrant().status()}
+
+    def status(self) -> list[NodeStatus]:
+        try:
+            states = self.machine_states()
+        except BackendError as exc:
+            return [NodeStatus(n.name, n.role, n.address, False, str(exc)) for n in self.lab.nodes]
+        return [NodeStatus(n.name, n.role, n.address, states.get(n.name) == "running",
+                           states.get(n.name, "not in the Vagrantfile")) for n in self.lab.nodes]
+
+    def inventory(self) -> Inventory:
+        """Each running VM on its lab address, with its pinned host key; LabNotUp otherwise."""
+        states = self.machine_states()
+        down = [n.name for n in self.lab.nodes if states.get(n.name) != "running"]
+        if down:
+            raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
+        pins = self._read_pins()
+        missing = [n.name for n in self.lab.nodes if n.name not in pins]
+        if missing:
+            raise LabNotUp(f"no pinned host key for {', '.join(missing)}: run labctl --backend vagrant up "
+                           "(it reads each VM's key over vagrant ssh once)")
+        need_config = any(not pins[n.name].get("labctl_key") for n in self.lab.nodes)
+        configs: dict[str, dict[str, Any]] = {}
+        if need_config:
+            with self._calling("vagrant ssh-config"):
+                configs = parse_ssh_config(self.vagrant().ssh_config())
+        interface = host_interface(self.lab.host_address)
+        if interface is None:
+            raise LabNotUp(f"no interface on this machine holds the lab's host address "
+                           f"{self.lab.host_address}: are the VMs' private networks up?")
+        hosts = []
+        for node in self.lab.nodes:
+            pin = pins[node.name]
+            if pin.get("labctl_key"):
+                user, key = "root", self.client_key
+            else:
+                config = configs.get(node.name) or {}
+                files = [f for f in config.get("IdentityFile", []) if Path(f).is_file()]
+                if not files or not config.get("User"):
+                    raise LabNotUp(f"{node.name}: vagrant ssh-config names no usable user and key")
+                user, key = config["User"], Path(files[0])
+            hosts.append(Host(name=node.name, role=node.role, address=node.address, port=22, user=user,
+                              key_file=key, host_key=pin["host_key"], interface=interface,
+                              lab_interface=pin.get("lab_interface") or "eth1"))
+        return Inventory(backend=self.name, hosts=tuple(hosts), lab=self.lab)
+
+    # --- host keys ------------------------------------------------------------------------------------
+
+    def pin_command(self, address: str) -> str:
+        """The ``vagrant ssh`` command: print the VM's host key, its lab interface, whether our key is in."""
+        pub = self.client_key.with_suffix(".pub")
+        key = " ".join(pub.read_text().split()[:2]) if pub.is_file() else "none"
+        return (f"cat {HOST_KEY_FILE}; ip -o -4 addr show to {shlex.quote(address)}/32; "
+                f"sudo -n grep -qF -- {shlex.quote(key)} /root/.ssh/authorized_keys 2>/dev/null "
+                f"&& echo LABCTL_KEY_OK; true")
+
+    def pin_host_keys(self, v=None) -> dict[str, dict[str, Any]]:
+        """Read every VM's host key over Vagrant's channel (in parallel) and save them as the pins."""
+        v = v or self.vagrant()
+
+        def read(node) -> tuple[str, dict[str, Any]]:
+            with self._calling(f"vagrant ssh {node.name}"):
+                out = v.ssh(vm_name=node.name, command=self.pin_command(node.address))
+            host_key, interface, key_ok = parse_pin_output(out)
+            if not host_key:
+                raise BackendError(f"{node.name}: could not read {HOST_KEY_FILE} over vagrant ssh "
+                                   f"(got {out.strip()[:200]!r})")
+            if interface is None:
+                raise BackendError(f"{node.name}: no interface in the VM holds its lab address {node.address}"
+                                   " (did the private network come up?)")
+            return node.name, {"host_key": host_key, "lab_interface": interface, "labctl_key": key_ok}
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            pins = dict(pool.map(read, self.lab.nodes))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.pins_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pins, indent=1))
+        tmp.replace(self.pins_file)
+        return pins
+
+    def _read_pins(self) -> dict[str, dict[str, Any]]:
+        try:
+            pins = json.loads(self.pins_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise LabNotUp(f"{self.pins_file} is unreadable ({exc}): "
+                           "run labctl --backend vagrant up") from None
+        return pins if isinstance(pins, dict) else {}
+
+    def _ensure_client_key(self) -> None:
+        """labctl's own key pair for the VMs (the provisioner authorizes its public half for root)."""
+        self.vagrant()  # makes the state directory, or says why it cannot
+        os.chmod(self.dir, 0o700)
+        if not self.client_key.is_file():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labctl-{self.lab.name}",
+                            "-f", str(self.client_key)], check=True, capture_output=True)
+        os.chmod(self.client_key, 0o600)
+
+    def _check_reachable(self, inventory: Inventory) -> None:
+        from labctl.remote import Group
+
+        with Group(inventory.hosts, connect_timeout=15) as group:
+            outcome = group.run(["true"], timeout=30)
+        if outcome.failures:
+            lines = "; ".join(f"{name}: {exc}" for name, exc in outcome.failures.items())
+            raise BackendError(f"the VMs are up but not reachable on their lab addresses: {lines}")
