@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from loopback_sshd import SSHD, free_port, keygen, loopback_sshd
 
 from labctl.backends.base import Host, LabNotUp
 from labctl.remote import (
@@ -21,59 +19,15 @@ from labctl.remote import (
     command_line,
 )
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path(SSHD).exists(), reason="needs root and sshd")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path.with_suffix(".pub").read_text().strip()
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 that accepts one generated client key; stopped by PID."""
-    d = tmp_path_factory.mktemp("sshd")
-    d.chmod(0o700)
-    host_pub = _keygen(d / "host")
-    client_pub = _keygen(d / "client")
-    (d / "authorized_keys").write_text(client_pub + "\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(f"""ListenAddress 127.0.0.1:{port}
-HostKey {d / 'host'}
-PidFile {d / 'sshd.pid'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowAgentForwarding no
-AllowTcpForwarding no
-X11Forwarding no
-Subsystem sftp internal-sftp
-""")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.01)
-    host = Host(name="loop", role="server", address="127.0.0.1", port=port, user="root",
-                key_file=d / "client", host_key=host_pub, interface="lo")
-    try:
-        yield host
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=5)
+    with loopback_sshd(tmp_path_factory.mktemp("sshd")) as d:
+        yield Host(name="loop", role="server", address="127.0.0.1", port=d.port, user="root",
+                   key_file=d.key_file, host_key=d.host_key, interface="lo")
 
 
 def test_command_line_quotes_every_word():
@@ -122,7 +76,7 @@ def test_start_waits_for_ready_and_stop_by_pid(sshd, tmp_path):
 
 
 def test_unpinned_or_wrong_host_key_is_refused(sshd, tmp_path):
-    other = _keygen(tmp_path / "other")
+    other = keygen(tmp_path / "other")
     wrong = Host(**{**sshd.__dict__, "host_key": other})
     with pytest.raises(HostKeyError, match="does not match the pinned key"):
         Connection(wrong).open()
@@ -147,7 +101,7 @@ def test_route_check_refuses_addresses_outside_the_bridge(sshd):
 
 
 def test_group_keeps_results_of_live_hosts_when_one_fails(sshd):
-    dead = Host(**{**sshd.__dict__, "name": "dead", "port": _free_port()})
+    dead = Host(**{**sshd.__dict__, "name": "dead", "port": free_port()})
     hosts = [sshd, Host(**{**sshd.__dict__, "name": "loop2"}), dead]
     with Group(hosts) as g:
         out = g.run(["echo", "hi"])

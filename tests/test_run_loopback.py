@@ -11,10 +11,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from loopback_sshd import SSHD, free_port, loopback_sshd
 
 from labctl.backends.base import Host, Inventory
 from labctl.capture import CaptureError, capture, parse_stats
@@ -22,72 +22,24 @@ from labctl.deploy import SERVER_PID, deploy, probe, stop_server
 from labctl.lab import Lab, Ports
 from labctl.remote import Group
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path(SSHD).exists() or not shutil.which("tcpdump"),
     reason="needs root, sshd and tcpdump")
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path.with_suffix(".pub").read_text().strip()
-
-
 @pytest.fixture(scope="module")
 def loop_sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 accepting one generated key; stopped by PID."""
-    d = tmp_path_factory.mktemp("sshd")
-    d.chmod(0o700)
-    host_pub = _keygen(d / "host")
-    client_pub = _keygen(d / "client")
-    (d / "authorized_keys").write_text(client_pub + "\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(f"""ListenAddress 127.0.0.1:{port}
-HostKey {d / 'host'}
-PidFile {d / 'sshd.pid'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-MaxSessions 100
-MaxStartups 100
-Subsystem sftp internal-sftp
-""")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.01)
-    try:
-        yield {"port": port, "key_file": d / "client", "host_key": host_pub}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=5)
+    extra = "MaxSessions 100\nMaxStartups 100\n"
+    with loopback_sshd(tmp_path_factory.mktemp("sshd"), extra_config=extra) as d:
+        yield {"port": d.port, "key_file": d.key_file, "host_key": d.host_key}
 
 
 @pytest.fixture
 def loop_lab(loop_sshd, tmp_path):
     """An inventory of server + client1..3 on the loopback sshd, with free ports and its own remote dir."""
-    ports = Ports(tcp=_free_port(), proto=_free_port(), time=_free_port())
+    ports = Ports(tcp=free_port(), proto=free_port(), time=free_port())
     lab = Lab(name="loop", subnet="127.0.0.0/8", host_address="127.0.0.1", server_address="127.0.0.2",
               clients=3, ports=ports)
     common = {"address": "127.0.0.1", "port": loop_sshd["port"], "user": "root",
@@ -131,7 +83,7 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
         assert all(n.copied == [] for n in again.nodes)
 
         # a changed port restarts the server (its command line is part of what is deployed)
-        moved = Ports(tcp=_free_port(), proto=ports.proto, time=ports.time)
+        moved = Ports(tcp=free_port(), proto=ports.proto, time=ports.time)
         third = deploy(g, moved, remote_dir=remote)
         assert third.nodes[0].server.startswith("restarted pid ")
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -142,7 +94,7 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
 
 def test_deploy_reports_a_dead_node_and_keeps_the_others(loop_lab):
     inventory, remote = loop_lab
-    dead = Host(**{**inventory.hosts[1].__dict__, "name": "client9", "port": _free_port()})
+    dead = Host(**{**inventory.hosts[1].__dict__, "name": "client9", "port": free_port()})
     with Group([*inventory.hosts, dead]) as g:
         report = deploy(g, inventory.lab.ports, remote_dir=remote)
     assert not report.ok
@@ -153,7 +105,7 @@ def test_deploy_reports_a_dead_node_and_keeps_the_others(loop_lab):
 
 def test_capture_on_loopback_counts_every_packet(loop_lab, tmp_path):
     inventory, remote = loop_lab
-    port = _free_port()
+    port = free_port()
     with Group([inventory.server]) as g:
         conn = g.connections["server"]
 

@@ -2,58 +2,25 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from loopback_sshd import SSHD, keygen, loopback_sshd
 
 from labctl.backends import make_backend
 from labctl.backends.base import BackendError
 from labctl.lab import load_lab
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path(SSHD).exists(), reason="needs root and sshd")
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """One real sshd listening on 127.0.0.1 and 127.0.0.2 (two "hosts"); stopped by PID."""
-    d = tmp_path_factory.mktemp("sshd")
-    d.chmod(0o700)
-    host_pub = _keygen(d / "host")
-    client_pub = _keygen(d / "client")
-    (d / "authorized_keys").write_text(client_pub + "\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = d / "sshd_config"
-    config.write_text(f"ListenAddress 127.0.0.1:{port}\nListenAddress 127.0.0.2:{port}\n"
-                      f"HostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
-                      f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-                      "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-                      "StrictModes no\nAllowTcpForwarding no\nX11Forwarding no\n")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.2", port)) == 0:
-                    break
-            time.sleep(0.01)
-        yield {"dir": d, "port": port, "host_key": host_pub, "key": d / "client"}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=5)
+    with loopback_sshd(tmp_path_factory.mktemp("sshd"), addresses=("127.0.0.1", "127.0.0.2")) as d:
+        yield {"dir": d.dir, "port": d.port, "host_key": d.host_key, "key": d.key_file}
 
 
 def _inventory(tmp_path: Path, sshd: dict, **server_changes) -> Path:
@@ -82,7 +49,7 @@ def test_up_and_status_against_real_sshd(sshd, tmp_path):
 
 
 def test_changed_host_key_is_refused(sshd, tmp_path):
-    other = _keygen(tmp_path / "other")
+    other = keygen(tmp_path / "other")
     backend = make_backend("ssh", load_lab(), tmp_path,
                            inventory_file=_inventory(tmp_path, sshd, host_key=other))
     statuses = backend.status()
