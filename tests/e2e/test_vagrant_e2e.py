@@ -97,6 +97,22 @@ def _libvirt_chains() -> set[tuple[str, str, str]]:
     return found
 
 
+def _nft_tables() -> set[tuple[str, str]]:
+    """(family, name) of every nftables table."""
+    if shutil.which("nft") is None:
+        return set()
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    return {(f[1], f[2]) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
+
+
+def _nft_table_rules(family: str, table: str) -> list[str]:
+    """The rule lines of one table (not its chain headers)."""
+    out = subprocess.run(["nft", "list", "table", family, table], capture_output=True, text=True,
+                         check=False).stdout
+    return [line for line in (raw.strip() for raw in out.splitlines())
+            if line and not line.startswith(("table ", "chain ", "type ", "}", "{"))]
+
+
 def _remove_libvirt_chains(chains: set[tuple[str, str, str]]) -> None:
     """Delete the jumps to, then the chains that libvirt added during the test (and only those)."""
     for program, table in {(p, t) for p, t, _ in chains}:
@@ -159,7 +175,8 @@ def libvirt(tmp_path_factory):
         pytest.skip(f"missing {', '.join(missing)}: apt-get install -y --no-install-recommends "
                     "qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients vagrant "
                     "vagrant-libvirt debootstrap dnsmasq-base")
-    before = {"ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(), "chains": _libvirt_chains()}
+    before = {"ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(), "chains": _libvirt_chains(),
+              "nft_tables": _nft_tables()}
     started: list[int] = []
     d = tmp_path_factory.mktemp("libvirt")
     reaper = None
@@ -217,6 +234,13 @@ def libvirt(tmp_path_factory):
         _remove_libvirt_chains(new_chains)
         if _libvirt_chains() - before["chains"]:
             problems.append(f"firewall chains left: {_libvirt_chains() - before['chains']}")
+        # libvirt's iptables-nft calls create the ip/ip6 filter, nat and mangle tables: remove the
+        # ones that were not there before, once they hold no rule of anybody's
+        for family, table in _nft_tables() - before["nft_tables"]:
+            if not _nft_table_rules(family, table):
+                subprocess.run(["nft", "delete", "table", family, table], check=False)
+        if _nft_tables() - before["nft_tables"]:
+            problems.append(f"nft tables left: {_nft_tables() - before['nft_tables']}")
         if Path("/proc/sys/net/ipv4/ip_forward").read_text() != before["ip_forward"]:
             problems.append("net.ipv4.ip_forward changed")
         if problems:
