@@ -53,6 +53,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0)
 SECONDS_1900_TO_1970 = 2208988800
@@ -425,6 +426,18 @@ class Worker:
                 return
             data = data[cut:]
 
+    def _accepted(self, service: str) -> Iterator[tuple[int, tuple]]:
+        """The connections waiting on a listening socket, at most 128 per readiness event."""
+        sock = self.socks[service]
+        for _ in range(128):
+            try:
+                yield sock._accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._accept_error(sock, e, service)
+                return
+
     def _accept_error(self, sock: socket.socket, e: OSError, service: str) -> None:
         """EMFILE/ENFILE: accept with the spare fd and close, so the backlog cannot wedge us."""
         if e.errno in (errno.EMFILE, errno.ENFILE):
@@ -492,15 +505,7 @@ class Worker:
         close(spare)
 
     def _on_time_accept(self, ev: int) -> None:
-        sock = self.socks["time-tcp"]
-        for _ in range(128):
-            try:
-                fd, addr = sock._accept()
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self._accept_error(sock, e, "time-tcp")
-                return
+        for fd, addr in self._accepted("time-tcp"):
             self._tick(time.time_ns() // 1000000)
             try:
                 n, note = os.write(fd, self.rfc868), ""
@@ -597,15 +602,7 @@ class Worker:
 
     # -- TCP --proto-port: the line protocol --
     def _on_proto_accept(self, ev: int) -> None:
-        sock = self.socks["proto"]
-        for _ in range(128):
-            try:
-                fd, addr = sock._accept()
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self._accept_error(sock, e, "proto")
-                return
+        for fd, addr in self._accepted("proto"):
             peer = peer_str(addr)
             if self.stopping or not self._take_slot():
                 msg = ERR_STOPPING if self.stopping else ERR_BUSY
