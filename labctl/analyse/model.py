@@ -74,8 +74,23 @@ class Exchange:
                 "answered": self.answered, **({"note": self.note} if self.note else {})}
 
 
+class ByteCounts:
+    """Bytes on the wire vs payload, for anything with ``bytes`` and ``payload_bytes``."""
+
+    bytes: int
+    payload_bytes: int
+
+    @property
+    def header_bytes(self) -> int:
+        return self.bytes - self.payload_bytes
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100.0 * self.header_bytes / self.bytes if self.bytes else 0.0
+
+
 @dataclass
-class Conversation:
+class Conversation(ByteCounts):
     proto: str                   # "tcp" or "udp"
     index: int                   # order of first packet within its protocol
     client: str
@@ -103,14 +118,6 @@ class Conversation:
     handshake: bool = False
     exchanges: list[Exchange] = field(default_factory=list)
     ladder: list[Packet] | None = None
-
-    @property
-    def header_bytes(self) -> int:
-        return self.bytes - self.payload_bytes
-
-    @property
-    def overhead_pct(self) -> float:
-        return 100.0 * self.header_bytes / self.bytes if self.bytes else 0.0
 
     @property
     def unanswered(self) -> int:

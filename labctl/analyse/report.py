@@ -6,7 +6,7 @@ import json
 from array import array
 from dataclasses import dataclass
 
-from labctl.analyse.model import Analysis, Conversation, median
+from labctl.analyse.model import Analysis, ByteCounts, Conversation, median
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ProtoSummary:
+class ProtoSummary(ByteCounts):
     proto: str
     conversations: int = 0
     packets: int = 0
@@ -31,14 +31,6 @@ class ProtoSummary:
     duration_ms: float | None = None     # median conversation duration
     packets_per_conversation: float | None = None
     bytes_per_conversation: float | None = None
-
-    @property
-    def header_bytes(self) -> int:
-        return self.bytes - self.payload_bytes
-
-    @property
-    def overhead_pct(self) -> float:
-        return 100.0 * self.header_bytes / self.bytes if self.bytes else 0.0
 
     @property
     def unanswered(self) -> int:
