@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopback_sshd import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "scripts" / "timeserver.py"
@@ -78,23 +79,6 @@ class ServerProc:
                 return text
             time.sleep(0.02)
         raise AssertionError(f"no log line matching {pattern!r} in:\n{self.log()[-3000:]}")
-
-
-def free_port() -> int:
-    for _ in range(50):
-        t = socket.socket()
-        t.bind((HOST, 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind((HOST, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            t.close()
-            u.close()
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture
