@@ -38,6 +38,10 @@ class UdpConversations:
     def total_bytes(self) -> int:
         return sum(c[U_BYTES] for c in self.convs)
 
+    def detail_of(self, i: int) -> list | None:
+        """The packets kept for the i-th conversation's ladder, or None."""
+        return self.convs[i][U_DETAIL]
+
     def new(self, key: bytes, t: int, frame: int, orig: int, plen: int) -> list:
         """Start a conversation with its first datagram (a request)."""
         self.frames.append(frame)
