@@ -140,7 +140,7 @@ class Totals:
 
 def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
     """Every conversation's figures added up, times as floats (what the reports show)."""
-    clock = FloatClock(b.clock.seconds)
+    clock = FloatClock(b.times.seconds)
     tcp, udp = Totals("tcp"), Totals("udp")
     for rows, read, times, add in ((tcp_rows(b, exact=False), tcp_figures, tcp_times, tcp.add_tcp),
                                    (udp_rows(b), udp_figures, udp_times, udp.add_udp)):
@@ -158,7 +158,7 @@ def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
 def float_resolver(b: Builder, proto: str) -> Callable[[int], Callable[[int, int], tuple[float, float]]]:
     """For ``Totals.finish`` with MicroClock values: the floats of the conversations whose time ``i`` is
     ``lo`` or ``hi`` microseconds (the largest of ``lo``, the smallest of ``hi``)."""
-    exact, floats = MicroClock(b.clock.seconds), FloatClock(b.clock.seconds)
+    exact, floats = MicroClock(b.times.seconds), FloatClock(b.times.seconds)
 
     def metric(i: int) -> Callable[[int, int], tuple[float, float]]:
         def extremes(lo: int, hi: int) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from array import array
 
-from labctl.analyse.wire import ACK, FIN, HALF, M32, RST, SYN, Clock, reverse_key, seq_lt, swap32
+from labctl.analyse.wire import ACK, FIN, HALF, M32, RST, SYN, Timestamps, reverse_key, seq_lt, swap32
 
 FOLD_AFTER = 32768       # conversations before a folded one unfolds with its times reset (``retire``)
 FOLD_FROM = 32768        # conversations before closed ones are folded into arrays (memory)
@@ -77,8 +77,8 @@ _PACK: dict[int, object] = {}    # flat form's length -> struct.pack of that man
 class TcpConversations:
     """Every TCP conversation of a capture, in order of first packet, and the state to analyse them."""
 
-    def __init__(self, clock: Clock, detail: int, fold_after: int, fold_from: int) -> None:
-        self.clock = clock
+    def __init__(self, times: Timestamps, detail: int, fold_after: int, fold_from: int) -> None:
+        self.times = times
         self.detail = detail          # the first ``detail`` conversations keep their packets (ladders)
         self.fold_after = fold_after
         self.fold_from = fold_from
@@ -301,7 +301,7 @@ class TcpConversations:
         if (plen <= 1 and seq == ((nextseq - 1) & M32) and not flags & (SYN | FIN | RST)):
             return  # keep-alive
         r = s[S_OTHER]
-        secs = self.clock.seconds
+        secs = self.times.seconds
         ts = secs(t)
         lastack = r[S_LASTACK]
         lastack = swap32(lastack) if lastack >= 0 else None
