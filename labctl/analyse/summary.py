@@ -87,35 +87,32 @@ class Totals:
 
     def add_tcp(self, fig: TcpFigures, n: int, times: tuple) -> None:
         """``n`` conversations with the figures ``fig`` and ``times`` (``tcp_times``)."""
-        s = self.s
-        s.conversations += n
-        s.packets += fig.packets * n
-        s.bytes += fig.bytes * n
-        s.payload_bytes += (fig.client_payload + fig.server_payload) * n
+        s = self._add(fig, n, times)
         s.retransmissions += fig.retransmissions * n
         s.out_of_order += fig.out_of_order * n
         s.dup_acks += fig.dup_acks * n
-        s.requests += n
+        s.requests += n                  # a TCP conversation is one request ...
         if fig.server_payload > 0:
-            s.answered += n
+            s.answered += n              # ... answered when the server sent data
         if fig.refused:
             s.refused += n
-        self._count(times, n)
 
     def add_udp(self, fig: UdpFigures, n: int, times: tuple) -> None:
+        """``n`` conversations with the figures ``fig`` and ``times`` (``udp_times``)."""
+        s = self._add(fig, n, times)
+        s.requests += fig.requests * n
+        s.answered += (fig.requests - fig.unanswered) * n
+
+    def _add(self, fig: TcpFigures | UdpFigures, n: int, times: tuple) -> ProtoSummary:
         s = self.s
         s.conversations += n
         s.packets += fig.packets * n
         s.bytes += fig.bytes * n
         s.payload_bytes += (fig.client_payload + fig.server_payload) * n
-        s.requests += fig.requests * n
-        s.answered += (fig.requests - fig.unanswered) * n
-        self._count(times, n)
-
-    def _count(self, times: tuple, n: int) -> None:
         for hist, v in zip(self.times, times):
             if v is not None:
                 hist[v] = hist.get(v, 0) + n
+        return s
 
     def merge(self, other: Totals) -> None:
         for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions", "out_of_order",
