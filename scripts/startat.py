@@ -169,9 +169,10 @@ def wait_until(epoch: float) -> float:
 # ---------------------------------------------------------------------------------------------------
 # 2. The hold: a seccomp filter that hands the program's first network call to the launcher
 
-# per machine: (AUDIT_ARCH, seccomp syscall nr, [connect, sendto, sendmsg, sendmmsg, exit_group])
-ARCHES = {"x86_64": (0xC000003E, 317, [42, 44, 46, 307, 231]),
-          "aarch64": (0xC00000B7, 277, [203, 206, 211, 269, 94])}
+# per machine: (AUDIT_ARCH, seccomp's nr, [connect, sendmsg, sendmmsg, exit_group], sendto's nr). Held:
+# those calls, and a sendto that names an address; a send on a connected socket is not (its connect was).
+ARCHES = {"x86_64": (0xC000003E, 317, [42, 46, 307, 231], 44),
+          "aarch64": (0xC00000B7, 277, [203, 211, 269, 94], 206)}
 NATIVE_ELF = {"x86_64": 62, "aarch64": 183}
 SYS_PIDFD_GETFD = 438  # the same on every architecture
 NOTIF_RECV, NOTIF_SEND = 0xC0502100, 0xC0182101  # SECCOMP_IOCTL_NOTIF_RECV/SEND (struct sizes 80, 24)
@@ -205,12 +206,16 @@ def install_filter() -> int:
     """In the child: the filter (every later thread and exec inherits it); returns its listener fd."""
     import ctypes
 
-    arch, nr_seccomp, calls = ARCHES[os.uname().machine]
-    ld, jeq, ret = 0x20, 0x15, 0x06
-    prog = [(ld, 0, 0, 4), (jeq, 0, len(calls) + 1, arch), (ld, 0, 0, 0)]  # another arch: allow
-    for i, nr in enumerate(calls):
-        prog.append((jeq, len(calls) - i, 0, nr))  # -> notify
-    prog += [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x7FC00000)]  # ALLOW, USER_NOTIF
+    arch, nr_seccomp, calls, sendto = ARCHES[os.uname().machine]
+    ld, jeq = 0x20, 0x15  # BPF_LD|W|ABS, BPF_JMP|JEQ|K; then a tiny assembler for the jump offsets
+    asm = [(ld, 4, None, None), (jeq, arch, None, "allow"), (ld, 0, None, None)]  # another arch: allow
+    asm += [(jeq, nr, "notify", None) for nr in calls]
+    asm += [(jeq, sendto, None, "allow"), (ld, 48, None, None), (jeq, 0, None, "notify"),  # its address
+            (ld, 52, None, None), (jeq, 0, "allow", "notify")]
+    labels = {None: None, "allow": len(asm), "notify": len(asm) + 1}  # RET ALLOW, RET USER_NOTIF
+    prog = [(code, labels[t] - i - 1 if t else 0, labels[f] - i - 1 if f else 0, k)
+            for i, (code, k, t, f) in enumerate(asm)]
+    prog += [(0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x7FC00000)]
     code = b"".join(struct.pack("HBBI", *ins) for ins in prog)
     buf = ctypes.create_string_buffer(code)
     fprog = struct.pack("HxxxxxxP", len(prog), ctypes.addressof(buf))
@@ -488,7 +493,7 @@ class Launcher:
         h = self.holder
         now = time.time()
         if h is not None:
-            for nid in h.held:
+            for nid in reversed(h.held):  # newest first: a call a signal interrupted came again, anew
                 h.release(nid)
             if h.held:
                 self.t["exec"] = now
