@@ -103,13 +103,13 @@ class Capture:
         return first
 
 
-def one_round(method: str, server_ns: str, server: str, clients: list[tuple[str, str]], work: Path) -> dict:
-    """All clients of `method` at one instant; the wire spread and the launchers' timings."""
+def one_round(method: str, server_ns: str, server: str, clients: list[tuple[str, str]], work: Path,
+              lead: float) -> dict:
+    """All clients of `method` at one instant, `lead` s from now; the wire spread and the timings."""
     cap = Capture(server_ns, work / "round.pcap")
-    at = time.time() + 1.0 + 0.1 * len(clients)  # room for every launcher to start on 2 busy cores
-    procs = [subprocess.Popen(["ip", "netns", "exec", ns, *client_argv(method, server, at, ns.split("-")[-1])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for ns, _ in clients]
+    at = time.time() + lead
+    procs = [subprocess.Popen(["ip", "netns", "exec", ns, *client_argv(method, server, at, ns.rsplit("-")[-1])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ns, _ in clients]
     results = [(p, *p.communicate(timeout=30)) for p in procs]
     first = cap.stop()
     failed = [f"{ns}: exit {p.returncode}: {err.strip()[-200:]}"
@@ -119,7 +119,8 @@ def one_round(method: str, server_ns: str, server: str, clients: list[tuple[str,
         lines = err.strip().splitlines()
         if method == "ref:timeclient":
             obj = json.loads(out) if out.strip() else {}
-            timings.append({"exec": (obj.get("timings") or {}).get("start"), "late_ms": obj.get("late_ms")})
+            timings.append({"exec": (obj.get("timings") or {}).get("start"), "late_ms": obj.get("late_ms"),
+                            "ready": obj.get("ready")})
         elif lines and lines[-1].startswith("startat-timings: "):
             timings.append(json.loads(lines[-1].split(": ", 1)[1]))
     wire = [first[addr] for _, addr in clients if addr in first]
@@ -130,7 +131,8 @@ def one_round(method: str, server_ns: str, server: str, clients: list[tuple[str,
             "first_after_at_ms": (min(wire) - at) * 1000 if wire else None,
             "exec_spread_ms": (max(execs) - min(execs)) * 1000 if len(execs) == len(clients) else None,
             "late_ms": max((t.get("late_ms") or 0.0) for t in timings) if timings else None,
-            "exec_cost_ms": statistics.median(cost) if cost else None, "failed": failed}
+            "exec_cost_ms": statistics.median(cost) if cost else None, "failed": failed,
+            "not_ready": sum(1 for t in timings if not t.get("ready") or t["ready"] > at)}
 
 
 def med(values: list) -> float | None:
@@ -172,15 +174,25 @@ def main() -> int:
             for n in a.clients:
                 clients = all_clients[:n]
                 rounds: dict[str, list[dict]] = {m: [] for m in methods}
+                lead = 1.0 + 0.1 * n  # room for every launcher to start; grows when that was too little
+                retried = 0
                 for r in range(a.runs):
                     for m in methods if r % 2 == 0 else list(reversed(methods)):
-                        res = one_round(m, server_ns, server, clients, Path(tmp))
+                        for _attempt in range(4):  # a launcher not ready by the instant: again, more lead
+                            res = one_round(m, server_ns, server, clients, Path(tmp), lead)
+                            if not res["not_ready"]:
+                                break
+                            retried += 1
+                            lead *= 1.5
                         rounds[m].append(res)
                         print(f"# {n:2d} clients run {r + 1:2d} {m:15} wire spread {fmt(res['spread_ms'])} "
                               f"ms  exec spread {fmt(res['exec_spread_ms'])} ms  worst late "
-                              f"{fmt(res['late_ms'])} ms  exec cost {fmt(res['exec_cost_ms'])} ms"
+                              f"{fmt(res['late_ms'])} ms  exec cost {fmt(res['exec_cost_ms'])} ms  "
+                              f"lead {lead:.1f} s" + (f" NOT READY {res['not_ready']}" if res["not_ready"] else "")
                               + (f"  FAILED {res['failed'][:2]}" if res["failed"] else ""), flush=True)
                 report(n, methods, rounds)
+                print(f"(rounds run again because a launcher was not ready by the instant: {retried}; "
+                      f"final lead {lead:.1f} s)")
     finally:
         if server_proc is not None:
             server_proc.terminate()

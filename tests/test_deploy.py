@@ -8,6 +8,7 @@ from labctl.backends.base import Host
 from labctl.deploy import (
     CLIENT_PROGRAM,
     SCRIPTS_DIR,
+    SERVER_FILES,
     SERVER_PROGRAM,
     file_hash,
     is_current,
@@ -53,11 +54,14 @@ def test_probe_script_runs_in_a_real_shell(tmp_path):
 def test_is_current_needs_same_hash_and_same_server_command():
     ports = Ports()
     cmd = shlex.join(server_argv(SERVER.address, ports))
-    good = parse_probe(f"{file_hash(SCRIPTS_DIR / SERVER_PROGRAM)}  {SERVER_PROGRAM}\nSERVER 77 {cmd}\n")
+    hashes = "".join(f"{file_hash(SCRIPTS_DIR / n)}  {n}\n" for n in SERVER_FILES)
+    good = parse_probe(f"{hashes}SERVER 77 {cmd}\n")
     assert good.server_pid == 77 and is_current(SERVER, good, ports)
     assert not is_current(SERVER, good, Ports(tcp=9090))          # ports changed: restart
-    stopped = parse_probe(f"{file_hash(SCRIPTS_DIR / SERVER_PROGRAM)}  {SERVER_PROGRAM}\n")
+    stopped = parse_probe(hashes)
     assert not is_current(SERVER, stopped, ports)                 # not running: start it
+    partial = parse_probe(f"{file_hash(SCRIPTS_DIR / SERVER_PROGRAM)}  {SERVER_PROGRAM}\nSERVER 77 {cmd}\n")
+    assert not is_current(SERVER, partial, ports)                 # a file it imports is missing
     client = parse_probe(f"{'0' * 64}  {CLIENT_PROGRAM}\n")
     assert not is_current(CLIENT, client, ports)                  # changed file: copy it
     client = parse_probe(f"{file_hash(SCRIPTS_DIR / CLIENT_PROGRAM)}  {CLIENT_PROGRAM}\n1795600000.5\n")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from labctl.backends.base import Host, Inventory
-from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_PROGRAM, file_hash, server_argv
+from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_FILES, file_hash, server_argv
 from labctl.lab import Lab, Ports
 from labctl.remote import Group, RemoteError, Result
 from labctl.run import (
@@ -59,9 +59,8 @@ class FakeConnection:
             self.commands.append(line)
         if "sha256sum" in line:  # the probe
             time.sleep(self.cost)
-            name = SERVER_PROGRAM if self.host.role == "server" else CLIENT_PROGRAM
-            digest = "0" * 64 if self.stale else file_hash(SCRIPTS_DIR / name)
-            out = f"{digest}  {name}\n"
+            names = SERVER_FILES if self.host.role == "server" else (CLIENT_PROGRAM,)
+            out = "".join(f"{'0' * 64 if self.stale else file_hash(SCRIPTS_DIR / n)}  {n}\n" for n in names)
             if self.host.role == "server":
                 out += f"SERVER 4242 {shlex.join(server_argv(self.host.address, LAB.ports))}\n"
             else:

@@ -1,0 +1,165 @@
+"""What the lab's time server refuses: the limits that keep it up, fair and quiet under abuse (stdlib only).
+
+Read timeserver_protocol.py first; timeserver.py uses these.
+
+  * request lines are capped (--max-line): `ERR line too long`, then close   (timeserver_protocol)
+  * a line-protocol connection with no complete request for --idle-timeout s is closed: trickling
+    bytes does not reset the clock (slowloris)                                  (timeserver.py)
+  * at most --max-conns line-protocol connections, and at most --max-conns-per-source from one
+    address, so one address cannot lock the others out: the excess gets `ERR busy`   ConnectionLimits
+  * UDP replies per source address go through a token bucket (--rate-limit/--rate-burst)  TokenBuckets
+  * a UDP reply is never more than 3x the request                              (timeserver_protocol)
+  * each service logs at most --log-rate lines a second; the rest are counted, and one line a second
+    says how many were left out and why                                         Log
+"""
+# ruff: noqa: UP031
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from timeserver_protocol import ERR_BUSY, ERR_BUSY_SOURCE, Clock
+
+
+class TokenBuckets:
+    """Per-source-address token buckets in a bounded dict.
+
+    When the table is full, buckets that have refilled completely are dropped (they carry no
+    state); if it is still full, new sources share one overflow bucket. So memory is bounded and
+    a flood of spoofed sources cannot reset anyone's bucket.
+    """
+
+    __slots__ = ("buckets", "burst", "max_entries", "overflow", "rate")
+
+    def __init__(self, rate: float, burst: float, max_entries: int = 4096) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_entries = max_entries
+        self.buckets: dict[str, list[float]] = {}
+        self.overflow = [burst, 0.0]
+
+    def allow(self, source: str, now: float) -> bool:
+        """Take one token for `source` at monotonic time `now`; False when it has none left."""
+        b = self.buckets.get(source)
+        if b is None:
+            if len(self.buckets) >= self.max_entries:
+                self.purge(now)
+            if len(self.buckets) >= self.max_entries:
+                b = self.overflow
+            else:
+                b = self.buckets[source] = [self.burst, now]
+        tokens = min(self.burst, b[0] + (now - b[1]) * self.rate)
+        b[1] = now
+        if tokens < 1.0:
+            b[0] = tokens
+            return False
+        b[0] = tokens - 1.0
+        return True
+
+    def purge(self, now: float) -> None:
+        """Forget buckets that are full again (their state equals a new bucket's)."""
+        full_after = self.burst / self.rate if self.rate > 0 else float("inf")
+        for key in [k for k, b in self.buckets.items() if now - b[1] >= full_after]:
+            del self.buckets[key]
+
+
+class ConnectionLimits:
+    """Admission for line-protocol connections: `total` in all, `per_source` from one address.
+
+    With several worker processes, `shared` is a semaphore they share, so the total holds exactly;
+    the per-source counts are each worker's own (each allows per_source / workers, rounded up).
+    """
+
+    def __init__(self, total: int, per_source: int, shared: object | None = None) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.shared = shared
+        self.open = 0
+        self.by_source: dict[str, int] = {}
+
+    def take(self, source: str) -> bytes | None:
+        """Admit one connection from `source`: None, or the line to refuse it with."""
+        n = self.by_source.get(source, 0)
+        if n >= self.per_source:
+            return ERR_BUSY_SOURCE
+        if self.shared is not None:
+            if not self.shared.acquire(False):
+                return ERR_BUSY
+        elif self.open >= self.total:
+            return ERR_BUSY
+        self.open += 1
+        self.by_source[source] = n + 1
+        return None
+
+    def give_back(self, source: str) -> None:
+        """One admitted connection from `source` closed."""
+        self.open -= 1
+        n = self.by_source.pop(source) - 1
+        if n:
+            self.by_source[source] = n
+        if self.shared is not None:
+            self.shared.release()
+
+
+def peer_str(addr: tuple) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def show(data: bytes) -> str:
+    """A request for the log: repr of at most 40 bytes (no raw newlines or control bytes)."""
+    return repr(bytes(data[:40]))[1:] + ("..." if len(data) > 40 else "")
+
+
+class Log:
+    """The log of one service, one line per exchange, at most `per_second` lines a second:
+
+        2026-11-25T09:39:51.123Z udp 127.0.0.1:40000 'anything' 8B -> 24B [note]
+
+    Past the budget, lines are only counted; the first log call (or `roll`) in a later second adds
+        2026-11-25T09:39:52.001Z udp - - 0B -> 0B not logged: 27950 more lines since 09:39:51Z
+        (27900 no reply: rate limit, 50 answered)
+    Lines go to the list `out`, which the event loop writes out in batches. Thread-safe.
+    """
+
+    def __init__(self, service: str, per_second: int, out: list[str]) -> None:
+        self.service = service
+        self.per_second = per_second
+        self.out = out
+        self.sec = -1
+        self.since = ""
+        self.written = 0
+        self.skipped: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def line(self, clock: Clock, peer: str | tuple, request: str | bytes, nin: int, nout: int,
+             note: str = "") -> None:
+        with self.lock:
+            if clock.sec != self.sec:
+                self._roll(clock)
+            if self.written < self.per_second:
+                self.written += 1
+                if not isinstance(peer, str):
+                    peer = peer_str(peer)
+                if not isinstance(request, str):
+                    request = show(request)
+                self.out.append("%s %s %s %s %dB -> %dB%s\n" % (clock.text, self.service, peer, request, nin,
+                                                                nout, " " + note if note else ""))
+            else:
+                self.skipped[note or "answered"] += 1
+
+    def roll(self, clock: Clock) -> None:
+        """Called now and then by the event loop: the summary of a second that had no later line."""
+        with self.lock:
+            if clock.sec != self.sec:
+                self._roll(clock)
+
+    def _roll(self, clock: Clock) -> None:
+        if self.skipped:
+            total = sum(self.skipped.values())
+            why = ", ".join(f"{n} {k}" for k, n in self.skipped.most_common())
+            self.out.append("%s %s - - 0B -> 0B not logged: %d more lines since %s (%s)\n" % (
+                clock.text, self.service, total, self.since, why))
+            self.skipped.clear()
+        self.sec = clock.sec
+        self.since = clock.text[11:19] + "Z"
+        self.written = 0
