@@ -65,6 +65,10 @@ def netns_exists(name: str) -> bool:
     return name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
 
 
+def node_of(netns: str) -> str:
+    return netns.rsplit("-", 1)[-1]
+
+
 def client_argv(method: str, server: str, at: float, node: str) -> list[str]:
     py_client = [PYTHON, str(SCRIPTS / "timeclient.py"), "udp", server, "--port", str(PORT)]
     if method == "ref:timeclient":
@@ -108,7 +112,7 @@ def one_round(method: str, server_ns: str, server: str, clients: list[tuple[str,
     """All clients of `method` at one instant, `lead` s from now; the wire spread and the timings."""
     cap = Capture(server_ns, work / "round.pcap")
     at = time.time() + lead
-    procs = [subprocess.Popen(["ip", "netns", "exec", ns, *client_argv(method, server, at, ns.rsplit("-")[-1])],
+    procs = [subprocess.Popen(["ip", "netns", "exec", ns, *client_argv(method, server, at, node_of(ns))],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ns, _ in clients]
     results = [(p, *p.communicate(timeout=30)) for p in procs]
     first = cap.stop()
@@ -166,7 +170,8 @@ def main() -> int:
     try:
         server_ns = f"{name}-server"
         server_proc = subprocess.Popen(["ip", "netns", "exec", server_ns, PYTHON,
-                                        str(SCRIPTS / "timeserver.py"), "--bind", server, "--port", str(PORT), "--proto-port", str(PORT + 1),
+                                        str(SCRIPTS / "timeserver.py"), "--bind", server, "--port", str(PORT),
+                                        "--proto-port", str(PORT + 1),
                                         "--quiet", "--no-rate-limit"], stdout=subprocess.PIPE, text=True)
         if "listening" not in server_proc.stdout.readline():
             raise RuntimeError("the time server did not start")
@@ -188,7 +193,8 @@ def main() -> int:
                         print(f"# {n:2d} clients run {r + 1:2d} {m:15} wire spread {fmt(res['spread_ms'])} "
                               f"ms  exec spread {fmt(res['exec_spread_ms'])} ms  worst late "
                               f"{fmt(res['late_ms'])} ms  exec cost {fmt(res['exec_cost_ms'])} ms  "
-                              f"lead {lead:.1f} s" + (f" NOT READY {res['not_ready']}" if res["not_ready"] else "")
+                              f"lead {lead:.1f} s"
+                              + (f" NOT READY {res['not_ready']}" if res["not_ready"] else "")
                               + (f"  FAILED {res['failed'][:2]}" if res["failed"] else ""), flush=True)
                 report(n, methods, rounds)
                 print(f"(rounds run again because a launcher was not ready by the instant: {retried}; "

@@ -293,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default `anything`)")
     p.add_argument("--udp", action="store_true", help="time: use UDP (sends 4 bytes; see the docs)")
     p.add_argument("--timeout", type=float, default=3.0,
-                   help="seconds for the whole exchange of one attempt: connect, send, every read (default 3)")
+                   help="seconds for one attempt's whole exchange: connect, send, every read (default 3)")
     p.add_argument("--retries", type=int, default=0, help="extra attempts after a refusal or timeout")
     p.add_argument("--start-at", type=float, metavar="EPOCH",
                    help="wall-clock instant (Unix seconds) to start at; socket made beforehand")

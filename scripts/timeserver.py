@@ -19,14 +19,14 @@ SIGTERM/SIGINT: stop accepting, finish in-flight exchanges (at most --drain-time
 How it is built, for speed: the TCP time port and the UDP ports each have a thread that blocks in
 accept() or recvfrom() and answers at once (accept, write, close: three system calls a connection;
 TCP_CORK lets the line and the FIN share one segment). The line protocol, whose connections stay open,
-is served by one epoll loop over non-blocking sockets in the main thread. --workers N forks N-1 more
-processes onto the same sockets (the accept-and-close ports keep one acceptor); that only pays where
-the server has cores of its own: on the 2-core lab machine a second worker cost more CPU per
-connection and doubled the UDP p99, so the default is 1.
+is one epoll loop over non-blocking sockets in the main thread. --workers N forks N-1 more processes
+onto the same sockets (one acceptor for accept-and-close); on the 2-core lab machine that cost more
+CPU per connection and doubled the UDP p99, so the default is 1.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import os
@@ -37,7 +37,17 @@ import sys
 import threading
 import time
 
-from timeserver_limits import ConnectionLimits, Log, TokenBuckets, show
+from timeserver_limits import (
+    ConnectionLimits,
+    Log,
+    TokenBuckets,
+    connection_slots,
+    parse_args,
+    peer_str,
+    raise_fd_limit,
+    show,
+    write_log,
+)
 from timeserver_protocol import (
     ERR_IDLE,
     ERR_STOPPING,
@@ -53,7 +63,6 @@ from timeserver_protocol import (
 MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0)
 DRAIN_BYTES = 65536  # after our last reply, read and drop at most this much before closing
 LOG_DELAY = 0.02  # seconds a log line may wait to be written with others
-LOG_CHUNK = 4000  # < PIPE_BUF: the workers' writes to one pipe never interleave inside a line
 SERVICES = ("tcp", "udp", "proto", "time-tcp", "time-udp")
 
 
@@ -100,28 +109,11 @@ def open_sockets(host: str, port: int, proto_port: int, time_port: int) -> dict[
     raise AssertionError("unreachable")
 
 
-def raise_fd_limit(want: int) -> int:
-    """Raise RLIMIT_NOFILE's soft limit towards `want`; return the soft limit in force."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            soft = new
-        except (ValueError, OSError):
-            pass
-    return soft if soft != resource.RLIM_INFINITY else want
-
-
 def accept_spare(sock: socket.socket, spare: int) -> int:
     """Out of file descriptors: free the spare one, accept and close, so the backlog cannot wedge us."""
     os.close(spare)
-    try:
+    with contextlib.suppress(OSError):
         os.close(sock._accept()[0])
-    except OSError:
-        pass
     return os.open(os.devnull, os.O_RDONLY)
 
 
@@ -215,7 +207,7 @@ class Conn:
     def __init__(self, sock: socket.socket, addr: tuple, deadline: float) -> None:
         self.sock = sock
         self.source = addr[0]
-        self.peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+        self.peer = peer_str(addr)
         self.rest = self.out = b""
         self.deadline = deadline
         self.eof = self.closing = self.draining = self.writing = False
@@ -379,10 +371,8 @@ class LineServer:
         """Idle timeouts (a connection with no complete request in --idle-timeout s); the log's summaries."""
         for c in [c for c in self.conns.values() if c.deadline <= now]:
             if not c.draining and not c.writing:
-                try:
+                with contextlib.suppress(OSError):
                     c.sock.send(ERR_IDLE)
-                except OSError:
-                    pass
             self.close(c, "" if c.draining else "closed: idle timeout", show(c.rest) if c.rest else "-")
         for log in self.logs.values():
             log.roll(self.clock.tick())
@@ -444,20 +434,6 @@ class LineServer:
             self.close(c, "closed: server stopping", show(c.rest) if c.rest else "-")
 
 
-def write_log(out: list[str]) -> None:
-    """Write the pending log lines to stderr in pieces of whole lines, < PIPE_BUF each."""
-    n = len(out)  # (other threads may append meanwhile: take exactly these)
-    data = "".join(out[:n]).encode("utf-8", "backslashreplace")
-    del out[:n]
-    while data:
-        cut = len(data) if len(data) <= LOG_CHUNK else (data.rfind(b"\n", 0, LOG_CHUNK) + 1 or LOG_CHUNK)
-        try:
-            os.write(2, data[:cut])
-        except OSError:
-            return
-        data = data[cut:]
-
-
 # ---------------------------------------------------------------------------------------------------
 # 4. One worker: the threads and the loop; main: arguments, sockets, workers
 
@@ -475,9 +451,11 @@ def serve(o: argparse.Namespace, socks: dict[str, socket.socket], index: int, sl
     threads = []
     for name, s in socks.items():
         if name in ("tcp", "time-tcp") and index == 0:  # one acceptor: a second only adds contention
-            target, args = serve_accept_and_close, (s, "line" if name == "tcp" else "rfc868", logs.get(name))
+            form = "line" if name == "tcp" else "rfc868"
+            target, args = serve_accept_and_close, (s, form, logs.get(name))
         elif name in ("udp", "time-udp"):
-            target, args = serve_datagrams, (s, "udp" if name == "udp" else "rfc868", buckets, logs.get(name))
+            form = "udp" if name == "udp" else "rfc868"
+            target, args = serve_datagrams, (s, form, buckets, logs.get(name))
         else:
             continue
         threads.append(threading.Thread(target=target, args=args, name=name, daemon=True))
@@ -502,10 +480,8 @@ def serve(o: argparse.Namespace, socks: dict[str, socket.socket], index: int, sl
     for pid in children:
         os.kill(pid, signal.SIGTERM)
     for s in socks.values():  # wakes the threads blocked in accept()/recvfrom()
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
     for t in threads:
         t.join(timeout=5)
     deadline = time.monotonic() + o.drain_timeout + 2.0
@@ -519,60 +495,13 @@ def serve(o: argparse.Namespace, socks: dict[str, socket.socket], index: int, sl
     return 0
 
 
-def connection_slots(n: int) -> object | None:
-    """A semaphore the forked workers share, so --max-conns holds exactly over all of them."""
-    try:
-        import multiprocessing
-
-        return multiprocessing.get_context("fork").BoundedSemaphore(n)
-    except (ImportError, OSError, ValueError):
-        return None
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="timeserver.py", description="UTC time over TCP, UDP, a line protocol and RFC 868 (stdlib only).",
-        epilog="Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when a port cannot be bound, "
-               "2 on bad arguments.")
-    add = p.add_argument
-    add("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0; '::' for IPv6)")
-    add("--port", type=int, default=8080, help="TCP time-and-close and UDP time port (default 8080; 0 = pick)")
-    add("--proto-port", type=int, default=8081, help="TCP line-protocol port (default 8081; 0 = pick one)")
-    add("--time-port", type=int, default=0,
-        help="RFC 868 TIME port, TCP and UDP (default 0 = off; the standard port is 37)")
-    add("--workers", type=int, default=1, help="processes serving the same sockets (default 1; more only "
-                                              "help where the server has cores of its own)")
-    add("--max-conns", type=int, default=2048, help="concurrent line-protocol connections (default 2048)")
-    add("--max-conns-per-source", type=int, default=64,
-        help="concurrent line-protocol connections from one address (default 64)")
-    add("--max-line", type=int, default=1024, help="request line cap in bytes (default 1024)")
-    add("--idle-timeout", type=float, default=30.0,
-        help="seconds a line-protocol connection may go without a complete request (default 30)")
-    add("--rate-limit", type=float, default=100.0, help="UDP replies per second per source address (default 100)")
-    add("--rate-burst", type=float, default=200.0, help="UDP token-bucket size per source address (default 200)")
-    add("--no-rate-limit", action="store_true", help="no UDP rate limit (benchmarks)")
-    add("--log-rate", type=int, default=50,
-        help="log lines per second per service (default 50); the rest are counted, one line a second")
-    add("--drain-timeout", type=float, default=2.0,
-        help="on SIGTERM, seconds to let in-flight requests finish (default 2)")
-    add("--quiet", action="store_true", help="no log lines on stderr")
-    o = p.parse_args(argv)
-    for name in ("port", "proto_port", "time_port"):
-        if not 0 <= getattr(o, name) <= 65535:
-            p.error(f"--{name.replace('_', '-')} must be 0..65535, not {getattr(o, name)}")
-    if min(o.workers, o.max_conns, o.max_conns_per_source, o.log_rate) < 1 or o.max_line < 8:
-        p.error("--workers, --max-conns, --max-conns-per-source and --log-rate must be >= 1, --max-line >= 8")
-    if not (0 < o.idle_timeout < 1e6 and 0 <= o.drain_timeout < 1e6 and o.rate_limit > 0 and o.rate_burst >= 1):
-        p.error("--idle-timeout and --rate-limit must be > 0, --rate-burst >= 1, --drain-timeout >= 0")
-    return o
-
-
 def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
     limit = raise_fd_limit(o.max_conns + 64 * o.workers + 64)
     if o.max_conns + 32 * o.workers > limit:
         o.max_conns = max(1, limit - 32 * o.workers)
-        print(f"timeserver: file descriptor limit {limit}: --max-conns lowered to {o.max_conns}", file=sys.stderr)
+        print(f"timeserver: file descriptor limit {limit}: --max-conns lowered to {o.max_conns}",
+              file=sys.stderr)
     try:
         socks = open_sockets(o.bind, o.port, o.proto_port, o.time_port)
     except OSError as e:
@@ -597,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         children[pid] = idx
     h = f"[{o.bind}]" if ":" in o.bind else o.bind
     parts = " ".join(f"{name}={h}:{s.getsockname()[1]}" for name, s in socks.items())
-    return serve(o, socks, 0, slots, children, f"timeserver listening {parts} workers={o.workers} pid={os.getpid()}")
+    return serve(o, socks, 0, slots, children,
+                 f"timeserver listening {parts} workers={o.workers} pid={os.getpid()}")
 
 
 if __name__ == "__main__":

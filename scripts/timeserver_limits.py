@@ -11,14 +11,19 @@ Read timeserver_protocol.py first; timeserver.py uses these.
   * a UDP reply is never more than 3x the request                              (timeserver_protocol)
   * each service logs at most --log-rate lines a second; the rest are counted, and one line a second
     says how many were left out and why                                         Log
+  and at the end, the command line that sets them: parse_args
 """
 # ruff: noqa: UP031
 from __future__ import annotations
 
+import argparse
+import os
 import threading
 from collections import Counter
 
 from timeserver_protocol import ERR_BUSY, ERR_BUSY_SOURCE, Clock
+
+LOG_CHUNK = 4000  # < PIPE_BUF: the workers' writes to one pipe never interleave inside a line
 
 
 class TokenBuckets:
@@ -101,6 +106,32 @@ class ConnectionLimits:
             self.shared.release()
 
 
+def connection_slots(n: int) -> object | None:
+    """A semaphore the forked workers share, so --max-conns holds exactly over all of them (None where
+    POSIX semaphores are missing: then each worker takes max-conns / workers)."""
+    try:
+        import multiprocessing
+
+        return multiprocessing.get_context("fork").BoundedSemaphore(n)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards `want`; return the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else want
+
+
 def peer_str(addr: tuple) -> str:
     return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
@@ -163,3 +194,59 @@ class Log:
         self.sec = clock.sec
         self.since = clock.text[11:19] + "Z"
         self.written = 0
+
+
+def write_log(out: list[str]) -> None:
+    """Write the pending log lines to stderr in pieces of whole lines, < PIPE_BUF each."""
+    n = len(out)  # (other threads may append meanwhile: take exactly these)
+    data = "".join(out[:n]).encode("utf-8", "backslashreplace")
+    del out[:n]
+    while data:
+        cut = len(data) if len(data) <= LOG_CHUNK else (data.rfind(b"\n", 0, LOG_CHUNK) + 1 or LOG_CHUNK)
+        try:
+            os.write(2, data[:cut])
+        except OSError:
+            return
+        data = data[cut:]
+
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: where to listen, and every limit with its default."""
+    p = argparse.ArgumentParser(
+        prog="timeserver.py", description="UTC time over TCP, UDP, a line protocol and RFC 868.",
+        epilog="Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when a port cannot be bound, "
+               "2 on bad arguments.")
+    add = p.add_argument
+    add("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0; '::' for IPv6)")
+    add("--port", type=int, default=8080, help="TCP time-and-close and UDP time port (default 8080; 0: pick)")
+    add("--proto-port", type=int, default=8081, help="TCP line-protocol port (default 8081; 0 = pick one)")
+    add("--time-port", type=int, default=0,
+        help="RFC 868 TIME port, TCP and UDP (default 0 = off; the standard port is 37)")
+    add("--workers", type=int, default=1, help="processes serving the same sockets (default 1; more only "
+                                              "help where the server has cores of its own)")
+    add("--max-conns", type=int, default=2048, help="concurrent line-protocol connections (default 2048)")
+    add("--max-conns-per-source", type=int, default=64,
+        help="concurrent line-protocol connections from one address (default 64)")
+    add("--max-line", type=int, default=1024, help="request line cap in bytes (default 1024)")
+    add("--idle-timeout", type=float, default=30.0,
+        help="seconds a line-protocol connection may go without a complete request (default 30)")
+    add("--rate-limit", type=float, default=100.0, help="UDP replies a second per source (default 100)")
+    add("--rate-burst", type=float, default=200.0, help="UDP token bucket size per source (default 200)")
+    add("--no-rate-limit", action="store_true", help="no UDP rate limit (benchmarks)")
+    add("--log-rate", type=int, default=50,
+        help="log lines per second per service (default 50); the rest are counted, one line a second")
+    add("--drain-timeout", type=float, default=2.0,
+        help="on SIGTERM, seconds to let in-flight requests finish (default 2)")
+    add("--quiet", action="store_true", help="no log lines on stderr")
+    o = p.parse_args(argv)
+    for name in ("port", "proto_port", "time_port"):
+        if not 0 <= getattr(o, name) <= 65535:
+            p.error(f"--{name.replace('_', '-')} must be 0..65535, not {getattr(o, name)}")
+    if min(o.workers, o.max_conns, o.max_conns_per_source, o.log_rate) < 1 or o.max_line < 8:
+        p.error("--workers, --max-conns, --max-conns-per-source, --log-rate must be >= 1, --max-line >= 8")
+    if not (0 < o.idle_timeout < 1e6 and 0 <= o.drain_timeout < 1e6 and 0 < o.rate_limit < 1e9
+            and 1 <= o.rate_burst < 1e9 and o.workers <= 64):
+        p.error("--idle-timeout and --rate-limit must be > 0, --rate-burst >= 1, --drain-timeout >= 0, "
+                "--workers <= 64")
+    return o

@@ -402,7 +402,8 @@ def test_one_address_cannot_lock_the_others_out(make_server, workers):
             c.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 refused += c.recv(100).startswith(b"ERR busy: too many connections from your address")
-        assert refused == 30 - 8, refused  # (with 2 workers each holds 4 of the 8)
+        # one worker admits all 8; two workers 4 each, at most 8 (fewer when one worker took them all)
+        assert (refused == 30 - 8) if workers == "1" else (30 - 8 <= refused <= 30 - 4), refused
         for src in ("127.0.0.1", "127.0.0.2"):  # everybody else is still served
             with socket.socket() as other:
                 other.settimeout(5)
