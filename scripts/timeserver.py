@@ -490,7 +490,7 @@ def serve(o: argparse.Namespace, socks: dict[str, socket.socket], index: int, sl
             del children[pid]
         time.sleep(0.01)
     for log in logs.values():
-        log.roll(Clock())
+        log.roll(Clock(), last=True)
     write_log(out)
     return 0
 

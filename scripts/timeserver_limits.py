@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
-from collections import Counter
 
 from timeserver_protocol import ERR_BUSY, ERR_BUSY_SOURCE, Clock
 
@@ -146,10 +144,15 @@ class Log:
 
         2026-11-25T09:39:51.123Z udp 127.0.0.1:40000 'anything' 8B -> 24B [note]
 
-    Past the budget, lines are only counted; the first log call (or `roll`) in a later second adds
-        2026-11-25T09:39:52.001Z udp - - 0B -> 0B not logged: 27950 more lines since 09:39:51Z
-        (27900 no reply: rate limit, 50 answered)
-    Lines go to the list `out`, which the event loop writes out in batches. Thread-safe.
+    Past the budget, lines are only counted (by note); `roll`, called by the event loop, adds at most
+    one line a second with what was left out since the last one:
+
+        2026-11-25T09:39:52.001Z udp - - 0B -> 0B not logged: 27950 more lines (27900 no reply: rate
+        limit, 50 answered)
+
+    Lines go to the list `out`, which the event loop writes out in batches. No lock on the way of a
+    datagram: only the service's thread calls `line` and writes the counts, only the event loop calls
+    `roll` and reads them (a plain dict's copy is atomic in CPython).
     """
 
     def __init__(self, service: str, per_second: int, out: list[str]) -> None:
@@ -157,43 +160,39 @@ class Log:
         self.per_second = per_second
         self.out = out
         self.sec = -1
-        self.since = ""
         self.written = 0
-        self.skipped: Counter[str] = Counter()
-        self.lock = threading.Lock()
+        self.skipped: dict[str, int] = {}  # note -> lines not logged, ever (the service thread's)
+        self.reported: dict[str, int] = {}  # what roll() has already reported (the loop's)
+        self.rolled = -1
 
     def line(self, clock: Clock, peer: str | tuple, request: str | bytes, nin: int, nout: int,
              note: str = "") -> None:
-        with self.lock:
-            if clock.sec != self.sec:
-                self._roll(clock)
-            if self.written < self.per_second:
-                self.written += 1
-                if not isinstance(peer, str):
-                    peer = peer_str(peer)
-                if not isinstance(request, str):
-                    request = show(request)
-                self.out.append("%s %s %s %s %dB -> %dB%s\n" % (clock.text, self.service, peer, request, nin,
-                                                                nout, " " + note if note else ""))
-            else:
-                self.skipped[note or "answered"] += 1
+        if clock.sec != self.sec:
+            self.sec, self.written = clock.sec, 0
+        if self.written < self.per_second:
+            self.written += 1
+            if not isinstance(peer, str):
+                peer = peer_str(peer)
+            if not isinstance(request, str):
+                request = show(request)
+            self.out.append("%s %s %s %s %dB -> %dB%s\n" % (clock.text, self.service, peer, request, nin,
+                                                            nout, " " + note if note else ""))
+        else:
+            key = note or "answered"
+            self.skipped[key] = self.skipped.get(key, 0) + 1
 
-    def roll(self, clock: Clock) -> None:
-        """Called now and then by the event loop: the summary of a second that had no later line."""
-        with self.lock:
-            if clock.sec != self.sec:
-                self._roll(clock)
-
-    def _roll(self, clock: Clock) -> None:
-        if self.skipped:
-            total = sum(self.skipped.values())
-            why = ", ".join(f"{n} {k}" for k, n in self.skipped.most_common())
-            self.out.append("%s %s - - 0B -> 0B not logged: %d more lines since %s (%s)\n" % (
-                clock.text, self.service, total, self.since, why))
-            self.skipped.clear()
-        self.sec = clock.sec
-        self.since = clock.text[11:19] + "Z"
-        self.written = 0
+    def roll(self, clock: Clock, last: bool = False) -> None:
+        """At most once a second (and once more at the end): a line with what was left out since."""
+        if clock.sec == self.rolled and not last:
+            return
+        self.rolled = clock.sec
+        now = self.skipped.copy()
+        new = {k: n - self.reported.get(k, 0) for k, n in now.items() if n > self.reported.get(k, 0)}
+        if new:
+            self.reported = now
+            why = ", ".join(f"{n} {k}" for k, n in sorted(new.items(), key=lambda kn: -kn[1]))
+            self.out.append("%s %s - - 0B -> 0B not logged: %d more lines (%s)\n" % (
+                clock.text, self.service, sum(new.values()), why))
 
 
 def write_log(out: list[str]) -> None:

@@ -158,7 +158,15 @@ def test_log_budget_counts_what_it_leaves_out():
     assert len(out) == 3 and all(" udp 10.0.0.1:5000 'anything' 8B -> " in x for x in out)
     clock.sec, clock.text = 101, "2026-11-25T09:39:52.000Z"
     log.roll(clock)
-    assert out[-1] == ("2026-11-25T09:39:52.000Z udp - - 0B -> 0B not logged: 7 more lines since 09:39:51Z "
+    assert out[-1] == ("2026-11-25T09:39:52.000Z udp - - 0B -> 0B not logged: 7 more lines "
                        "(4 no reply: rate limit, 3 answered)\n")
     log.roll(clock)
-    assert len(out) == 4  # nothing left out: no summary
+    assert len(out) == 4  # at most one summary a second
+    clock.sec, clock.text = 102, "2026-11-25T09:39:53.000Z"
+    log.roll(clock)
+    assert len(out) == 4  # nothing more left out: no summary
+    for _ in range(5):
+        log.line(clock, "-", "-", 0, 0, "no reply: 3x bound")  # a new second: 3 logged, 2 counted
+    clock.sec, clock.text = 103, "2026-11-25T09:39:54.000Z"
+    log.roll(clock)
+    assert len(out) == 8 and out[-1].endswith("not logged: 2 more lines (2 no reply: 3x bound)\n")
