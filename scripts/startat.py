@@ -8,13 +8,12 @@ starts at one instant. Everything that can be done early is done early: PROGRAM 
 checked (exists, executable, an ELF binary for this node's machine, or a script whose interpreter is
 there; a non-executable script runs with the interpreter its #! line or its `.py` names), and forked.
 
-Then, where the kernel allows it (Linux >= 5.6, x86-64 or aarch64, ctypes), the program is exec'd *at
-once* and runs its start-up (a Python runtime takes ~20 ms, Go's ~1 ms) before the instant, but a
-seccomp filter stops it at its first network call (connect, sendto, sendmsg, sendmmsg) or its exit,
-and holds it there until the instant: then the launcher lets the call go on. Local sockets (AF_UNIX,
-netlink: name-service lookups) are let through at once. So the cost of exec is off the critical path
-and at the instant each client costs one system call. Elsewhere (or with --no-hold) the forked child
-sleeps until the instant and then execs the program.
+Then, with startat_hold.py beside it and where the kernel allows it (Linux >= 5.6 on x86-64 or aarch64),
+the program is exec'd *at once* and runs its start-up before the instant (tens of milliseconds for a
+Python runtime on a busy node, a few for Go's), but a seccomp filter stops it at its first network
+call (or its exit) until the instant, when the launcher lets that call go on: the cost of exec is off
+the critical path, and at the instant each client costs one system call. Otherwise (or with --no-hold)
+the forked child sleeps until the instant and then execs the program.
 
 The program's stdout and stderr reach the caller, held back until HOLD_OUTPUT seconds after the
 instant (printing and exiting at once would delay the clients still waking up). It runs in its own
@@ -28,7 +27,8 @@ group too (exit 128+N). An error of startat's own is one `startat: ...` line on 
 on stderr is always
 
     startat-timings: {"start": .., "ready": .., "exec": .., "end": .., "exit": .., "timed_out": ..,
-                      "error": .., "late_ms": .., "at": .., "mode": "hold"|"exec", "execve": ..}
+                      "error": .., "late_ms": .., "at": .., "mode": "hold"|"exec", "execve": ..,
+                      "no_hold": null or why the program was not held}
 
 start: the launcher started; ready: the program was waiting for the instant (hold: it reached its
 first network call; exec: the child went to sleep); exec: the program was let go (hold: its first
@@ -46,6 +46,11 @@ import signal
 import struct
 import sys
 import time
+
+try:
+    import startat_hold  # the hold (optional): exec early, first network call held until the instant
+except ImportError:
+    startat_hold = None
 
 EXIT_TIMEOUT, EXIT_USAGE, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 124, 125, 126, 127
 HOLD_OUTPUT = 0.05  # seconds after the instant before output is passed on
@@ -167,140 +172,7 @@ def wait_until(epoch: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 2. The hold: a seccomp filter that hands the program's first network call to the launcher
-
-# per machine: (AUDIT_ARCH, seccomp's nr, [connect, sendmsg, sendmmsg, exit_group], sendto's nr). Held:
-# those calls, and a sendto that names an address; a send on a connected socket is not (its connect was).
-ARCHES = {"x86_64": (0xC000003E, 317, [42, 46, 307, 231], 44),
-          "aarch64": (0xC00000B7, 277, [203, 211, 269, 94], 206)}
-NATIVE_ELF = {"x86_64": 62, "aarch64": 183}
-SYS_PIDFD_GETFD = 438  # the same on every architecture
-NOTIF_RECV, NOTIF_SEND = 0xC0502100, 0xC0182101  # SECCOMP_IOCTL_NOTIF_RECV/SEND (struct sizes 80, 24)
-NOTIF_SIZE = 80
-
-
-def can_hold(machine: int | None) -> bool:
-    """True when the program can be exec'd early and held by a seccomp filter on this kernel."""
-    here = os.uname().machine
-    release = os.uname().release.split(".")
-    try:
-        new_enough = (int(release[0]), int(release[1].split("-")[0])) >= (5, 6)
-    except (ValueError, IndexError):
-        new_enough = False
-    if not new_enough or here not in ARCHES or machine != NATIVE_ELF[here] or not hasattr(os, "pidfd_open"):
-        return False
-    try:
-        import ctypes  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def libc():
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def install_filter() -> int:
-    """In the child: the filter (every later thread and exec inherits it); returns its listener fd."""
-    import ctypes
-
-    arch, nr_seccomp, calls, sendto = ARCHES[os.uname().machine]
-    ld, jeq = 0x20, 0x15  # BPF_LD|W|ABS, BPF_JMP|JEQ|K; then a tiny assembler for the jump offsets
-    asm = [(ld, 4, None, None), (jeq, arch, None, "allow"), (ld, 0, None, None)]  # another arch: allow
-    asm += [(jeq, nr, "notify", None) for nr in calls]
-    asm += [(jeq, sendto, None, "allow"), (ld, 48, None, None), (jeq, 0, None, "notify"),  # its address
-            (ld, 52, None, None), (jeq, 0, "allow", "notify")]
-    labels = {None: None, "allow": len(asm), "notify": len(asm) + 1}  # RET ALLOW, RET USER_NOTIF
-    prog = [(code, labels[t] - i - 1 if t else 0, labels[f] - i - 1 if f else 0, k)
-            for i, (code, k, t, f) in enumerate(asm)]
-    prog += [(0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x7FC00000)]
-    code = b"".join(struct.pack("HBBI", *ins) for ins in prog)
-    buf = ctypes.create_string_buffer(code)
-    fprog = struct.pack("HxxxxxxP", len(prog), ctypes.addressof(buf))
-    c = libc()
-    if os.geteuid() != 0:
-        c.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: what an unprivileged filter needs
-    fd = c.syscall(nr_seccomp, 1, 1 << 3, ctypes.c_char_p(fprog))  # SET_MODE_FILTER, NEW_LISTENER
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "seccomp: " + os.strerror(ctypes.get_errno()))
-    return fd
-
-
-class Holder:
-    """The launcher's end of the filter: receives the program's network calls and lets them go."""
-
-    def __init__(self, pid: int, pidfd: int, child_fd: int) -> None:
-        import ctypes
-        import fcntl
-
-        self.ioctl = fcntl.ioctl
-        fd = libc().syscall(SYS_PIDFD_GETFD, pidfd, child_fd, 0)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "pidfd_getfd: " + os.strerror(ctypes.get_errno()))
-        self.fd = fd
-        self.pid = pid
-        self.pidfd = pidfd
-        self.held: list[int] = []
-        self.exit_nr = ARCHES[os.uname().machine][2][-1]
-        self.first_call: float | None = None  # when the first network call arrived
-
-    def pending(self, timeout: float = 0.0) -> bool:
-        p = select.poll()
-        p.register(self.fd, select.POLLIN)
-        return any(ev & select.POLLIN for _, ev in p.poll(max(0.0, timeout) * 1000.0))
-
-    def receive(self) -> tuple[int, int, int] | None:
-        """One notification: (id, syscall nr, first argument), or None when it vanished."""
-        buf = bytearray(NOTIF_SIZE)
-        try:
-            self.ioctl(self.fd, NOTIF_RECV, buf)
-        except OSError:
-            return None
-        nid, _pid, _flags, nr, _arch, _ip, arg0 = struct.unpack_from("QIIiIQQ", buf)
-        return nid, nr, arg0
-
-    def release(self, nid: int) -> None:
-        with contextlib.suppress(OSError):  # (an interrupted call comes again; or the program is gone)
-            self.ioctl(self.fd, NOTIF_SEND, bytearray(struct.pack("QqiI", nid, 0, 0, 1)))  # FLAG_CONTINUE
-
-    def is_local(self, sock_fd: int) -> bool:
-        """True for an AF_UNIX or netlink socket (name lookups, logging): never held."""
-        import socket
-
-        fd = libc().syscall(SYS_PIDFD_GETFD, self.pidfd, sock_fd & 0xFFFFFFFF, 0)
-        if fd < 0:
-            return False
-        try:
-            family = socket.socket(fileno=fd).family  # (closed with the socket object)
-        except OSError:
-            os.close(fd)
-            family = None
-        return family in (socket.AF_UNIX, getattr(socket, "AF_NETLINK", -1))
-
-    def serve(self, before: float | None) -> None:
-        """Answer every pending call: hold the network calls (and the exit) while the instant is ahead."""
-        while self.pending():
-            got = self.receive()
-            if got is None:
-                return
-            nid, nr, arg0 = got
-            ahead = before is not None and time.time() < before
-            local = (ahead or self.first_call is None) and nr != self.exit_nr and self.is_local(arg0)
-            if not local and self.first_call is None:
-                self.first_call = time.time()  # ready: the program reached its first network call
-            if ahead and not local:
-                self.held.append(nid)
-            else:
-                self.release(nid)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 3. The launch: fork early, let go at the instant, pass the output on, leave nothing behind
+# 2. The launch: fork early, let go at the instant, pass the output on, leave nothing behind
 
 class Interrupted(Exception):
     """SIGTERM, SIGHUP or SIGINT reached the launcher."""
@@ -319,11 +191,12 @@ def child(argv: list[str], at: float, hold: bool, status_w: int, ack_r: int, out
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        with contextlib.suppress(ImportError, OSError, AttributeError):
-            libc().prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
+        if startat_hold is not None:
+            with contextlib.suppress(ImportError, OSError, AttributeError):
+                startat_hold.libc().prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with us
         if hold:
             try:
-                listener = install_filter()
+                listener = startat_hold.install_filter()
             except OSError as e:
                 say(f"F {e}")  # no filter here: sleep and exec at the instant instead
                 hold = False
@@ -355,7 +228,7 @@ class Launcher:
                                      "timed_out": False, "error": None, "late_ms": None, "at": at,
                                      "mode": "hold" if hold else "exec", "execve": None}
         self.pid = 0
-        self.holder: Holder | None = None
+        self.holder: startat_hold.Holder | None = None
         self.status = b""  # the child's status lines not yet parsed
         self.exited: int | None = None  # the leader's exit status, once it is gone (not yet reaped)
         self.error_code = 0
@@ -386,7 +259,7 @@ class Launcher:
         kind, _, rest = line.partition(" ")
         if kind == "L":
             try:
-                self.holder = Holder(self.pid, self.pidfd, int(rest))
+                self.holder = startat_hold.Holder(self.pid, self.pidfd, int(rest))
                 os.write(self.ack_w, b"A")
             except OSError:
                 os.write(self.ack_w, b"N")
@@ -600,8 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     code = EXIT_CANNOT_EXEC
     try:
         exec_argv, machine = prepare(a.program, a.args, a.node)
-        hold = not a.no_hold and a.at - time.time() > 0.02 and can_hold(machine)
-        launcher = Launcher(exec_argv, a.at, a.timeout, hold, start)
+        no_hold = ("--no-hold" if a.no_hold else "startat_hold.py missing" if startat_hold is None
+                   else "the instant is past" if a.at - time.time() < 0.02 else startat_hold.why_not(machine))
+        launcher = Launcher(exec_argv, a.at, a.timeout, no_hold is None, start)
+        launcher.t["no_hold"] = no_hold
         code = launcher.run()
         timings = launcher.t
         if timings["error"]:

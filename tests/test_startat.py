@@ -16,9 +16,12 @@ import pytest
 from requires import SHARED_BENCH, require_file
 
 STARTAT = Path(__file__).resolve().parent.parent / "scripts" / "startat.py"
+sys.path.insert(0, str(STARTAT.parent))  # as on a node: startat.py imports startat_hold.py beside it
 _spec = importlib.util.spec_from_file_location("startat", STARTAT)
 startat = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(startat)
+NATIVE = {"x86_64": 62, "aarch64": 183}.get(os.uname().machine)
+CAN_HOLD = startat.startat_hold is not None and startat.startat_hold.why_not(NATIVE) is None
 
 LEAD = 1.0  # seconds from now to the instant: room for the launcher to start on a busy machine
 MODES = [pytest.param([], id="hold"), pytest.param(["--no-hold"], id="exec")]
@@ -60,8 +63,8 @@ def test_exit_status_output_and_timings(opts):
     assert set(t) >= {"start", "ready", "exec", "end", "exit", "timed_out", "error", "late_ms"}
     assert t["start"] <= t["execve"] <= t["end"] and t["exec"] >= t["at"]
     assert t["late_ms"] == pytest.approx((t["exec"] - t["at"]) * 1000, abs=0.01)
-    assert t["mode"] == ("exec" if opts else "hold" if startat.can_hold(62 if os.uname().machine ==
-                                                                         "x86_64" else 183) else "exec")
+    assert t["mode"] == ("hold" if CAN_HOLD and not opts else "exec")
+    assert (t["no_hold"] is None) == (t["mode"] == "hold")
 
 
 def test_killed_by_a_signal_is_128_plus_n():
@@ -239,10 +242,20 @@ def test_seed_go_client_is_held_too():
     t = timings_of(err)
     assert data == b"anything" and arrived >= at and proc.returncode == 0, err
     assert "2026-11-25" in out
-    if startat.can_hold(62 if os.uname().machine == "x86_64" else 183):
+    if CAN_HOLD:
         assert t["mode"] == "hold" and t["execve"] < at and t["ready"] < at  # Go runtime started early
 
 
 def test_the_launcher_returns_only_when_the_output_is_complete():
     out, _ = launch(sys.executable, "-c", "import sys; sys.stdout.write('x' * 300000)")
     assert out.returncode == 0 and len(out.stdout) == 300000
+
+
+def test_without_the_hold_file_it_sleeps_and_execs(tmp_path):
+    alone = tmp_path / "startat.py"
+    alone.write_bytes(STARTAT.read_bytes())  # without startat_hold.py beside it
+    out = subprocess.run([sys.executable, str(alone), "--at", repr(time.time() + LEAD), "--", "sh", "-c",
+                          "echo ok"], capture_output=True, text=True, timeout=30)
+    t = timings_of(out.stderr)
+    assert out.returncode == 0 and out.stdout == "ok\n"
+    assert t["mode"] == "exec" and t["no_hold"] == "startat_hold.py missing" and t["exec"] >= t["at"]
