@@ -111,11 +111,19 @@ def one_round(method: str, server_ns: str, server: str, clients: list[tuple[str,
               lead: float) -> dict:
     """All clients of `method` at one instant, `lead` s from now; the wire spread and the timings."""
     cap = Capture(server_ns, work / "round.pcap")
-    at = time.time() + lead
-    procs = [subprocess.Popen(["ip", "netns", "exec", ns, *client_argv(method, server, at, node_of(ns))],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ns, _ in clients]
-    results = [(p, *p.communicate(timeout=30)) for p in procs]
-    first = cap.stop()
+    procs: list[subprocess.Popen] = []
+    try:
+        at = time.time() + lead
+        for ns, _ in clients:
+            argv = ["ip", "netns", "exec", ns, *client_argv(method, server, at, node_of(ns))]
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = [(p, *p.communicate(timeout=30)) for p in procs]
+    finally:
+        first = cap.stop()
+        for p in procs:  # (only when interrupted: each launcher stops its own client)
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
     failed = [f"{ns}: exit {p.returncode}: {err.strip()[-200:]}"
               for (ns, _), (p, _, err) in zip(clients, results) if p.returncode != 0]
     timings = []
@@ -163,6 +171,9 @@ def main() -> int:
         print(f"{a.lab} has {len(all_clients)} clients; --clients asks for {max(a.clients)}", file=sys.stderr)
         return 2
     methods = a.methods.split(",")
+    global SCRIPTS
+    snapshot = Path(tempfile.mkdtemp(prefix="bench-startat-scripts-"))
+    SCRIPTS = Path(shutil.copytree(SCRIPTS, snapshot / "scripts"))  # edits during the run do not mix in
     brought_up = not netns_exists(f"{name}-server")
     if brought_up:
         labctl(a.lab, "up")
@@ -205,6 +216,7 @@ def main() -> int:
             server_proc.wait(timeout=10)
         if brought_up:
             labctl(a.lab, "down")
+        shutil.rmtree(snapshot, ignore_errors=True)
     return 0
 
 

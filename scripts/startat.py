@@ -55,6 +55,7 @@ except ImportError:
 EXIT_TIMEOUT, EXIT_USAGE, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 124, 125, 126, 127
 HOLD_OUTPUT = 0.05  # seconds after the instant before output is passed on
 KILL_GRACE = 1.0    # seconds between SIGTERM and SIGKILL to the program's group
+REALTIME_AHEAD = 0.05  # seconds before the instant from which the launcher runs SCHED_FIFO (hold)
 MAX_AHEAD = 86400.0  # --at at most this far ahead
 
 # ELF e_machine -> the name the messages use, and the `uname -m` values that can run it
@@ -162,6 +163,24 @@ def prepare(program: str, args: list[str], node: str) -> tuple[list[str], int | 
     return [path, *args], None
 
 
+def timings(start: float, at: float, **known: object) -> dict[str, object]:
+    """The startat-timings object: every key, null until known."""
+    t: dict[str, object] = dict.fromkeys(("start", "ready", "exec", "end", "exit", "timed_out", "error",
+                                          "late_ms", "at", "mode", "execve", "no_hold"))
+    t.update(start=start, at=at, timed_out=False, **known)
+    return t
+
+
+def realtime(on: bool) -> None:
+    """For the instant only (hold: waking up and one ioctl per held call, about 0.1 ms), the launcher
+    runs SCHED_FIFO where it may (root), so that on a node whose cores are busy (every client of a
+    namespace lab shares this machine's) it wakes on time instead of after the programs already let go.
+    The program itself never runs real-time."""
+    with contextlib.suppress(AttributeError, OSError):
+        policy = os.SCHED_FIFO if on else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(1 if on else 0))
+
+
 def wait_until(epoch: float) -> float:
     """Sleep until wall-clock `epoch`; return the wake time (a plain sleep: no spinning)."""
     while True:
@@ -224,9 +243,7 @@ class Launcher:
 
     def __init__(self, argv: list[str], at: float, timeout: float | None, hold: bool, start: float) -> None:
         self.argv, self.at, self.timeout, self.hold = argv, at, timeout, hold
-        self.t: dict[str, object] = {"start": start, "ready": None, "exec": None, "end": None, "exit": None,
-                                     "timed_out": False, "error": None, "late_ms": None, "at": at,
-                                     "mode": "hold" if hold else "exec", "execve": None}
+        self.t = timings(start, at, mode="hold" if hold else "exec")
         self.pid = 0
         self.holder: startat_hold.Holder | None = None
         self.status = b""  # the child's status lines not yet parsed
@@ -234,6 +251,7 @@ class Launcher:
         self.error_code = 0
         self.kill_at: float | None = None  # monotonic time of the SIGKILL that follows a SIGTERM
         self.fallback = False  # the hold could not be set up: start again without it
+        self.backlog: dict[int, bytes] = {}  # our stdout/stderr -> output our caller has not taken yet
 
     def fork(self) -> None:
         status_r, status_w = os.pipe()  # (all four are close-on-exec)
@@ -265,7 +283,7 @@ class Launcher:
                 os.write(self.ack_w, b"N")
                 self.fallback = True
         elif kind == "F":
-            self.hold, self.t["mode"] = False, "exec"
+            self.hold, self.t["mode"], self.t["no_hold"] = False, "exec", rest
         elif kind == "R":
             self.t["ready"] = float(rest)
         elif kind == "X":
@@ -280,13 +298,17 @@ class Launcher:
         """One turn of the event loop: the child's status, held calls, the leader's exit, its output."""
         fds = [fd for fd in (self.status_r, self.holder.fd if self.holder else -1,
                              self.pidfd if self.exited is None else -1) if fd >= 0]
-        if relay:
-            fds += list(self.pipes)
+        if relay:  # (a pipe whose output still waits for our caller is not read meanwhile)
+            fds += [fd for fd, dest in self.pipes.items() if not self.backlog.get(dest)]
         p = select.poll()
         for fd in fds:
             p.register(fd, select.POLLIN)
-        for fd, _ev in p.poll(max(0.0, timeout) * 1000.0):
-            if fd == self.status_r:
+        for dest in [d for d, data in self.backlog.items() if data]:
+            p.register(dest, select.POLLOUT)
+        for fd, ev in p.poll(max(0.0, timeout) * 1000.0):
+            if ev & select.POLLOUT or (fd in self.backlog and fd not in fds):
+                self.write_out(fd)
+            elif fd == self.status_r:
                 data = os.read(fd, 4096)
                 if not data:
                     os.close(fd)
@@ -302,17 +324,27 @@ class Launcher:
                 self.relay(fd)
 
     def relay(self, fd: int) -> None:
-        data = os.read(fd, 65536)
+        data = os.read(fd, 4096)  # (<= PIPE_BUF: a pipe that polls writable takes it without blocking)
         if not data:
             os.close(fd)
             del self.pipes[fd]
             return
+        self.backlog[self.pipes[fd]] = data
+        self.write_out(self.pipes[fd])
+
+    def write_out(self, dest: int) -> None:
+        """Pass output on to our stdout/stderr without ever blocking: a caller that does not read
+        (a stalled SSH session) must not stop the timeout or the signals from working."""
+        data = self.backlog.get(dest, b"")
+        ready = select.poll()
+        ready.register(dest, select.POLLOUT)
         try:
-            while data:
-                data = data[os.write(self.pipes[fd], data):]
-        except OSError:  # whoever started us stopped reading (an SSH session gone): stop the program
-            self.pipes[fd] = os.open(os.devnull, os.O_WRONLY)
+            while data and ready.poll(0):
+                data = data[os.write(dest, data[:4096]):]
+        except OSError:  # whoever started us is gone (an SSH session dropped): stop the program
+            data = b""
             self.kill_group()
+        self.backlog[dest] = data
 
     def leader_exited(self) -> None:
         info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # not reaped: its pid stays ours
@@ -338,10 +370,12 @@ class Launcher:
             if self.fallback:
                 self.finish()
                 self.__init__(self.argv, self.at, self.timeout, False, self.t["start"])  # type: ignore
+                self.t["no_hold"] = "the launcher could not take the filter's listener (pidfd_getfd)"
                 return self.run()
             self.let_go()
             self.until_gone()
         except Interrupted as e:
+            realtime(False)
             name = signal.Signals(e.args[0]).name
             self.t["error"], self.error_code = f"got {name}: stopped the program's group", 128 + e.args[0]
             self.kill_group()
@@ -353,11 +387,14 @@ class Launcher:
 
     def until_instant(self) -> None:
         """The handshake and (hold) the program's start-up, its network calls held; then sleep."""
-        while self.exited is None and not self.fallback and (self.status_r >= 0 or self.holder):
-            left = self.at - 0.002 - time.time()  # (poll's timeout is in whole milliseconds)
-            if left <= 0:
-                break
-            self.poll(left, relay=False)
+        for margin in (REALTIME_AHEAD, 0.002):  # (poll's timeout is in whole milliseconds)
+            while self.exited is None and not self.fallback and (self.status_r >= 0 or self.holder):
+                left = self.at - margin - time.time()
+                if left <= 0:
+                    break
+                self.poll(left, relay=False)
+            if margin == REALTIME_AHEAD and self.holder is not None:
+                realtime(True)
         if self.exited is None and not self.fallback:
             wait_until(self.at)
 
@@ -368,6 +405,7 @@ class Launcher:
         if h is not None:
             for nid in reversed(h.held):  # newest first: a call a signal interrupted came again, anew
                 h.release(nid)
+            realtime(False)
             if h.held:
                 self.t["exec"] = now
             h.held = []
@@ -382,10 +420,13 @@ class Launcher:
     def until_gone(self) -> None:
         """Pass the output on until the program and all of its group are gone, or time is up."""
         deadline = None if self.timeout is None else max(self.at, time.time() - HOLD_OUTPUT) + self.timeout
+        flush_until = None  # after the group is gone, how long the caller gets to take the output
         while True:
             now = time.monotonic()
             if self.exited is not None and (not self.pipes or (self.kill_at and now >= self.kill_at)):
-                return
+                flush_until = flush_until or now + KILL_GRACE
+                if not any(self.backlog.values()) or now >= flush_until:
+                    return
             if deadline is not None and time.time() >= deadline and self.exited is None \
                     and not self.t["timed_out"]:
                 self.t["timed_out"] = True
@@ -462,7 +503,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     start = time.time()
     a = parse_args(argv)
-    timings: dict[str, object]
 
     def on_signal(signum: int, frame: object) -> None:
         signal.signal(signum, signal.SIG_IGN)
@@ -478,26 +518,31 @@ def main(argv: list[str] | None = None) -> int:
         launcher = Launcher(exec_argv, a.at, a.timeout, no_hold is None, start)
         launcher.t["no_hold"] = no_hold
         code = launcher.run()
-        timings = launcher.t
-        if timings["error"]:
-            print(f"startat: {timings['error']}", file=sys.stderr)
+        t = launcher.t
+        if t["error"]:
+            to_stderr(f"startat: {t['error']}\n")
     except LaunchError as e:
         code = e.code
-        print(f"startat: {e}", file=sys.stderr)
-        timings = {"start": start, "ready": None, "exec": None, "end": time.time(), "exit": code,
-                   "timed_out": False, "error": str(e), "late_ms": None, "at": a.at, "mode": None,
-                   "execve": None}
+        to_stderr(f"startat: {e}\n")
+        t = timings(start, a.at, end=time.time(), exit=code, error=str(e))
     except Interrupted as e:
         code = 128 + e.args[0]
-        timings = {"start": start, "ready": None, "exec": None, "end": time.time(), "exit": code,
-                   "timed_out": False, "error": f"startat got signal {e.args[0]} before the program ran",
-                   "late_ms": None, "at": a.at, "mode": None, "execve": None}
+        t = timings(start, a.at, end=time.time(), exit=code,
+                    error=f"got {signal.Signals(e.args[0]).name} before the program ran")
+    to_stderr("startat-timings: " + json.dumps(t) + "\n")
+    return code
+
+
+def to_stderr(text: str, patience: float = 2.0) -> None:
+    """Write to stderr, waiting at most `patience` seconds for a caller that does not read."""
+    data, deadline = text.encode(), time.monotonic() + patience
+    ready = select.poll()
+    ready.register(2, select.POLLOUT)
     try:
-        sys.stderr.write("startat-timings: " + json.dumps(timings) + "\n")
-        sys.stderr.flush()
+        while data and ready.poll(max(0.0, deadline - time.monotonic()) * 1000.0):
+            data = data[os.write(2, data[:4096]):]
     except OSError:
         pass
-    return code
 
 
 if __name__ == "__main__":

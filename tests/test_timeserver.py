@@ -34,8 +34,11 @@ class ServerProc:
         if time_port:
             argv += ["--time-port", str(free_port())]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.listening = self._readline(10.0)
-        assert b"listening" in self.listening, self.listening
+        self.listening = self._readline(30.0)
+        if b"listening" not in self.listening:  # never leave it running: no fixture will stop it
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"no listening line: {self.listening!r} {self.proc.stderr.read()[-500:]!r}")
         ports = dict(re.findall(rb"([\w-]+)=[\d.]+:(\d+)", self.listening))
         self.port = int(ports[b"tcp"])
         self.proto = int(ports[b"proto"])
