@@ -259,3 +259,21 @@ def test_without_the_hold_file_it_sleeps_and_execs(tmp_path):
     t = timings_of(out.stderr)
     assert out.returncode == 0 and out.stdout == "ok\n"
     assert t["mode"] == "exec" and t["no_hold"] == "startat_hold.py missing" and t["exec"] >= t["at"]
+
+
+def test_a_caller_that_stops_reading_cannot_stall_the_timeout():
+    r, w = os.pipe()  # our end is never read while it runs: the pipe fills
+    try:
+        proc = subprocess.Popen([sys.executable, str(STARTAT), "--at", repr(time.time() + LEAD), "--timeout",
+                                 "1", "--", "sh", "-c", "head -c 2000000 /dev/zero; sleep 300"],
+                                stdout=w, stderr=subprocess.PIPE, text=True)
+        os.close(w)
+        try:
+            err = proc.communicate(timeout=60)[1]  # (stderr is read; stdout is not)
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        os.close(r)
+    t = timings_of(err)
+    assert proc.returncode == 124 and t["timed_out"] is True
