@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from labctl.backends.base import Host
 from labctl.errors import LabctlError
+from labctl.inventory import Host
 from labctl.remote import Connection
 
 LOCAL_DIR = Path("captures")

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labctl.backends.base import Host, Inventory
 from labctl.errors import LabctlError
+from labctl.inventory import Host, Inventory
 from labctl.lab import Ports
 from labctl.remote import Connection, Group
 

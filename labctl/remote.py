@@ -30,8 +30,8 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 
 import paramiko  # noqa: E402
 
-from labctl.backends.base import Host  # noqa: E402
 from labctl.errors import LabctlError  # noqa: E402
+from labctl.inventory import Host  # noqa: E402
 from labctl.safety import check_routes  # noqa: E402
 
 T = TypeVar("T")
@@ -86,12 +86,11 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
     if len(fields) < 2:
         raise HostKeyError(f"{host.name}: no pinned host key in the inventory; refusing to connect "
                            "(labctl never accepts an unknown host key)")
-    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
     try:
         key = paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1]))
     except (ValueError, paramiko.SSHException) as exc:
         raise HostKeyError(f"{host.name}: pinned host key is not readable: {exc}") from None
-    keys.add(name, key.get_name(), key)
+    keys.add(host.known_hosts_name, key.get_name(), key)
     return keys
 
 

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labctl.backends.base import Host, Inventory
 from labctl.deploy import (
     CLIENT_PROGRAM,
     REMOTE_DIR,
@@ -31,6 +30,7 @@ from labctl.deploy import (
     probe,
 )
 from labctl.errors import LabctlError
+from labctl.inventory import Host, Inventory
 from labctl.lab import Ports
 from labctl.remote import Connection, Group, RemoteError
 

@@ -9,7 +9,7 @@ import re
 import subprocess
 from collections.abc import Iterable
 
-from labctl.backends.base import LabNotUp
+from labctl.inventory import LabNotUp
 
 _DEV_RE = re.compile(r"\bdev (\S+)")
 

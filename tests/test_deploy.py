@@ -4,7 +4,6 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from labctl.backends.base import Host
 from labctl.deploy import (
     CLIENT_PROGRAM,
     SCRIPTS_DIR,
@@ -15,6 +14,7 @@ from labctl.deploy import (
     probe_script,
     server_argv,
 )
+from labctl.inventory import Host
 from labctl.lab import Ports
 
 SERVER = Host("server", "server", "192.168.20.2")

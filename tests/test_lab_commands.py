@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from labctl.backends.base import Backend, Host, Inventory, NodeStatus
+from labctl.backends.base import Backend, NodeStatus
 from labctl.cli import build_parser, main
 from labctl.cli import lab_commands as lc
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab
 
 
@@ -81,9 +82,11 @@ def test_up_json_prints_the_inventory_and_no_progress(backend, capsys):
     captured = capsys.readouterr()
     hosts = json.loads(captured.out)["hosts"]
     assert hosts[0] == {"name": "server", "role": "server", "address": "192.168.20.2", "port": 22,
-                        "user": "root", "key_file": str(backend.state_dir / "id_ed25519"),
+                        "user": "root", "key": str(backend.state_dir / "id_ed25519"),
                         "host_key": "ssh-ed25519 AAAAkey", "interface": "lab-br", "lab_interface": "eth0"}
     assert captured.err == ""
+    assert run(["inventory", "--format", "json"], backend) == 0  # one serializer: the same document
+    assert json.loads(capsys.readouterr().out) == json.loads(captured.out)
 
 
 def test_up_prints_a_table_and_progress(backend, capsys):

@@ -15,9 +15,10 @@ import paramiko
 import pytest
 
 from labctl.backends import linux, netns, sshd
-from labctl.backends.base import BackendError, LabNotUp
+from labctl.backends.base import BackendError
 from labctl.backends.netns import NetnsBackend, SubnetInUse, subnet_users, tcp_accepting
 from labctl.backends.netns_state import IFNAMSIZ, LabPlan, StateDir, plan, veth_name
+from labctl.inventory import LabNotUp
 from labctl.lab import MAX_CLIENTS, Lab
 from labctl.preflight import NETNS_TOOLS, PreflightError, Tool, install_command, problems
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from loopback_sshd import SSHD, free_port, keygen, loopback_sshd
 
-from labctl.backends.base import Host, LabNotUp
+from labctl.inventory import Host, LabNotUp
 from labctl.remote import (
     CommandFailed,
     Connection,

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from labctl.backends.base import Host, Inventory
 from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_PROGRAM, file_hash, server_argv
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group, RemoteError, Result
 from labctl.run import (

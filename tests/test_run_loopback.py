@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from loopback_sshd import SSHD, free_port, loopback_sshd
 
-from labctl.backends.base import Host, Inventory
 from labctl.capture import CaptureError, capture, parse_stats
 from labctl.deploy import SERVER_PID, deploy, probe, stop_server
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group
 

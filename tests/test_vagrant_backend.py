@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from labctl.backends import make_backend
-from labctl.backends.base import BackendError, LabNotUp
+from labctl.backends.base import BackendError
 from labctl.backends.vagrant import (
     VagrantPreflightError,
     check_virtualbox,
@@ -24,6 +24,7 @@ from labctl.backends.vagrant import (
     vbox_allowed_ranges,
     vbox_network_problem,
 )
+from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
 
 FAKE_VAGRANT = r'''#!PYTHON
@@ -340,7 +341,7 @@ def test_the_fake_is_what_python_vagrant_calls():
 
 def test_exported_inventory_of_the_vms_loads_back(fake, backend, tmp_path, capsys):
     from labctl.cli import main
-    from labctl.inventory_file import load_inventory
+    from labctl.inventory import load_inventory
 
     fake.update(key_ok=True)
     inventory = backend.up()

@@ -1,16 +1,18 @@
 """The backend interface (Kathará's manager shape): ``up``, ``down``, ``status``, ``inventory``.
 
-A backend realises a :class:`~labctl.lab.Lab` and hands out an :class:`Inventory`: everything the
-layers above need to reach the nodes over SSH. Nothing above ``backends/`` knows which backend is in use.
+A backend realises a :class:`~labctl.lab.Lab` and hands out an :class:`~labctl.inventory.Inventory`:
+everything the layers above need to reach the nodes over SSH. Nothing above ``backends/`` knows which
+backend is in use.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.errors import LabctlError
+from labctl.inventory import Inventory
 from labctl.lab import Lab
 
 Progress = Callable[[str], None]
@@ -18,57 +20,6 @@ Progress = Callable[[str], None]
 
 class BackendError(LabctlError):
     """A backend could not do what was asked; the message says why and what to do."""
-
-
-class LabNotUp(BackendError):
-    """The lab (or the node asked for) is not running."""
-
-
-@dataclass(frozen=True)
-class Host:
-    """One node as the remote layer sees it."""
-
-    name: str
-    role: str                 # "server" or "client"
-    address: str              # the lab address (what clients dial, what tcpdump sees)
-    port: int = 22
-    user: str = "root"
-    key_file: Path | None = None        # private key, mode 0600
-    host_key: str = ""                  # pinned public host key, OpenSSH line "ssh-ed25519 AAAA..."
-    interface: str | None = None        # the lab's bridge on this machine: `ip route get` must leave by it
-    lab_interface: str = "eth0"         # the node's own lab interface (where tcpdump listens)
-
-
-@dataclass(frozen=True)
-class Inventory:
-    """The hosts of one running lab, and how to reach them."""
-
-    backend: str
-    hosts: tuple[Host, ...]
-    lab: Lab | None = field(default=None, compare=False)
-
-    def __iter__(self) -> Iterator[Host]:
-        return iter(self.hosts)
-
-    def __len__(self) -> int:
-        return len(self.hosts)
-
-    def get(self, name: str) -> Host:
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise BackendError(f"no node named {name!r} (nodes: {', '.join(h.name for h in self.hosts)})")
-
-    @property
-    def server(self) -> Host:
-        servers = [h for h in self.hosts if h.role == "server"]
-        if len(servers) != 1:
-            raise BackendError(f"the inventory must have exactly one server, it has {len(servers)}")
-        return servers[0]
-
-    @property
-    def clients(self) -> tuple[Host, ...]:
-        return tuple(h for h in self.hosts if h.role == "client")
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.backends import linux
-from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
+from labctl.backends.base import Backend, BackendError, NodeStatus, Progress
 from labctl.backends.netns_state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
+from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
 
 SSH_PORT = 22

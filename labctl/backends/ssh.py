@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from labctl.backends.base import Backend, BackendError, Inventory, NodeStatus, Progress
-from labctl.inventory_file import load_inventory
+from labctl.backends.base import Backend, BackendError, NodeStatus, Progress
+from labctl.inventory import Inventory, load_inventory
 from labctl.lab import Lab
 
 PROBE_TIMEOUT = 10.0

@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
+from labctl.backends.base import Backend, BackendError, NodeStatus, Progress
+from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import DEFAULT_LAB_FILE, Lab
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent  # where the Vagrantfile is

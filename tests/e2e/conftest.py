@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.backends.base import Inventory
 from labctl.backends.netns import NetnsBackend
+from labctl.inventory import Inventory
 from labctl.lab import load_lab
 from labctl.preflight import problems
 
