@@ -23,6 +23,13 @@ class BackendError(LabctlError):
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """What the command line tells a backend; each backend takes what it needs from it."""
+
+    inventory_file: Path | None = None   # --inventory FILE (the ssh backend's hosts)
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """What ``status`` reports for one node."""
 
@@ -41,6 +48,11 @@ class Backend(ABC):
     def __init__(self, lab: Lab, state_dir: Path) -> None:
         self.lab = lab
         self.state_dir = state_dir
+
+    @classmethod
+    def from_options(cls, lab: Lab, state_dir: Path, options: BackendOptions) -> Backend:
+        """The backend for ``lab`` built from the command line's options (most need none)."""
+        return cls(lab, state_dir)
 
     @abstractmethod
     def up(self, progress: Progress | None = None) -> Inventory:

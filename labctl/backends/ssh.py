@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from labctl.backends.base import Backend, BackendError, NodeStatus, Progress
+from labctl.backends.base import Backend, BackendError, BackendOptions, NodeStatus, Progress
 from labctl.inventory import Inventory, load_inventory
 from labctl.lab import Lab
 
@@ -26,6 +26,10 @@ class SshBackend(Backend):
             raise BackendError("--backend ssh needs --inventory FILE (export one from a running lab with: "
                                "labctl inventory --format yaml > FILE, or write one, see docs/backends.md)")
         self.inventory_file = Path(inventory_file)
+
+    @classmethod
+    def from_options(cls, lab: Lab, state_dir: Path, options: BackendOptions) -> SshBackend:
+        return cls(lab, state_dir, inventory_file=options.inventory_file)
 
     def inventory(self) -> Inventory:
         """The hosts of the inventory file (whatever backend wrote it, this one serves it now)."""
