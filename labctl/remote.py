@@ -32,7 +32,7 @@ import paramiko  # noqa: E402
 
 from labctl.errors import LabctlError  # noqa: E402
 from labctl.inventory import Host  # noqa: E402
-from labctl.safety import check_routes  # noqa: E402
+from labctl.safety import check_routes, unsafe_hosts  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -323,9 +323,10 @@ class Group:
     def __init__(self, hosts: Iterable[Host], *, connect_timeout: float = 5.0, check_route: bool = True,
                  max_workers: int = 64) -> None:
         hosts = list(hosts)
-        if check_route:  # one `ip -batch` call for the whole group, per bridge
-            for interface in {h.interface for h in hosts}:
-                check_routes([h.address for h in hosts if h.interface == interface], interface)
+        if check_route:  # one `ip -batch` call for the whole group
+            refused = unsafe_hosts(hosts)
+            if refused:
+                raise next(iter(refused.values()))
         self._adopt([Connection(h, connect_timeout=connect_timeout, route_checked=check_route)
                      for h in hosts], max_workers)
 

@@ -22,10 +22,11 @@ class FakeBackend(Backend):
         self.up_nodes = set(up_nodes)
         self.calls: list[str] = []
 
-    def up(self, progress=None):
+    def up(self, progress=None, check=None):
         self.calls.append("up")
         if progress:
             progress("doing things")
+        check(self.inventory())
         return self.inventory()
 
     def down(self, progress=None):
@@ -57,8 +58,11 @@ def run(argv: list[str], backend: Backend) -> int:
 
 
 @pytest.fixture
-def backend(tmp_path):
-    return FakeBackend(Lab(clients=1), tmp_path / "lab")
+def backend(tmp_path, monkeypatch):
+    fake = FakeBackend(Lab(clients=1), tmp_path / "lab")
+    # the SSH check that ends `up` is tested against real sshds (test_bringup.py, the e2e tests)
+    monkeypatch.setattr("labctl.bringup.check_ssh", lambda inventory, b: fake.calls.append("check_ssh"))
+    return fake
 
 
 def test_status_json_is_the_documented_shape(backend, capsys):
@@ -93,6 +97,7 @@ def test_up_prints_a_table_and_progress(backend, capsys):
     assert run(["up"], backend) == 0
     captured = capsys.readouterr()
     assert "192.168.20.3" in captured.out and "labctl: doing things" in captured.err
+    assert backend.calls == ["up", "check_ssh"]  # every node's SSH is checked once, after the backend
 
 
 def test_up_takes_clients_which_the_context_reads():

@@ -123,11 +123,7 @@ def fake(tmp_path, monkeypatch):
 
 @pytest.fixture
 def backend(fake, tmp_path, monkeypatch):
-    b = make_backend("vagrant", load_lab(), tmp_path / "state" / "lab")
-    checked = []
-    monkeypatch.setattr(b, "_check_reachable", lambda inventory: checked.append(inventory))
-    b.checked = checked
-    return b
+    return make_backend("vagrant", load_lab(), tmp_path / "state" / "lab")
 
 
 def test_up_runs_vagrant_up_pins_keys_and_hands_out_the_lab_addresses(fake, backend):
@@ -151,7 +147,6 @@ def test_up_runs_vagrant_up_pins_keys_and_hands_out_the_lab_addresses(fake, back
     assert server.host_key == fake.state()["host_keys"]["server"]  # the comment is dropped
     assert {h.host_key for h in inventory} == set(fake.state()["host_keys"].values())
     assert (server.interface, server.lab_interface) == ("virbr7", "eth1")
-    assert backend.checked == [inventory]
     assert "vagrant up --provider=libvirt" in messages[0]
 
 
@@ -196,7 +191,6 @@ def test_another_lab_file_gets_its_own_vagrant_state(fake, tmp_path, monkeypatch
                         .replace("clients: 3", "clients: 2"))
     fake.update(machines=dict.fromkeys(["server", "client1", "client2"], "not_created"))
     b = make_backend("vagrant", load_lab(lab_file), tmp_path / "state" / "vtest")
-    monkeypatch.setattr(b, "_check_reachable", lambda inventory: None)
     fake.update(key_ok=True)
     assert len(b.up()) == 3
     env = fake.calls()[0]["env"]

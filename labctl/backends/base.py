@@ -16,6 +16,7 @@ from labctl.inventory import Inventory
 from labctl.lab import Lab
 
 Progress = Callable[[str], None]
+Check = Callable[[Inventory], None]   # raises if the lab's nodes do not accept SSH
 
 
 class BackendError(LabctlError):
@@ -31,12 +32,13 @@ class BackendOptions:
 
 @dataclass(frozen=True)
 class NodeStatus:
-    """What ``status`` reports for one node."""
+    """What ``status`` reports for one node; ``up`` is None when only an SSH session can tell
+    (the ssh backend's hosts): :func:`labctl.bringup.status` then opens one."""
 
     name: str
     role: str
     address: str
-    up: bool
+    up: bool | None
     detail: str = ""
 
 
@@ -44,6 +46,7 @@ class Backend(ABC):
     """One way of realising a lab: network namespaces, Vagrant VMs, or plain SSH hosts."""
 
     name: str = "base"
+    ssh_timeout: float = 5.0   # seconds for a node to accept SSH in the check that ends `up`
 
     def __init__(self, lab: Lab, state_dir: Path) -> None:
         self.lab = lab
@@ -55,8 +58,14 @@ class Backend(ABC):
         return cls(lab, state_dir)
 
     @abstractmethod
-    def up(self, progress: Progress | None = None) -> Inventory:
-        """Bring every node up (idempotent) and return the inventory once all accept SSH."""
+    def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
+        """Bring every node up (idempotent) and return its inventory.
+
+        ``check(inventory)`` is the SSH check made above the backends (:func:`labctl.bringup.up`
+        passes it; :meth:`node_log` tells it why a node may not answer). The backend calls it once
+        the nodes should accept SSH, before the lab counts as up: if it raises (or Ctrl-C comes), a
+        lab this call built is removed again, as when ``up`` itself fails.
+        """
 
     @abstractmethod
     def down(self, progress: Progress | None = None) -> None:
@@ -69,6 +78,10 @@ class Backend(ABC):
     @abstractmethod
     def inventory(self) -> Inventory:
         """The running lab's hosts; raise :class:`LabNotUp` when it is not up."""
+
+    def node_log(self, name: str) -> str:
+        """The end of the node's SSH server log, if this backend keeps one ("" otherwise)."""
+        return ""
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove leftovers of a crashed run; return what was removed. Default: same as down."""

@@ -13,7 +13,6 @@ exactly what is theirs, and a Ctrl-C or SIGTERM during ``up`` rolls back what wa
 from __future__ import annotations
 
 import fcntl
-import importlib
 import ipaddress
 import json
 import os
@@ -22,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.backends import linux
-from labctl.backends.base import Backend, BackendError, NodeStatus, Progress
+from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.netns_state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
@@ -65,24 +63,24 @@ class NetnsBackend(Backend):
 
     # --- up ------------------------------------------------------------------------------------------
 
-    def up(self, progress: Progress | None = None) -> Inventory:
-        """Build the lab (or repair it: restart dead sshds), then check every node accepts SSH."""
+    def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
+        """Build the lab (or repair it: restart dead sshds); return its inventory once every sshd listens."""
         from labctl import preflight
 
         say = _quiet(progress)
         preflight.require_netns()
-        _prewarm_remote()
         with self._exclusive():
-            return self._up(say)
+            return self._up(say, check or (lambda _inventory: None))
 
-    def _up(self, say: Progress) -> Inventory:
+    def _up(self, say: Progress, check: Check) -> Inventory:
         wanted = plan(self.lab)
         current = self.state.read_plan()
         if current is not None and current.complete and current.same_shape(wanted) \
                 and self._structure_intact(current):
             with self._rollback_on_interrupt(None):
                 self._restart_dead(current, say)
-                inventory = self._verify(current, say)
+                inventory = self._inventory(current)
+                check(inventory)
         else:
             if current is not None:
                 say("removing the previous, different or incomplete lab")
@@ -90,7 +88,8 @@ class NetnsBackend(Backend):
             self._refuse_conflicts(wanted)
             with self._rollback_on_interrupt(wanted):
                 self._build(wanted, say)
-                inventory = self._verify(wanted, say)
+                inventory = self._inventory(wanted)
+                check(inventory)
                 self.state.write_plan(_completed(wanted))
         self._spawned.clear()  # they run now; from here on down finds them by pid file and namespace
         return inventory
@@ -155,22 +154,6 @@ class NetnsBackend(Backend):
                                  f"{READY_TIMEOUT:.0f} s (log: {self.state.log_tail(next(iter(waiting)))})")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.02)
-
-    def _verify(self, lab_plan: LabPlan, say: Progress) -> Inventory:
-        """Open an authenticated SSH session to every node (pinned host key), through labctl.remote."""
-        inventory = self._inventory(lab_plan)
-        say(f"checking SSH on {len(inventory)} nodes")
-        from labctl.remote import Group  # paramiko: imported only now, keeps the rest of `up` fast
-
-        with Group(inventory.hosts) as group:
-            opened = group.open()
-        if not opened.ok:
-            lines = []
-            for name, exc in opened.failures.items():
-                log = self.state.log_tail(name)
-                lines.append(f"node {name} did not come up: {exc}" + (f" (sshd log: {log})" if log else ""))
-            raise NodeFailed("; ".join(lines))
-        return inventory
 
     def _refuse_conflicts(self, lab_plan: LabPlan) -> None:
         """Refuse names that exist without being ours, and a subnet something else routes."""
@@ -300,7 +283,7 @@ class NetnsBackend(Backend):
         if not current.complete:
             return [NodeStatus(n.name, n.role, n.address, False, "incomplete (interrupted up? run labctl "
                                "clean, or labctl up)") for n in current.nodes]
-        from labctl.safety import route_devices
+        from labctl.routes import route_devices
 
         routes = route_devices([n.address for n in current.nodes])
         running = {n.name: self._sshd_pid(n) for n in current.nodes}
@@ -320,6 +303,9 @@ class NetnsBackend(Backend):
                 up, detail = True, f"sshd pid {running[n.name]}"
             result.append(NodeStatus(n.name, n.role, n.address, up, detail))
         return result
+
+    def node_log(self, name: str) -> str:
+        return self.state.log_tail(name)
 
     def inventory(self) -> Inventory:
         current = self.state.read_plan()
@@ -373,16 +359,6 @@ def _names(kind: str, names: list[str]) -> str:
         return ""
     shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]} .. {names[-1]}"
     return f"{len(names)} {kind}{'s' if len(names) > 1 else ''} ({shown})"
-
-
-def _prewarm_remote() -> None:
-    """Import labctl.remote (paramiko, ~100 ms) in a thread while namespaces and sshds come up."""
-    from labctl.backends.sshd import blocked_signals
-
-    if "labctl.remote" not in sys.modules:
-        with blocked_signals():  # the thread inherits the mask: Ctrl-C always lands in the main thread
-            threading.Thread(target=importlib.import_module, args=("labctl.remote",), daemon=True,
-                             name="import-remote").start()
 
 
 def _completed(lab_plan: LabPlan) -> LabPlan:

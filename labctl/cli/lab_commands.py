@@ -59,12 +59,14 @@ def _err(message: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace, ctx) -> int:
+    from labctl import bringup
+
     if args.clients is not None and args.clients < 1:
         raise CliError("--clients must be at least 1")
     backend = ctx.backend()
     start = time.perf_counter()
     progress = None if args.json else (lambda msg: _err(f"labctl: {msg}"))
-    inventory = backend.up(progress)
+    inventory = bringup.up(backend, progress)
     elapsed = time.perf_counter() - start
     if args.json:  # the inventory file's JSON, the same document as `labctl inventory --format json`
         from labctl.inventory import dump_inventory
@@ -94,8 +96,10 @@ def cmd_down(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_status(args: argparse.Namespace, ctx) -> int:
+    from labctl import bringup
+
     backend = ctx.backend()
-    nodes = backend.status()
+    nodes = bringup.status(backend)
     if args.json:
         print(json.dumps({"backend": backend.name,
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl import bringup
 from labctl.backends.netns import NetnsBackend
 from labctl.inventory import Inventory
 from labctl.lab import load_lab
@@ -73,7 +74,8 @@ class LabUnderTest:
         return backend
 
     def up(self, clients: int | None = None) -> Inventory:
-        return self.backend(clients).up()
+        """What `labctl up` does: the backend brings the lab up, then every node must accept SSH."""
+        return bringup.up(self.backend(clients))
 
     @property
     def inventory(self) -> Inventory:
