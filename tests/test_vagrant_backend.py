@@ -16,11 +16,11 @@ import pytest
 
 from labctl.backends import make_backend
 from labctl.backends.base import BackendError
-from labctl.backends.vagrant import (
+from labctl.backends.vagrant.backend import parse_pin_output, parse_ssh_config
+from labctl.backends.vagrant.preflight import (
     VagrantPreflightError,
     check_virtualbox,
-    parse_pin_output,
-    parse_ssh_config,
+    require,
     vbox_allowed_ranges,
     vbox_network_problem,
 )
@@ -104,7 +104,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VAGRANT_STATE", str(state_file))
     monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "libvirt")
-    monkeypatch.setattr("labctl.backends.vagrant.host_interface", lambda address: "virbr7")
+    monkeypatch.setattr("labctl.backends.vagrant.backend.host_interface", lambda address: "virbr7")
 
     class Fake:
         def state(self) -> dict:
@@ -311,10 +311,11 @@ def test_virtualbox_provider_runs_the_preflight_before_vagrant_up(fake, backend,
     monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "virtualbox")
     (Path(os.environ["PATH"].split(":")[0]) / "VBoxManage").write_text("#!/bin/sh\necho 6.1.50\n")
     (Path(os.environ["PATH"].split(":")[0]) / "VBoxManage").chmod(0o755)
-    monkeypatch.setattr("labctl.backends.vagrant.VBOX_NETWORKS_CONF", Path("/nonexistent/networks.conf"))
+    monkeypatch.setattr("labctl.backends.vagrant.preflight.VBOX_NETWORKS_CONF",
+                        Path("/nonexistent/networks.conf"))
     with pytest.raises(VagrantPreflightError, match="allows host-only networks only"):
-        backend.preflight()
-    import labctl.backends.vagrant as vmod
+        require(backend.provider, backend.lab.subnet)
+    import labctl.backends.vagrant.preflight as vmod
 
     monkeypatch.setattr(vmod, "check_virtualbox",
                         lambda subnet: (_ for _ in ()).throw(VagrantPreflightError("stop here")))

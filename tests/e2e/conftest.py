@@ -25,9 +25,9 @@ import pytest
 
 from labctl import bringup
 from labctl.backends.netns import NetnsBackend
+from labctl.backends.netns.preflight import problems
 from labctl.inventory import Inventory
 from labctl.lab import load_lab
-from labctl.preflight import problems
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK_FILE = "/run/labctl-test.lock"

@@ -12,8 +12,8 @@ from dataclasses import replace
 import paramiko
 import pytest
 
-from labctl.backends import linux
-from labctl.backends.netns_state import plan
+from labctl.backends.netns import linux
+from labctl.backends.netns.state import plan
 from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
 from labctl.remote import Connection, Group, HostKeyError, RemoteError
@@ -309,8 +309,8 @@ def test_32_nodes(make_lab):
 
 
 def test_a_node_that_does_not_come_up_is_named_with_the_reason(make_lab, monkeypatch):
-    from labctl.backends import sshd
-    from labctl.backends.netns import NodeFailed
+    from labctl.backends.netns import sshd
+    from labctl.backends.netns.backend import NodeFailed
 
     real_config = sshd.sshd_config
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
-import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -27,9 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from labctl.backends import linux
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
-from labctl.backends.netns_state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
+from labctl.backends.netns import linux
+from labctl.backends.netns.probes import subnet_users, tcp_accepting
+from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
 
@@ -65,7 +64,7 @@ class NetnsBackend(Backend):
 
     def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
         """Build the lab (or repair it: restart dead sshds); return its inventory once every sshd listens."""
-        from labctl import preflight
+        from labctl.backends.netns import preflight
 
         say = _quiet(progress)
         preflight.require_netns()
@@ -95,7 +94,7 @@ class NetnsBackend(Backend):
         return inventory
 
     def _build(self, lab_plan: LabPlan, say: Progress) -> None:
-        from labctl.backends import sshd
+        from labctl.backends.netns import sshd
 
         self.state.write_plan(lab_plan)  # before anything exists: down/clean can always find it
         self.state.client_key.unlink(missing_ok=True)
@@ -122,7 +121,7 @@ class NetnsBackend(Backend):
         self._wait_listening(lab_plan, pids)
 
     def _restart_dead(self, lab_plan: LabPlan, say: Progress) -> None:
-        from labctl.backends import sshd
+        from labctl.backends.netns import sshd
 
         dead = [node for node in lab_plan.nodes if self._sshd_pid(node) is None]
         if not dead:
@@ -393,53 +392,3 @@ def _ip_batch(commands: list[str], *, force: bool = False) -> None:
     proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
     if proc.returncode != 0 and not force:
         raise BackendError(f"ip -batch failed: {proc.stderr.strip()}")
-
-
-def subnet_users(subnet: str, *, exclude_dev: str | None = None) -> list[str]:
-    """Routes (any table, so local addresses too) overlapping ``subnet``, except via ``exclude_dev``."""
-    net = ipaddress.IPv4Network(subnet)
-    proc = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True,
-                          check=False)
-    try:
-        routes = json.loads(proc.stdout or "[]")
-    except ValueError:
-        routes = []
-    users = []
-    for route in routes:
-        dst, dev = route.get("dst", ""), route.get("dev")
-        if dst == "default" or dev == exclude_dev:
-            continue
-        try:
-            overlaps = ipaddress.IPv4Network(dst, strict=False).overlaps(net)
-        except ValueError:
-            continue
-        if overlaps:
-            users.append(f"{route.get('type', 'route')} {dst} dev {dev}".replace("unicast ", "route "))
-    return users
-
-
-def tcp_accepting(targets: list[tuple[str, int]], timeout: float) -> set[tuple[str, int]]:
-    """The targets whose TCP port accepts a connection within ``timeout`` (all probed at once)."""
-    pending: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
-    accepted: set[tuple[str, int]] = set()
-    for target in targets:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        err = sock.connect_ex(target)
-        if err in (0, 115):  # 115 = EINPROGRESS
-            pending[sock.fileno()] = (sock, target)
-        else:
-            sock.close()
-    deadline = time.monotonic() + timeout
-    try:
-        while pending and (left := deadline - time.monotonic()) > 0:
-            _, writable, _ = select.select([], list(pending), [], left)
-            for fd in writable:
-                sock, target = pending.pop(fd)
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                    accepted.add(target)
-                sock.close()
-    finally:
-        for sock, _ in pending.values():
-            sock.close()
-    return accepted
