@@ -40,8 +40,7 @@ def loop_sshd(tmp_path_factory):
 def loop_lab(loop_sshd, tmp_path):
     """An inventory of server + client1..3 on the loopback sshd, with free ports and its own remote dir."""
     ports = Ports(tcp=free_port(), proto=free_port(), time=free_port())
-    lab = Lab(name="loop", subnet="127.0.0.0/8", host_address="127.0.0.1", server_address="127.0.0.2",
-              clients=3, ports=ports)
+    lab = Lab(name="loop", clients=3, ports=ports)  # only its ports matter: the hosts are on loopback
     common = {"address": "127.0.0.1", "port": loop_sshd["port"], "user": "root",
               "key_file": loop_sshd["key_file"], "host_key": loop_sshd["host_key"],
               "interface": "lo", "lab_interface": "lo"}
