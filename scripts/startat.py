@@ -55,7 +55,6 @@ except ImportError:
 EXIT_TIMEOUT, EXIT_USAGE, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 124, 125, 126, 127
 HOLD_OUTPUT = 0.05  # seconds after the instant before output is passed on
 KILL_GRACE = 1.0    # seconds between SIGTERM and SIGKILL to the program's group
-REALTIME_AHEAD = 0.05  # seconds before the instant from which the launcher runs SCHED_FIFO (hold)
 MAX_AHEAD = 86400.0  # --at at most this far ahead
 
 # ELF e_machine -> the name the messages use, and the `uname -m` values that can run it
@@ -171,16 +170,6 @@ def timings(start: float, at: float, **known: object) -> dict[str, object]:
     return t
 
 
-def realtime(on: bool) -> None:
-    """For the instant only (hold: waking up and one ioctl per held call, about 0.1 ms), the launcher
-    runs SCHED_FIFO where it may (root), so that on a node whose cores are busy (every client of a
-    namespace lab shares this machine's) it wakes on time instead of after the programs already let go.
-    The program itself never runs real-time."""
-    with contextlib.suppress(AttributeError, OSError):
-        policy = os.SCHED_FIFO if on else os.SCHED_OTHER
-        os.sched_setscheduler(0, policy, os.sched_param(1 if on else 0))
-
-
 def wait_until(epoch: float) -> float:
     """Sleep until wall-clock `epoch`; return the wake time (a plain sleep: no spinning)."""
     while True:
@@ -252,6 +241,7 @@ class Launcher:
         self.kill_at: float | None = None  # monotonic time of the SIGKILL that follows a SIGTERM
         self.fallback = False  # the hold could not be set up: start again without it
         self.backlog: dict[int, bytes] = {}  # our stdout/stderr -> output our caller has not taken yet
+        self.nice: dict[int, int] = {}  # thread -> its nice value before the boost
 
     def fork(self) -> None:
         status_r, status_w = os.pipe()  # (all four are close-on-exec)
@@ -375,7 +365,8 @@ class Launcher:
             self.let_go()
             self.until_gone()
         except Interrupted as e:
-            realtime(False)
+            if self.holder is not None:
+                startat_hold.realtime(False)
             name = signal.Signals(e.args[0]).name
             self.t["error"], self.error_code = f"got {name}: stopped the program's group", 128 + e.args[0]
             self.kill_group()
@@ -387,14 +378,16 @@ class Launcher:
 
     def until_instant(self) -> None:
         """The handshake and (hold) the program's start-up, its network calls held; then sleep."""
-        for margin in (REALTIME_AHEAD, 0.002):  # (poll's timeout is in whole milliseconds)
+        ahead = startat_hold.REALTIME_AHEAD if self.hold else 0.002
+        for margin in (ahead, 0.002):  # (then a sleep: poll's timeout is in whole milliseconds)
             while self.exited is None and not self.fallback and (self.status_r >= 0 or self.holder):
                 left = self.at - margin - time.time()
                 if left <= 0:
                     break
                 self.poll(left, relay=False)
-            if margin == REALTIME_AHEAD and self.holder is not None:
-                realtime(True)
+            if margin > 0.002 and self.holder is not None:
+                startat_hold.realtime(True)
+                self.nice = startat_hold.boost(self.pid, startat_hold.BOOST_NICE)
         if self.exited is None and not self.fallback:
             wait_until(self.at)
 
@@ -405,12 +398,20 @@ class Launcher:
         if h is not None:
             for nid in reversed(h.held):  # newest first: a call a signal interrupted came again, anew
                 h.release(nid)
-            realtime(False)
+            startat_hold.realtime(False)
             if h.held:
                 self.t["exec"] = now
             h.held = []
             h.serve(None)
         end = self.at + HOLD_OUTPUT
+        try:
+            self.quiet_until(end)
+        finally:
+            if self.nice:  # the burst is over: every thread (new ones too) back to the program's nice
+                startat_hold.boost(self.pid, self.nice.get(self.pid, 0))
+
+    def quiet_until(self, end: float) -> None:
+        h = self.holder
         while self.exited is None and time.time() < end:
             if h is None:
                 time.sleep(end - time.time())
