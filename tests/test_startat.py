@@ -277,3 +277,16 @@ def test_a_caller_that_stops_reading_cannot_stall_the_timeout():
         os.close(r)
     t = timings_of(err)
     assert proc.returncode == 124 and t["timed_out"] is True
+
+
+def test_the_program_gets_its_own_priority_back_after_the_burst(tmp_path):
+    script = write_script(tmp_path / "p.py", "import os, socket, sys, time\n"
+                          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                          "s.sendto(b'x', ('127.0.0.1', int(sys.argv[1])))\n"
+                          "time.sleep(0.5)\n"
+                          "print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))\n", 0o644)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        out, _ = launch(str(script), str(rx.getsockname()[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(os.getpriority(os.PRIO_PROCESS, 0)), str(os.SCHED_OTHER)]
