@@ -16,8 +16,9 @@ the critical path, and at the instant each client costs one system call. Otherwi
 the forked child sleeps until the instant and then execs the program.
 
 The program's stdout and stderr reach the caller, held back until HOLD_OUTPUT seconds after the
-instant (printing and exiting at once would delay the clients still waking up). It runs in its own
-session and process group; when it ends, anything left in its group is killed too.
+instant (printing and exiting at once would delay the clients still waking up; with the hold, the
+program's own writes to stdout/stderr and its exit wait too). It runs in its own session and process
+group; when it ends, anything left in its group is killed too.
 
 Exit status: the program's (128+N when signal N killed it); 124 when --timeout (counted from the
 instant) killed its group (SIGTERM, then SIGKILL after KILL_GRACE s); 126 when it cannot be executed
@@ -307,7 +308,7 @@ class Launcher:
                 for line in lines:
                     self.on_status(line.decode())
             elif self.holder is not None and fd == self.holder.fd:
-                self.holder.serve(self.at)
+                self.holder.serve(self.at, self.at + HOLD_OUTPUT)
             elif fd == self.pidfd:
                 self.leader_exited()
             elif fd in self.pipes:
@@ -392,31 +393,27 @@ class Launcher:
             wait_until(self.at)
 
     def let_go(self) -> None:
-        """At the instant: release the held calls; then answer only those until HOLD_OUTPUT after it."""
+        """At the instant: release the held calls; until HOLD_OUTPUT after it, hold output and exit."""
         h = self.holder
         now = time.time()
+        end = self.at + HOLD_OUTPUT
         if h is not None:
-            for nid in reversed(h.held):  # newest first: a call a signal interrupted came again, anew
-                h.release(nid)
-            startat_hold.realtime(False)
             if h.held:
                 self.t["exec"] = now
-            h.held = []
-            h.serve(None)
-        end = self.at + HOLD_OUTPUT
+            h.let_go(h.held)
+            startat_hold.realtime(False)
+            h.serve(self.at, end)
         try:
-            self.quiet_until(end)
+            while self.exited is None and time.time() < end:
+                if h is None:
+                    time.sleep(end - time.time())
+                elif h.pending(end - time.time()):
+                    h.serve(self.at, end)
         finally:
+            if h is not None:
+                h.let_go(h.quiet)
             if self.nice:  # the burst is over: every thread (new ones too) back to the program's nice
                 startat_hold.boost(self.pid, self.nice.get(self.pid, 0))
-
-    def quiet_until(self, end: float) -> None:
-        h = self.holder
-        while self.exited is None and time.time() < end:
-            if h is None:
-                time.sleep(end - time.time())
-            elif h.pending(end - time.time()):
-                h.serve(None)
 
     def until_gone(self) -> None:
         """Pass the output on until the program and all of its group are gone, or time is up."""
