@@ -48,6 +48,7 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # startat_hold.py beside it (even under -I)
 try:
     import startat_hold  # the hold (optional): exec early, first network call held until the instant
 except ImportError:
