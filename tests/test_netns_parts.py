@@ -14,13 +14,16 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from labctl import preflight as preflight_module
-from labctl.backends import linux, netns, sshd
-from labctl.backends.base import BackendError, LabNotUp
-from labctl.backends.netns import NetnsBackend, SubnetInUse, subnet_users, tcp_accepting
-from labctl.backends.netns_state import IFNAMSIZ, LabPlan, StateDir, plan, veth_name
+from labctl.backends.base import BackendError
+from labctl.backends.netns import NetnsBackend, linux, probes, sshd
+from labctl.backends.netns import backend as netns_backend
+from labctl.backends.netns import preflight as preflight_module
+from labctl.backends.netns.backend import SubnetInUse
+from labctl.backends.netns.preflight import PreflightError, Tool, install_command, problems
+from labctl.backends.netns.probes import subnet_users, tcp_accepting
+from labctl.backends.netns.state import IFNAMSIZ, LabPlan, StateDir, plan, veth_name
+from labctl.inventory import LabNotUp
 from labctl.lab import MAX_CLIENTS, Lab
-from labctl.preflight import PreflightError, Tool, install_command, problems
 from tests.requires import require_file
 
 # --- names and manifest ------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ def test_pid_and_log_helpers(tmp_path):
 
 def test_create_commands_make_an_isolated_lab():
     p = plan(Lab(clients=1))
-    cmds = netns._create_commands(p)
+    cmds = netns_backend._create_commands(p)
     assert cmds[:3] == ["link add lab-br type bridge", "addr add 192.168.20.1/24 dev lab-br noprefixroute",
                         "link set lab-br up"]
     assert cmds[3] == "route add 192.168.20.0/24 dev lab-br src 192.168.20.1 quickack 1"
@@ -154,7 +157,7 @@ def fake_ip(monkeypatch, routes):
     def run(argv, **kwargs):
         assert argv[:3] == ["ip", "-j", "-4"]
         return subprocess.CompletedProcess(argv, 0, json.dumps(routes), "")
-    monkeypatch.setattr(netns.subprocess, "run", run)
+    monkeypatch.setattr(probes.subprocess, "run", run)
 
 
 def test_subnet_users_finds_overlapping_routes_and_addresses(monkeypatch):
@@ -254,7 +257,7 @@ def test_an_incomplete_lab_is_reported_and_not_handed_out(tmp_path):
 
 def test_the_manifest_records_completion():
     p = plan(Lab())
-    done = netns._completed(p)
+    done = netns_backend._completed(p)
     assert done.complete and done.owner_pid == os.getpid() and done.same_shape(p)
     assert LabPlan.from_json(done.to_json()) == done
 
@@ -296,7 +299,7 @@ def test_a_failed_preflight_is_one_line_from_the_cli(monkeypatch, tmp_path, caps
 
 
 def test_up_refuses_early_when_preflight_fails(monkeypatch, tmp_path):
-    from labctl import preflight
+    from labctl.backends.netns import preflight
 
     monkeypatch.setattr(preflight, "problems", lambda: ["missing: tcpdump; apt-get install -y tcpdump"])
     with pytest.raises(PreflightError, match="apt-get install -y tcpdump"):
@@ -306,7 +309,7 @@ def test_up_refuses_early_when_preflight_fails(monkeypatch, tmp_path):
 
 def test_inventory_hosts_carry_the_pinned_key_and_the_bridge(tmp_path):
     backend = NetnsBackend(Lab(clients=1), tmp_path / "lab")
-    p = netns._completed(plan(Lab(clients=1)))
+    p = netns_backend._completed(plan(Lab(clients=1)))
     backend.state.write_plan(p)
     for node in p.nodes:
         backend.state.node_dir(node.name).mkdir(parents=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from loopback_sshd import free_port, keygen, loopback_sshd
 
-from labctl.backends.base import Host, LabNotUp
+from labctl.inventory import Host, LabNotUp
 from labctl.remote import (
     CommandFailed,
     Connection,
@@ -128,3 +128,18 @@ def test_group_keeps_results_of_live_hosts_when_one_fails(sshd):
         fails = g.run("exit 7")
         assert set(fails.failures) == {"loop", "loop2", "dead"}
         assert isinstance(fails.failures["loop"], CommandFailed)
+
+
+def test_a_subset_shares_the_groups_open_connections(sshd):
+    hosts = [sshd, Host(**{**sshd.__dict__, "name": "loop2"}), Host(**{**sshd.__dict__, "name": "loop3"})]
+    with Group(hosts) as g:
+        assert g.open().ok
+        part = g.subset(["loop3", "loop"])
+        assert [c.host.name for c in part] == ["loop3", "loop"] and len(part) == 2
+        assert part["loop"] is g["loop"] and part["loop"].is_open  # the same connection, not a new one
+        assert list(part.run(["true"]).results) == ["loop3", "loop"]
+        with pytest.raises(RemoteError, match="no host 'nope' in this group"):
+            g.subset(["nope"])
+        again = Group.from_connections([g["loop2"]])
+        assert again["loop2"] is g["loop2"] and again.run(["true"]).ok
+    assert not part["loop"].is_open  # closing the group closed the shared connection

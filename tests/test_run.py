@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from labctl.backends.base import Host, Inventory
 from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_PROGRAM, file_hash, server_argv
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group, RemoteError, Result
 from labctl.run import (
@@ -58,16 +58,16 @@ class FakeConnection:
         line = cmd if isinstance(cmd, str) else shlex.join(cmd)
         with self.lock:
             self.commands.append(line)
-        if "sha256sum" in line:  # the probe
-            time.sleep(self.cost)
+        if "sha256sum" in line:  # deploy's probe
             name = SERVER_PROGRAM if self.host.role == "server" else CLIENT_PROGRAM
             digest = "0" * 64 if self.stale else file_hash(SCRIPTS_DIR / name)
             out = f"{digest}  {name}\n"
             if self.host.role == "server":
                 out += f"SERVER 4242 {shlex.join(server_argv(self.host.address, LAB.ports))}\n"
-            else:
-                out += f"{time.time():.9f}\n"
             return Result(self.host.name, line, 0, out, "")
+        if "date +%s.%N" in line:  # run's measurement of a client's start
+            time.sleep(self.cost)
+            return Result(self.host.name, line, 0, f"{time.time():.9f}\n", "")
         if "--start-at" in line:
             argv = shlex.split(line)
             start_at = float(argv[argv.index("--start-at") + 1]) + self.woke_late
@@ -91,9 +91,7 @@ class FakeConnection:
 
 def fake_runner(**per_node) -> tuple[Runner, dict[str, FakeConnection]]:
     conns = {h.name: FakeConnection(h, **per_node.get(h.name, {})) for h in HOSTS}
-    group = Group([], check_route=False)
-    group.connections = conns
-    group.max_workers = len(conns)
+    group = Group.from_connections(conns.values())
     return Runner(Inventory("fake", HOSTS, LAB), group=group), conns
 
 

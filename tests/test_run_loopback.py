@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from loopback_sshd import free_port, loopback_sshd
 
-from labctl.backends.base import Host, Inventory
 from labctl.capture import CaptureError, capture, parse_stats
-from labctl.deploy import SERVER_PID, deploy, probe, stop_server
+from labctl.deploy import SERVER_PID, ensure, probe, stop_server
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group
 from tests.requires import require_tool
@@ -58,7 +58,7 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
     inventory, remote = loop_lab
     ports = inventory.lab.ports
     with Group(inventory.hosts) as g:
-        first = deploy(g, ports, remote_dir=remote)
+        first = ensure(g, ports, remote_dir=remote)
         assert first.ok, first.to_json()
         server = first.nodes[0]
         assert server.copied == ["timeserver.py"] and server.server.startswith("started pid ")
@@ -73,14 +73,14 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
         with socket.create_connection(("127.0.0.1", ports.time), timeout=2) as s:
             assert len(s.recv(8)) == 4
 
-        again = deploy(g, ports, remote_dir=remote)
+        again = ensure(g, ports, remote_dir=remote)
         assert again.ok
         assert again.nodes[0].copied == [] and again.nodes[0].server == f"running pid {pid}"
         assert all(n.copied == [] for n in again.nodes)
 
         # a changed port restarts the server (its command line is part of what is deployed)
         moved = Ports(tcp=free_port(), proto=ports.proto, time=ports.time)
-        third = deploy(g, moved, remote_dir=remote)
+        third = ensure(g, moved, remote_dir=remote)
         assert third.nodes[0].server.startswith("restarted pid ")
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
@@ -92,7 +92,7 @@ def test_deploy_reports_a_dead_node_and_keeps_the_others(loop_lab):
     inventory, remote = loop_lab
     dead = Host(**{**inventory.hosts[1].__dict__, "name": "client9", "port": free_port()})
     with Group([*inventory.hosts, dead]) as g:
-        report = deploy(g, inventory.lab.ports, remote_dir=remote)
+        report = ensure(g, inventory.lab.ports, remote_dir=remote)
     assert not report.ok
     by_node = {n.node: n for n in report.nodes}
     assert "connection refused" in by_node["client9"].error
@@ -148,7 +148,7 @@ def test_deploy_refuses_to_share_the_port_with_a_foreign_server(loop_lab):
         squatter.bind(("127.0.0.1", inventory.lab.ports.tcp))
         squatter.listen()
         with Group([inventory.server]) as g:
-            report = deploy(g, inventory.lab.ports, remote_dir=remote)
+            report = ensure(g, inventory.lab.ports, remote_dir=remote)
     assert not report.ok
     assert f"port {inventory.lab.ports.tcp} is already in use" in report.nodes[0].error
     assert not (Path(remote) / SERVER_PID).exists()

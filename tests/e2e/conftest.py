@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from labctl.backends.base import Inventory
+from labctl import bringup
 from labctl.backends.netns import NetnsBackend
+from labctl.backends.netns.preflight import problems
+from labctl.inventory import Inventory
 from labctl.lab import load_lab
-from labctl.preflight import problems
 from tests.requires import missing, require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +75,8 @@ class LabUnderTest:
         return backend
 
     def up(self, clients: int | None = None) -> Inventory:
-        return self.backend(clients).up()
+        """What `labctl up` does: the backend brings the lab up, then every node must accept SSH."""
+        return bringup.up(self.backend(clients))
 
     @property
     def inventory(self) -> Inventory:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from labctl.backends.netns import NetnsBackend
-from labctl.deploy import deploy, ports_of
+from labctl.deploy import ensure, ports_of
 from labctl.lab import load_lab
 from labctl.remote import Connection, Group
 from tests.requires import SHARED_BENCH, require_file, require_tool
@@ -38,7 +38,7 @@ def default_subnet_lab(lab_lock, tmp_path):
     try:
         inventory = backend.up()
         with Group(inventory.hosts) as g:
-            report = deploy(g, ports_of(inventory))
+            report = ensure(g, ports_of(inventory))
             assert report.ok, report.to_json()
         yield inventory
     finally:
