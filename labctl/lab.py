@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from labctl.errors import LabctlError
+from labctl.links import Links, check_names, parse_links
 
 DEFAULT_LAB_FILE = Path(__file__).resolve().parent.parent / "lab.yml"
 MAX_CLIENTS = 200
@@ -52,6 +53,7 @@ class Lab:
     clients: int = 3
     ports: Ports = field(default_factory=Ports)
     vagrant: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    links: Links = ()         # loss/delay/jitter/rate per node (labctl.links), applied by up
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ def validate(lab: Lab) -> None:
     ports = (lab.ports.tcp, lab.ports.proto, lab.ports.time)
     if any(not 0 <= p <= 65535 for p in ports) or lab.ports.tcp == lab.ports.proto:
         raise LabError(f"ports {ports}: each 1..65535 (time may be 0 = off), tcp and proto distinct")
+    check_names(lab.links, [n.name for n in lab.nodes], lab.name)
 
 
 def load_lab(path: str | Path | None = None, *, clients: int | None = None) -> Lab:
@@ -126,7 +129,7 @@ def load_lab(path: str | Path | None = None, *, clients: int | None = None) -> L
         raise LabError(f"lab file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise LabError(f"lab file {path}: expected a mapping at the top level")
-    known = {"name", "subnet", "host_address", "server_address", "clients", "ports", "vagrant"}
+    known = {"name", "subnet", "host_address", "server_address", "clients", "ports", "vagrant", "links"}
     unknown = set(raw) - known
     if unknown:
         raise LabError(f"lab file {path}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -139,4 +142,6 @@ def load_lab(path: str | Path | None = None, *, clients: int | None = None) -> L
         count = int(raw.get("clients", 3)) if clients is None else clients
     except (TypeError, ValueError) as exc:
         raise LabError(f"lab file {path}: {exc}") from None
-    return Lab(**fields, clients=count, ports=ports, vagrant=dict(raw.get("vagrant") or {}), source=path)
+    links = parse_links(raw.get("links"), f"lab file {path}")
+    return Lab(**fields, clients=count, ports=ports, vagrant=dict(raw.get("vagrant") or {}), links=links,
+               source=path)

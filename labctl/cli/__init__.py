@@ -17,7 +17,8 @@ from pathlib import Path
 from labctl import __version__
 from labctl.errors import LabctlError
 
-COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command")
+COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command",
+                   "impair_command")
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
 
 
