@@ -99,5 +99,5 @@ def ifb_setup(dev: str, ifb: str = IFB) -> list[str]:
 
 def ifb_teardown(dev: str, ifb: str = IFB) -> list[str]:
     """Shell lines removing what :func:`ifb_setup` made (the ingress qdisc only if the ifb exists)."""
-    return [f"if ip link show {ifb} >/dev/null 2>&1; then tc qdisc del dev {dev} ingress 2>/dev/null; "
-            f"ip link del {ifb}; fi"]
+    return [f"if ip link show {ifb} >/dev/null 2>&1; then "
+            f"tc qdisc del dev {dev} ingress 2>/dev/null || true; ip link del {ifb}; fi"]

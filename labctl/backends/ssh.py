@@ -9,13 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from labctl.backends.base import Backend, BackendError, Inventory, NodeStatus, Progress
+from labctl.backends.remote_links import RemoteLinks
 from labctl.inventory_file import load_inventory
 from labctl.lab import Lab
 
 PROBE_TIMEOUT = 10.0
 
 
-class SshBackend(Backend):
+class SshBackend(RemoteLinks, Backend):
     """Plain SSH hosts listed in an inventory file (``--inventory FILE``)."""
 
     name = "ssh"
@@ -49,10 +50,12 @@ class SshBackend(Backend):
         if failures:
             lines = "; ".join(f"{name}: {exc}" for name, exc in failures.items())
             raise BackendError(f"{len(failures)} of {len(inventory)} hosts are not reachable: {lines}")
+        self._links_on_up(inventory)  # probe each host's tc (netem), apply the lab file's links:
         return inventory
 
     def down(self, progress: Progress | None = None) -> None:
-        """Nothing to remove: labctl did not make these machines."""
+        """Nothing to stop (labctl did not make these machines); only the tc shaping labctl put there goes."""
+        self._links_down(progress)
         if progress:
             progress(f"the ssh backend does not manage its hosts; nothing to stop ({self.inventory_file})")
 

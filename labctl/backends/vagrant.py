@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
+from labctl.backends.remote_links import RemoteLinks
 from labctl.lab import DEFAULT_LAB_FILE, Lab
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent  # where the Vagrantfile is
@@ -167,7 +168,7 @@ def host_interface(address: str) -> str | None:
 
 # --- the backend ---------------------------------------------------------------------------------------
 
-class VagrantBackend(Backend):
+class VagrantBackend(RemoteLinks, Backend):
     """Vagrant VMs from the project's Vagrantfile, driven through python-vagrant."""
 
     name = "vagrant"
@@ -261,6 +262,7 @@ class VagrantBackend(Backend):
         inventory = self.inventory()
         self._check_reachable(inventory)
         say(f"{len(inventory)} VMs answer on their lab addresses with their pinned keys")
+        self._links_on_up(inventory)  # probe each VM's tc (netem), apply the lab file's links:
         return inventory
 
     def halt(self, progress: Progress | None = None) -> None:
