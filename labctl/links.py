@@ -25,7 +25,7 @@ from labctl.errors import LabctlError
 DIRECTIONS = ("out", "in", "both")
 SETTINGS = ("loss", "delay", "jitter", "rate")
 MAX_DELAY_MS = 10_000.0
-MIN_RATE, MAX_RATE = 1_000, 100_000_000_000  # bit/s: 1kbit .. 100gbit
+MIN_RATE, MAX_RATE = 1_000, 10_000_000_000  # bit/s: 1kbit .. 10gbit
 ALL = "all"
 
 _TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$")

@@ -38,7 +38,7 @@ def test_netem_leaf_carries_delay_jitter_and_loss():
     assert "match ip src 10.0.0.1/32" in lines[3]
     no_loss = shaping.tree("eth0", Impairment(delay=20), exempt="h", exempt_field="dst", netem=True,
                            netem_loss=False)
-    assert no_loss[-1].endswith("netem delay 20ms") and "rate 10gbit" in no_loss[2]
+    assert no_loss[-1].endswith("netem delay 20ms") and "rate 100gbit" in no_loss[2]
     assert not shaping.needs_tree(Impairment(loss=5), netem=True, netem_loss=False)
     assert shaping.needs_tree(Impairment(loss=5), netem=True, netem_loss=True)
     assert not shaping.needs_tree(Impairment(delay=5), netem=False, netem_loss=False)

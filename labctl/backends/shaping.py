@@ -19,8 +19,8 @@ from labctl.links import Impairment
 HANDLE = "4c:"
 LEAF = "4d:"
 HOST_CLASS, LAB_CLASS = "4c:10", "4c:20"
-UNSHAPED = "10gbit"            # the host class, and the lab class when only netem is needed
-UNSHAPED_BITS = 10**10
+UNSHAPED = "100gbit"           # the host class, and the lab class when only netem is needed
+UNSHAPED_BITS = 10**11        # above links.MAX_RATE: a class at this rate is never a setting
 IFB = "lcifb0"
 QUEUE_SECONDS = 0.1   # the leaf pfifo holds this much traffic at the set rate (at least 10 packets)
 MTU_BITS = 1514 * 8
