@@ -181,13 +181,14 @@ def settings(raw: Mapping[str, Any], where: str = "link") -> LinkSettings:
 Links = tuple[tuple[str, LinkSettings], ...]   # (node name or "all", settings), in file order
 
 
-def parse_links(raw: Any, where: str = "lab file") -> Links:
+def parse_links(raw: Any, where: str = "") -> Links:
     """The ``links:`` section → ``(("all", LinkSettings), ("client2", LinkSettings), ...)``."""
+    prefix = f"{where}: links" if where else "links"
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
-        raise LinkError(f"{where}: links: expected a mapping of node names (or all) to settings")
-    return tuple((str(name), settings(value or {}, f"{where}: links: {name}")) for name, value in raw.items())
+        raise LinkError(f"{prefix}: expected a mapping of node names (or all) to settings")
+    return tuple((str(name), settings(value or {}, f"{prefix}: {name}")) for name, value in raw.items())
 
 
 def check_names(links: Links, node_names: Iterable[str], lab_name: str = "") -> None:

@@ -9,11 +9,17 @@ import struct
 
 import pytest
 
-from labctl.backends import netns_delay, netns_delayer, netns_links, remote_links, shaping
-from labctl.backends.base import BackendError, LinkCapabilities
-from labctl.backends.netns_state import LabPlan, NodePlan
+from labctl import impairment
+from labctl.backends import remote_links, shaping
+from labctl.backends.base import Backend, BackendError, LinkCapabilities
+from labctl.backends.netns import delay as netns_delay
+from labctl.backends.netns import delayer as netns_delayer
+from labctl.backends.netns import links as netns_links
+from labctl.backends.netns.state import LabPlan, NodePlan
 from labctl.cli.impair_command import change_from_args
-from labctl.links import Impairment, LinkError
+from labctl.inventory import Host, Inventory
+from labctl.lab import Lab
+from labctl.links import Impairment, LinkError, LinkSettings
 
 PLAN = LabPlan("lab", "192.168.20.0/24", "192.168.20.1", 24, "lab-br",
                (NodePlan("server", "server", "192.168.20.2", "lab-server", "lab-srv"),
@@ -154,3 +160,74 @@ def test_base_backend_offers_nothing():
     caps = LinkCapabilities(missing={"rate": "is not offered"})
     with pytest.raises(BackendError, match="client1: rate is not offered"):
         caps.refuse_unsupported({"client1": Impairment(rate=10**6)})
+
+
+class FakeRemote(remote_links.RemoteLinks, Backend):
+    """A backend whose nodes are reached over SSH, with a scripted ``run`` instead of SSH."""
+
+    name = "fake"
+
+    def up(self, progress=None, check=None):
+        return self.inventory()
+
+    def down(self, progress=None):
+        pass
+
+    def status(self):
+        return []
+
+    def inventory(self):
+        hosts = tuple(Host(n.name, n.role, n.address, lab_interface="eth1") for n in self.lab.nodes)
+        return Inventory("fake", hosts, self.lab)
+
+
+class ScriptedNodes:
+    def __init__(self, kernel: str = "netem htb ifb") -> None:
+        self.kernel = kernel
+        self.scripts: list[dict[str, str]] = []
+
+    def __call__(self, scripts):
+        self.scripts.append(dict(scripts))
+        first = next(iter(scripts.values()))
+        if first.startswith("modprobe"):
+            return {name: self.kernel for name in scripts}
+        if first.startswith("echo '## out'"):
+            shaped = "## out\nqdisc htb 4c: root\nqdisc netem 4d: parent 4c:20 limit 1000 delay 50ms\n## in\n"
+            return {name: shaped if name == "server" else "## out\n## in\n" for name in scripts}
+        return dict.fromkeys(scripts, "")
+
+
+def test_remote_backend_probes_once_applies_by_script_and_reads_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote_links, "control_address", lambda address: "192.168.20.1")
+    backend = FakeRemote(Lab(name="t", clients=1), tmp_path)
+    nodes = ScriptedNodes()
+    reports = backend.impair({"server": Impairment(delay=50)}, nodes)
+    assert [next(iter(s.values()))[:8] for s in nodes.scripts] == ["modprobe", "set -e\ni", "echo '##"]
+    assert "netem delay 50ms" in nodes.scripts[1]["server"] and "netem" not in nodes.scripts[1]["client1"]
+    assert reports[0].applied == ("delay 50ms out (netem)",) and not reports[0].problems
+    backend.impair({}, nodes)
+    assert len([s for s in nodes.scripts if next(iter(s.values())).startswith("modprobe")]) == 1
+    with pytest.raises(BackendError, match=r"go through labctl\.impairment"):
+        backend.impair({})
+
+
+def test_remote_backend_without_netem_refuses_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote_links, "control_address", lambda address: "192.168.20.1")
+    backend = FakeRemote(Lab(name="t", clients=1), tmp_path)
+    with pytest.raises(BackendError, match=r"^server: loss needs sch_netem, which server, client1 lack"):
+        backend.impair({"server": Impairment(loss=10)}, ScriptedNodes(kernel="htb"))
+
+
+def test_impairment_change_merges_over_what_is_in_force(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote_links, "control_address", lambda address: "192.168.20.1")
+    backend = FakeRemote(Lab(name="t", clients=1), tmp_path)
+    nodes = ScriptedNodes()
+    monkeypatch.setattr(impairment, "node_scripts", lambda b: nodes)
+    impairment.change(backend, "all", LinkSettings(delay=20.0))
+    impairment.change(backend, "client1", LinkSettings(loss=5.0))
+    assert backend.link_settings() == {"server": Impairment(delay=20.0),
+                                       "client1": Impairment(loss=5, delay=20)}
+    impairment.change(backend, "all", LinkSettings(), clear=True)
+    assert not any(imp.active for imp in backend.link_settings().values())
+    with pytest.raises(BackendError, match="no node named 'client7'"):
+        impairment.change(backend, "client7", LinkSettings(loss=1.0))

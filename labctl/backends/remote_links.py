@@ -4,7 +4,8 @@ Each node shapes its own lab interface: ``out`` (what it sends) is labctl's htb 
 on the interface itself, ``in`` (what it receives) the same tree on an ``ifb`` device (``lcifb0``) fed
 from the interface's ingress. netem does delay, jitter and loss; htb the rate; this machine's address
 (where labctl's SSH comes from) is exempt. Every command runs as root (``sudo -n`` for a non-root
-user) through :mod:`labctl.remote`, quoted. What each node really has is read back with ``tc``.
+user), quoted, through the ``run`` that :mod:`labctl.impairment` hands in (backends never open SSH).
+What each node really has is read back with ``tc``.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from labctl.backends import shaping
-from labctl.backends.base import BackendError, Host, Inventory, LinkCapabilities, LinkReport
-from labctl.links import SETTINGS, Impairment, format_rate, resolve
+from labctl.backends.base import BackendError, LinkCapabilities, LinkReport, NodeScripts
+from labctl.inventory import Host, Inventory
+from labctl.links import SETTINGS, Impairment, format_rate
 
 STATE_FILE = "links.json"
-TIMEOUT = 30.0
 MECHANISMS = {"loss": "netem (in the node's kernel)", "delay": "netem (in the node's kernel)",
               "jitter": "netem (in the node's kernel)", "rate": "htb (in the node's kernel)"}
 PROBE = """modprobe -q sch_netem 2>/dev/null; modprobe -q ifb 2>/dev/null
@@ -103,7 +104,11 @@ def control_address(node_address: str) -> str:
 
 class RemoteLinks:
     """Link impairment for backends whose nodes are reached over SSH (uses ``inventory()``, ``lab``,
-    ``state_dir``, ``name``)."""
+    ``state_dir``). The scripts run through ``run``, handed in from above (:mod:`labctl.impairment`):
+    a backend never opens SSH itself."""
+
+    shapes_over_ssh = True
+    links_survive_down = False  # True for hosts that stay when the lab goes down (the ssh backend)
 
     def _links_file(self) -> Path:
         return Path(self.state_dir) / STATE_FILE
@@ -118,51 +123,24 @@ class RemoteLinks:
         Path(self.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._links_file().write_text(json.dumps(state, indent=1))
 
-    def _on_nodes(self, inventory: Inventory, scripts: Mapping[str, str]) -> dict[str, str]:
-        """Run each host's script as root, all at once; their outputs (raise one error if any failed)."""
-        from labctl.remote import Group
+    @staticmethod
+    def _runner(run: NodeScripts | None) -> NodeScripts:
+        if run is None:
+            raise BackendError("this backend shapes links over SSH: go through labctl.impairment")
+        return run
 
-        hosts = [h for h in inventory.hosts if h.name in scripts]
-        with Group(hosts) as group:
-            outcome = group.map(lambda c: c.run(["sh", "-c", scripts[c.host.name]], sudo=True,
-                                                timeout=TIMEOUT, check=True).stdout)
-        if outcome.failures:
-            lines = "; ".join(f"{name}: {exc}" for name, exc in outcome.failures.items())
-            raise BackendError(f"could not set the links on {len(outcome.failures)} node(s): {lines}")
-        return outcome.results
+    def forget_link_kernels(self) -> None:
+        """The machines may have been rebuilt (``up``): probe their kernels again before the next use."""
+        state = self._links_state()
+        if state.pop("kernel", None) is not None:
+            self._save_links_state(state)
 
-    def _probe_links(self, inventory: Inventory) -> None:
-        """Ask every node once (at ``up``) what its kernel offers; keep it in the state."""
-        found = self._on_nodes(inventory, {h.name: PROBE for h in inventory.hosts})
+    def _probe_links(self, inventory: Inventory, run: NodeScripts) -> None:
+        """Ask every node once what its kernel offers (netem, htb, ifb); keep it in the state."""
+        found = run({h.name: PROBE for h in inventory.hosts})
         state = self._links_state()
         state["kernel"] = {name: sorted(set(out.split())) for name, out in found.items()}
         self._save_links_state(state)
-
-    def _links_on_up(self, inventory: Inventory) -> None:
-        """At ``up``: apply the lab file's ``links:`` (probing the nodes' kernels first).
-
-        A lab without ``links:`` costs no SSH round here: its nodes are probed at the first ``impair``.
-        """
-        state = self._links_state()
-        state.pop("kernel", None)  # the machines may have been rebuilt: ask again before the next use
-        self._save_links_state(state)
-        wanted = resolve(self.lab.links, [h.name for h in inventory.hosts])
-        if any(imp.active for imp in wanted.values()) or state.get("wanted"):
-            self.impair(wanted, inventory)
-
-    def _links_down(self, progress=None) -> list[str]:
-        """Remove labctl's shaping from every node that had some (the ssh backend's hosts stay up)."""
-        state = self._links_state()
-        touched = [name for name, imp in state.get("wanted", {}).items() if Impairment.from_dict(imp).active]
-        if touched:
-            if progress:
-                progress(f"removing labctl's tc shaping from {', '.join(touched)}")
-            inventory = self.inventory()
-            scripts = {h.name: "\n".join(["set -e", *remove_lines(h.lab_interface)]) + "\n"
-                       for h in inventory.hosts if h.name in touched}
-            self._on_nodes(inventory, scripts)
-        self._links_file().unlink(missing_ok=True)
-        return [f"tc shaping on {', '.join(touched)}"] if touched else []
 
     def link_capabilities(self) -> LinkCapabilities:
         kernels = self._links_state().get("kernel")
@@ -183,25 +161,26 @@ class RemoteLinks:
         stored = self._links_state().get("wanted", {})
         return {n.name: Impairment.from_dict(stored.get(n.name, {})) for n in self.lab.nodes}
 
-    def impair(self, wanted: Mapping[str, Impairment],
-               inventory: Inventory | None = None) -> list[LinkReport]:
-        inventory = inventory or self.inventory()
+    def impair(self, wanted: Mapping[str, Impairment], run: NodeScripts | None = None) -> list[LinkReport]:
+        run = self._runner(run)
+        inventory = self.inventory()
         if not self._links_state().get("kernel"):
-            self._probe_links(inventory)
+            self._probe_links(inventory, run)
         full = {h.name: wanted.get(h.name, Impairment()) for h in inventory.hosts}
         self.link_capabilities().refuse_unsupported(full)
         state = self._links_state()
         state["wanted"] = {k: v.to_dict() for k, v in full.items()}
         self._save_links_state(state)
-        scripts = {h.name: node_script(h.lab_interface, full[h.name], control_address(h.address))
-                   for h in inventory.hosts}
-        self._on_nodes(inventory, scripts)
-        return self.link_reports(inventory)
+        run({h.name: node_script(h.lab_interface, full[h.name], control_address(h.address))
+             for h in inventory.hosts})
+        return self.link_reports(run)
 
-    def link_reports(self, inventory: Inventory | None = None) -> list[LinkReport]:
-        inventory = inventory or self.inventory()
+    def link_reports(self, run: NodeScripts | None = None) -> list[LinkReport]:
         wanted = self.link_settings()
-        outputs = self._on_nodes(inventory, {h.name: read_script(h.lab_interface) for h in inventory.hosts})
+        if not any(imp.active for imp in wanted.values()) and not self._links_state().get("wanted"):
+            return []  # labctl never shaped these nodes: nothing to read
+        inventory = self.inventory()
+        outputs = self._runner(run)({h.name: read_script(h.lab_interface) for h in inventory.hosts})
         return [report(h, wanted.get(h.name, Impairment()), outputs.get(h.name, "")) for h in inventory.hosts]
 
 

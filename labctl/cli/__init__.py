@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labctl import __version__
+from labctl.backends import DEFAULT_BACKEND, backend_names
 from labctl.errors import LabctlError
 
 COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command",
@@ -66,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"labctl {__version__}")
     parser.add_argument("--lab", dest="lab_file", type=Path, metavar="FILE",
                         help="lab file (default: lab.yml in the project)")
-    parser.add_argument("--backend", default=os.environ.get("LABCTL_BACKEND", "netns"),
-                        choices=("netns", "vagrant", "ssh"),
-                        help="how the lab is realised (default: netns, the embedded lab; env LABCTL_BACKEND)")
+    parser.add_argument("--backend", default=os.environ.get("LABCTL_BACKEND", DEFAULT_BACKEND),
+                        choices=backend_names(),
+                        help=f"how the lab is realised (default: {DEFAULT_BACKEND}, the embedded lab; "
+                             "env LABCTL_BACKEND)")
     parser.add_argument("--inventory", dest="inventory_file", type=Path, metavar="FILE",
                         help="inventory file for --backend ssh (see 'labctl inventory --format yaml')")
     parser.add_argument("--state-dir", dest="state_root", type=Path, default=STATE_ROOT,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from labctl.cli import CliError
-
 EPILOG = """\
 examples:
   labctl impair --node client2 --loss 30%        30 % of what client2 sends is dropped
@@ -57,19 +55,15 @@ def change_from_args(args: argparse.Namespace):
 
 
 def cmd_impair(args: argparse.Namespace, ctx) -> int:
-    from labctl.links import ALL, update
+    from labctl import impairment
 
     change = change_from_args(args)
     backend = ctx.backend()
-    if args.node != ALL and args.node not in {n.name for n in backend.lab.nodes}:
-        raise CliError(f"--node {args.node!r}: no such node (nodes: "
-                       f"{', '.join(n.name for n in backend.lab.nodes)}; or all)")
     if change.empty and not args.clear:
         backend.inventory()  # a lab that is not up says so
-        reports = backend.link_reports()
+        reports = impairment.reports(backend)
     else:
-        wanted = update(backend.link_settings(), args.node, change, clear=args.clear)
-        reports = backend.impair(wanted)
+        reports = impairment.change(backend, args.node, change, clear=args.clear)
     if args.json:
         print(json.dumps({"backend": backend.name, "links": links_json(reports)}, indent=1))
     else:

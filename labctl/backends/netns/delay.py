@@ -6,7 +6,7 @@ Per node and direction, one chain of labctl's own in the node namespace's ``mang
     labctl-delay-out  (jumped to from OUTPUT):     ! -d HOST/32 -j NFQUEUE --queue-num 0 --queue-bypass
     labctl-delay-in   (jumped to from PREROUTING): ! -s HOST/32 -j NFQUEUE --queue-num 1 --queue-bypass
 
-and one process per lab (``netns_delayer.py``, pid file ``STATE/delayer.pid``) that holds each queued
+and one process per lab (``netns/delayer.py``, pid file ``STATE/delayer.pid``) that holds each queued
 packet for its time. Removing takes out exactly those chains and jumps (and the ``mangle`` table if
 labctl created it), and stops that process by its pid.
 """
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from labctl.backends import linux
 from labctl.backends.base import BackendError
+from labctl.backends.netns import linux
 
-DELAYER = Path(__file__).with_name("netns_delayer.py")
+DELAYER = Path(__file__).with_name("delayer.py")
 IPTABLES = "iptables-nft"
 READY_TIMEOUT = 5.0
 HOOKS = {"out": ("OUTPUT", "labctl-delay-out", "-d", 0), "in": ("PREROUTING", "labctl-delay-in", "-s", 1)}

@@ -8,7 +8,7 @@ Per node, ``out`` is what the node sends and ``in`` what it receives; the host's
 * **rate**: an htb tree (``labctl.backends.shaping``) on the node's ``eth0`` (out, inside its namespace)
   or on the host end of its veth (in): the veth's two ends are the two egresses, no ifb needed.
 * **delay, jitter**: netem as the tree's leaf where the kernel has ``sch_netem``; otherwise the
-  NFQUEUE delayer (``netns_delay``), or a clear refusal when neither is there.
+  NFQUEUE delayer (``netns/delay.py``), or a clear refusal when neither is there.
 
 What the kernel offers is probed once, at ``up`` (in the server's namespace, on its ``lo``), and kept
 in ``STATE/links.json`` with what each node was set to. ``status`` reads back what is in force.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from labctl.backends import shaping
 from labctl.backends.base import BackendError, LinkCapabilities, LinkReport
-from labctl.backends.netns_delay import DelayerProcess, rules_present, set_rules
-from labctl.backends.netns_state import NODE_INTERFACE, LabPlan, NodePlan
+from labctl.backends.netns.delay import DelayerProcess, rules_present, set_rules
+from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan
 from labctl.links import Impairment, format_rate, resolve
 
 STATE_FILE = "links.json"
@@ -348,8 +348,9 @@ class NetnsLinks:
             return {n.name: Impairment() for n in self.lab.nodes}
         return wanted_from_state(read_state(self.state.root), current)
 
-    def impair(self, wanted: Mapping[str, Impairment]) -> list[LinkReport]:
-        from labctl.backends.base import LabNotUp
+    def impair(self, wanted: Mapping[str, Impairment], run=None) -> list[LinkReport]:
+        """``run`` is not needed: this machine's kernel shapes the namespace lab's links."""
+        from labctl.inventory import LabNotUp
 
         with self._exclusive():
             current = self._links_plan()
@@ -357,6 +358,6 @@ class NetnsLinks:
                 raise LabNotUp(f"lab {self.lab.name} is not up: run labctl up")
             return apply(current, self.state.root, wanted)
 
-    def link_reports(self) -> list[LinkReport]:
+    def link_reports(self, run=None) -> list[LinkReport]:
         current = self._links_plan()
         return reports(current, self.state.root) if current is not None else []
