@@ -71,12 +71,12 @@ def test_every_setting_a_lab_file_takes(tmp_path):
 
 
 def test_a_new_section_is_one_parser_in_the_table(tmp_path, monkeypatch):
-    path = write(tmp_path, NAMED + "links: {client1: {loss: 1%}}\n")
-    with pytest.raises(LabError, match="unknown setting 'links'"):
+    path = write(tmp_path, NAMED + "newsection: {server: my_server.py}\n")
+    with pytest.raises(LabError, match="unknown setting 'newsection'"):
         load_lab(path)
     seen = []
-    monkeypatch.setitem(SECTIONS, "links", lambda key, value: seen.append((key, value)) or {})
-    assert load_lab(path).name == "htest" and seen == [("links", {"client1": {"loss": "1%"}})]
+    monkeypatch.setitem(SECTIONS, "newsection", lambda key, value: seen.append((key, value)) or {})
+    assert load_lab(path).name == "htest" and seen == [("newsection", {"server": "my_server.py"})]
 
 
 # --- refused at load, one line that names the file ---------------------------------------------------
