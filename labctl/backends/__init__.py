@@ -1,4 +1,5 @@
-"""Backends realise a lab: ``netns`` (embedded default), ``vagrant`` (VMs), ``ssh`` (existing hosts)."""
+"""Backends realise a lab: ``netns`` (embedded default), ``vagrant`` (VMs), ``ssh`` (existing hosts),
+``docker`` (containers)."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +10,8 @@ from labctl.lab import Lab
 
 BACKENDS = {"netns": "labctl.backends.netns:NetnsBackend",
             "vagrant": "labctl.backends.vagrant:VagrantBackend",
-            "ssh": "labctl.backends.ssh:SshBackend"}
+            "ssh": "labctl.backends.ssh:SshBackend",
+            "docker": "labctl.backends.docker:DockerBackend"}
 
 
 def make_backend(name: str, lab: Lab, state_dir: Path, *, inventory_file: Path | None = None) -> Backend:
