@@ -17,10 +17,11 @@ dev=0
 packages=(python3 python3-venv python3-pip openssh-server openssh-client tcpdump tshark iproute2
           nftables ethtool procps util-linux rdate ca-certificates)
 if [ "$dev" = 1 ]; then
-  # tests: the HTML report in a real browser, shellcheck on the provisioners, and the Vagrant VM test
-  # (vagrant-libvirt on QEMU/TCG; a local Debian box built with debootstrap)
+  # tests: the HTML report in a real browser, shellcheck on the provisioners, the Vagrant VM test
+  # (vagrant-libvirt on QEMU/TCG; a local Debian box built with debootstrap), and the docker backend's
+  # tests (a private dockerd, Debian's docker-compose; the node image is built with debootstrap too)
   packages+=(chromium shellcheck git qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
-             vagrant vagrant-libvirt debootstrap dnsmasq-base)
+             vagrant vagrant-libvirt debootstrap dnsmasq-base docker.io docker-compose)
 fi
 
 missing=()
