@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl.backends import forward_guard
 from labctl.backends.base import Inventory
 from labctl.backends.netns import NetnsBackend
 from labctl.lab import load_lab
@@ -241,6 +242,8 @@ def make_container_lab(docker_daemon, tmp_path) -> Iterator:
             except Exception as exc:
                 problems_left.append(f"{lab.name}: clean failed: {exc}")
             left = leftovers(lab.name, lab.state_root / lab.name)
+            if forward_guard.present(lab.name):
+                left.append(f"nft table inet {forward_guard.table_name(lab.name)}")
             if left:
                 problems_left.append(f"{lab.name}: left behind {left}")
         if problems_left:

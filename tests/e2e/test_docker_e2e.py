@@ -3,7 +3,8 @@
 ``up`` → ``run tcp`` → ``capture --port 8080 --run udp`` → ``down``, each as ``python labctl.py
 --backend docker ...`` against a dockerd this test starts (``DOCKER_HOST``) and stops by PID. Between
 the steps it checks what the backend promises: an internal network on the lab's subnet and bridge,
-nodes without a default route, host keys pinned from ``docker exec``, and after ``down`` nothing left:
+nodes without a default route, the forwarding guard (a node that adds one still reaches nothing beyond
+the host, and does without the guard), host keys pinned from ``docker exec``, and after ``down`` nothing left:
 no container, network, volume or container layer (only the cached node image), no lab state; after the
 daemon stops, no process or mount of it (the fixture).
 """
@@ -15,6 +16,7 @@ import subprocess
 import pytest
 
 from labctl.analyse import analyse_file
+from labctl.backends import forward_guard
 from labctl.backends.docker.image import REPOSITORY, image_tag
 from labctl.lab import load_lab
 from tests.requires import require_tool
@@ -25,6 +27,30 @@ pytestmark = pytest.mark.lab
 def _docker_exec(client, container: str, *argv: str) -> str:
     run = client.api.exec_create(container, list(argv))
     return client.api.exec_start(run["Id"]).decode()
+
+
+def _check_the_guard_keeps_a_node_in(client, lab_name: str, spec) -> None:
+    """A node given a default route (root in a node can) reaches the test's outside namespace only
+    while the guard is away: the host forwards for it, and Docker (--iptables=false) stops nothing."""
+    from tests.e2e.test_forward_guard_e2e import OUTSIDE_END, PROBES, arrived, ip_forward_on, outside
+
+    container = f"{lab_name}-client1"
+    send = ["python3", "-c", "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"[s.sendto(b'probe', ({OUTSIDE_END!r}, 9)) for _ in range({PROBES})]"]
+    with outside(spec.subnet) as out, ip_forward_on():
+        _docker_exec(client, container, "ip", "route", "add", "default", "via", spec.host_address)
+        try:
+            forward_guard.remove(lab_name)
+            _docker_exec(client, container, *send)
+            assert arrived(out) >= PROBES, "without the guard the test's outside must be reachable"
+            before = arrived(out)
+            forward_guard.install(lab_name, f"{lab_name}-dk")
+            _docker_exec(client, container, *send)
+            assert arrived(out) == before, "with the guard nothing from the lab reaches the outside"
+            assert forward_guard.counters(lab_name)["out of the lab"] >= PROBES
+        finally:
+            forward_guard.install(lab_name, f"{lab_name}-dk")
+            _docker_exec(client, container, "ip", "route", "del", "default")
 
 
 def test_the_exercise_runs_in_containers(make_container_lab, docker_daemon, tmp_path, monkeypatch):
@@ -59,6 +85,8 @@ def test_the_exercise_runs_in_containers(make_container_lab, docker_daemon, tmp_
         routes = _docker_exec(client, container, "ip", "-4", "route")
         assert "default" not in routes and spec.subnet in routes  # nothing it sends can leave the lab
 
+    assert forward_guard.present(lab.name)  # dockerd --iptables=false: labctl's guard keeps the lab in
+    _check_the_guard_keeps_a_node_in(client, lab.name, spec)
     status = lab.cli("status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     assert [n["up"] for n in json.loads(status.stdout)["nodes"]] == [True] * 4
@@ -92,5 +120,6 @@ def test_the_exercise_runs_in_containers(make_container_lab, docker_daemon, tmp_
     layers = [p for p in (docker_daemon.root / "data" / "overlay2").iterdir() if p.name != "l"]
     assert len(layers) == 1, layers  # the image's one layer; every container's layers are gone
     assert not lab.state_dir.exists() and not (lab.state_root / lab.name).exists()
+    assert not forward_guard.present(lab.name)
     assert subprocess.run(["ip", "link", "show", f"{lab.name}-dk"], capture_output=True).returncode != 0
     client.close()

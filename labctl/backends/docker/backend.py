@@ -6,8 +6,10 @@ Topology for a lab named ``lab`` (the daemon ``DOCKER_HOST`` names, on this mach
                                                                      ├── lab-client1 eth0 192.168.20.3 (sshd)
                                                                      └── ...
 
-The network is ``internal`` (no NAT), and each node's entrypoint deletes the default route Docker gives
-it, so nothing a node sends can leave the lab. Each container makes its own SSH host key at first
+The network is ``internal`` (no NAT), each node's entrypoint deletes the default route Docker gives
+it, and labctl's forwarding guard (an nft table per lab) drops anything routed into or out of the
+bridge, which matters where dockerd runs with ``--iptables=false`` and so enforces nothing itself:
+nothing a node sends can leave the lab. Each container makes its own SSH host key at first
 start; labctl reads it through ``docker exec`` (the daemon's channel, never the lab network) and pins
 it. From then on everything above the backends reaches the nodes over SSH exactly as it reaches
 namespaces or VMs: ``inventory()`` reads only the state directory, so ``run`` and ``capture`` never
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
 from labctl.backends.docker import containers
 from labctl.backends.docker.daemon import DockerUnavailable, connect, endpoint
@@ -68,6 +71,7 @@ class DockerBackend(Backend):
             current = self.state.read_plan()
             if current is not None and current.complete and current.same_shape(wanted) \
                     and self._all_running(client, current):
+                forward_guard.install(current.lab, current.bridge)  # repair: idempotent
                 return self._verify(current, say)
             if current is not None or containers.node_states(client, self.lab.name):
                 say("removing the previous, different or incomplete lab")
@@ -92,6 +96,8 @@ class DockerBackend(Backend):
             raise DockerUnavailable(f"the daemon at {lab_plan.daemon} made bridge {lab_plan.bridge} "
                                     "somewhere else: the docker backend needs a daemon on this machine "
                                     "(labctl reaches the nodes on the lab network)")
+        # dockerd --iptables=false enforces nothing on its bridges: the guard does, before any node runs
+        forward_guard.install(lab_plan.lab, lab_plan.bridge)
         n = len(lab_plan.nodes)
         say(f"starting {n} containers ({lab_plan.image})")
         pool = ThreadPoolExecutor(max_workers=min(8, n), thread_name_prefix="docker-node")
@@ -188,6 +194,8 @@ class DockerBackend(Backend):
 
     def _teardown(self, client: Any) -> list[str]:
         removed = containers.remove_lab(client, self.lab.name)
+        if forward_guard.remove(self.lab.name):
+            removed.append(f"nft table {forward_guard.FAMILY} {forward_guard.table_name(self.lab.name)}")
         if self.state.root.exists():
             self.state.remove()
             removed.append(f"state directory {self.state.root}")
