@@ -91,6 +91,18 @@ def test_the_exercise_runs_in_containers(make_container_lab, docker_daemon, tmp_
     assert status.returncode == 0, status.stdout + status.stderr
     assert [n["up"] for n in json.loads(status.stdout)["nodes"]] == [True] * 4
 
+    again = lab.cli("up", "--json", timeout=120)  # idempotent: the running lab is kept, keys unchanged
+    assert again.returncode == 0 and json.loads(again.stdout) == inventory, again.stderr
+    client.api.stop(f"{lab.name}-client3", timeout=1)
+    status = lab.cli("status", "--json")
+    assert status.returncode == 1
+    assert [n["up"] for n in json.loads(status.stdout)["nodes"]] == [True, True, True, False]
+    assert "is exited" in json.loads(status.stdout)["nodes"][3]["detail"]
+    repaired = lab.cli("up", "--json", timeout=120)  # a stopped node: the lab is made anew
+    assert repaired.returncode == 0, repaired.stderr
+    inventory = json.loads(repaired.stdout)
+    assert lab.cli("status").returncode == 0
+
     ssh = lab.cli("ssh", "client2", "hostname")  # the system ssh client, with the pinned known_hosts
     assert ssh.returncode == 0 and ssh.stdout.strip() == "client2", ssh.stderr
 
