@@ -3,6 +3,7 @@ daemon helpers' errors, and that ``run``/``capture`` (``inventory()``) never loa
 tests/e2e/test_docker_e2e.py runs it for real."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,14 @@ def test_a_container_lab_that_is_not_up_is_one_clear_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["labctl: lab is not up: run labctl --backend docker up "
                                                 f"(lab dk: no plan in {tmp_path}/state/dk/docker)"]
+
+
+def test_a_lab_held_by_another_daemon_is_not_touched(tmp_path, monkeypatch):
+    backend = make_backend("docker", _lab(), tmp_path / "dk")
+    p = plan(_lab(), "labctl-node:abc", "unix:///elsewhere.sock")
+    backend.state.write_plan(p.pinned({n.name: KEY for n in p.nodes}))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/here.sock")
+    for step in (backend.down, backend.clean):
+        with pytest.raises(BackendError, match=re.escape("DOCKER_HOST=unix:///elsewhere.sock")):
+            step()
+    assert backend.inventory().server.host_key == KEY  # the state is kept

@@ -69,6 +69,7 @@ class DockerBackend(Backend):
         wanted = plan(self.lab, ensure_image(client, say), endpoint())
         with self._exclusive():
             current = self.state.read_plan()
+            self._same_daemon(current)
             if current is not None and current.complete and current.same_shape(wanted) \
                     and self._all_running(client, current):
                 forward_guard.install(current.lab, current.bridge)  # repair: idempotent
@@ -179,6 +180,7 @@ class DockerBackend(Backend):
 
     def _remove(self, say: Progress) -> list[str]:
         current = self.state.read_plan()
+        self._same_daemon(current)
         try:
             client = connect()
         except DockerUnavailable:
@@ -186,12 +188,16 @@ class DockerBackend(Backend):
                 self.state.remove()
                 return []
             raise
-        if current is not None and current.daemon != endpoint():
-            raise BackendError(f"lab {self.lab.name} runs in the daemon at {current.daemon}, and DOCKER_HOST "
-                               f"names {endpoint()}: run again with DOCKER_HOST={current.daemon}")
         with self._exclusive():
             say(f"removing lab {self.lab.name}'s containers and network")
             return self._teardown(client)
+
+    def _same_daemon(self, current: DockerPlan | None) -> None:
+        """Refuse to act on a lab that another daemon holds (its containers and bridge are there)."""
+        if current is not None and current.daemon != endpoint():
+            raise BackendError(f"lab {self.lab.name} runs in the daemon at {current.daemon}, and "
+                               f"DOCKER_HOST names {endpoint()}: run again with DOCKER_HOST={current.daemon} "
+                               "(e.g. to take it down first)")
 
     def _teardown(self, client: Any) -> list[str]:
         removed = containers.remove_lab(client, self.lab.name)
