@@ -73,14 +73,17 @@ class DockerBackend(Backend):
             if current is not None and current.complete and current.same_shape(wanted) \
                     and self._all_running(client, current):
                 forward_guard.install(current.lab, current.bridge)  # repair: idempotent
-                return self._verify(current, say)
+                try:
+                    return self._verify(current, say, client)
+                except containers.NodeFailed as exc:
+                    say(f"{exc}: making the lab anew")
             if current is not None or containers.node_states(client, self.lab.name):
                 say("removing the previous, different or incomplete lab")
                 self._teardown(client)
             self._refuse_conflicts(client, wanted)
             with self._rollback_on_failure(client):
                 pinned = self._build(client, wanted, say)
-                inventory = self._verify(pinned, say)
+                inventory = self._verify(pinned, say, client)
                 self.state.write_plan(pinned)
             return inventory
 
@@ -113,7 +116,7 @@ class DockerBackend(Backend):
         pool.shutdown()
         return lab_plan.pinned(host_keys)
 
-    def _verify(self, lab_plan: DockerPlan, say: Progress) -> Inventory:
+    def _verify(self, lab_plan: DockerPlan, say: Progress, client: Any) -> Inventory:
         """Open an authenticated SSH session to every node (pinned host key), through labctl.remote."""
         inventory = self._inventory(lab_plan)
         say(f"checking SSH on {len(inventory)} nodes")
@@ -122,8 +125,10 @@ class DockerBackend(Backend):
         with Group(inventory.hosts) as group:
             opened = group.open()
         if not opened.ok:
-            raise containers.NodeFailed("; ".join(f"node {name} did not come up: {exc}"
-                                                  for name, exc in opened.failures.items()))
+            names = {n.name: n.container for n in lab_plan.nodes}
+            raise containers.NodeFailed("; ".join(
+                f"node {name} did not come up: {exc} (its log: {containers.log_tail(client, names[name])})"
+                for name, exc in opened.failures.items()))
         return inventory
 
     def _all_running(self, client: Any, lab_plan: DockerPlan) -> bool:
