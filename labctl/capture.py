@@ -23,10 +23,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from labctl.backends.base import Host
 from labctl.errors import LabctlError
+from labctl.inventory import Host
 from labctl.remote import Connection
+
+if TYPE_CHECKING:  # types only: capture runs what it is handed, it imports neither
+    from labctl.analyse.model import Analysis
+    from labctl.run import RunResult
 
 LOCAL_DIR = Path("captures")
 REMOTE_TMP = "/tmp"       # the node's /tmp (each namespace node has its own): pcap and log while capturing
@@ -202,8 +207,8 @@ class CaptureResult:
     stats: TcpdumpStats
     seconds: float
     interrupted: bool = False
-    run: object | None = None            # labctl.run.RunResult when --run
-    analysis: object | None = None       # what labctl.analyse made of the file
+    run: RunResult | None = None         # what ``during`` returned: the triggered run (capture --run)
+    analysis: Analysis | None = None     # what ``analyse`` made of the file
     summary: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -216,10 +221,10 @@ class CaptureResult:
 
 
 def capture(conn: Connection, ports: Sequence[int], *, output: Path | None = None,
-            duration: float | None = None, during: Callable[[], object] | None = None,
+            duration: float | None = None, during: Callable[[], RunResult | None] | None = None,
             settle: float = SETTLE, remote_dir: str = REMOTE_TMP,
             on_listening: Callable[[Tcpdump], None] | None = None,
-            analyse: Callable[[Path], tuple[object, dict]] | None = None) -> CaptureResult:
+            analyse: Callable[[Path], tuple[Analysis, dict]] | None = None) -> CaptureResult:
     """Capture ``ports`` on ``conn``'s node until ``during()`` returns (+ ``settle``), ``duration``
     elapses, or Ctrl-C; bring the pcap home to ``output``; fail loudly if tcpdump lost anything.
 

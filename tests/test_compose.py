@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 
 from labctl.backends.docker.compose import compose_bridge, network_name, render
 from labctl.lab import load_lab
+from tests.requires import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -97,8 +97,9 @@ def _in_private_namespaces(script: str, env: dict[str, str]) -> subprocess.Compl
                           check=False)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_entrypoint_for_real_in_private_namespaces():
+    require_root()
+    require_tool("unshare", "apt-get install util-linux")
     entrypoint = NODE / "entrypoint.sh"
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKo labctl"
     proc = _in_private_namespaces(f"bash {entrypoint} true && bash {entrypoint} cat "

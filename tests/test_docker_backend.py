@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from labctl.backends import make_backend
-from labctl.backends.base import BackendError, LabNotUp
+from labctl.backends.base import BackendError
 from labctl.backends.docker import DockerBackend
 from labctl.backends.docker import image as node_image
 from labctl.backends.docker.daemon import DockerUnavailable, PrivateDaemon, connect, endpoint, ping_socket
 from labctl.backends.docker.plan import DockerPlan, DockerState, plan
 from labctl.cli import build_parser
+from labctl.inventory import LabNotUp
 from labctl.lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.lab
 
 def test_compose_runs_the_exercise_with_debians_docker_compose(make_container_lab, tmp_path, monkeypatch):
     compose_tool = require_tool("docker-compose", "apt-get install -y --no-install-recommends docker-compose")
-    from labctl.backends import sshd
     from labctl.backends.docker.daemon import connect
+    from labctl.backends.netns import sshd
 
     monkeypatch.setenv("LABCTL_LEAD_SAFETY", "3")
     lab = make_container_lab(clients=3)

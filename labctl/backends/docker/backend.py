@@ -13,15 +13,15 @@ nothing a node sends can leave the lab. Each container makes its own SSH host ke
 start; labctl reads it through ``docker exec`` (the daemon's channel, never the lab network) and pins
 it. From then on everything above the backends reaches the nodes over SSH exactly as it reaches
 namespaces or VMs: ``inventory()`` reads only the state directory, so ``run`` and ``capture`` never
-pay for the Docker SDK.
+pay for the Docker SDK. (The SSH check that ends ``up`` is made above the backends, by
+:mod:`labctl.bringup`; a lab this ``up`` built that fails it is removed again.)
 """
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
 import signal
-import sys
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends import forward_guard
-from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
+from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.docker import containers
 from labctl.backends.docker.daemon import DockerUnavailable, connect, endpoint
 from labctl.backends.docker.plan import NODE_INTERFACE, DockerPlan, DockerState, plan
+from labctl.errors import LabctlError
+from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
 
 SSH_PORT = 22
@@ -59,12 +61,13 @@ class DockerBackend(Backend):
 
     # --- up ------------------------------------------------------------------------------------------
 
-    def up(self, progress: Progress | None = None) -> Inventory:
-        """Make the network and the containers (or keep a running, identical lab); check SSH on each."""
+    def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
+        """Make the network and the containers (or keep a running, identical lab whose nodes pass
+        ``check``); return the inventory once ``check`` (every node accepts SSH) passed."""
         from labctl.backends.docker.image import ensure_image
 
         say = _quiet(progress)
-        _prewarm_remote()
+        check = check or (lambda _inventory: None)
         client = connect()
         wanted = plan(self.lab, ensure_image(client, say), endpoint())
         with self._exclusive():
@@ -73,9 +76,11 @@ class DockerBackend(Backend):
             if current is not None and current.complete and current.same_shape(wanted) \
                     and self._all_running(client, current):
                 forward_guard.install(current.lab, current.bridge)  # repair: idempotent
+                inventory = self._inventory(current)
                 try:
-                    return self._verify(current, say, client)
-                except containers.NodeFailed as exc:
+                    check(inventory)
+                    return inventory
+                except LabctlError as exc:
                     say(f"{exc}: making the lab anew")
             if current is not None or containers.node_states(client, self.lab.name):
                 say("removing the previous, different or incomplete lab")
@@ -83,20 +88,21 @@ class DockerBackend(Backend):
             self._refuse_conflicts(client, wanted)
             with self._rollback_on_failure(client):
                 pinned = self._build(client, wanted, say)
-                inventory = self._verify(pinned, say, client)
+                inventory = self._inventory(pinned)
+                check(inventory)
                 self.state.write_plan(pinned)
             return inventory
 
     def _build(self, client: Any, lab_plan: DockerPlan, say: Progress) -> DockerPlan:
-        from labctl.backends import linux, sshd
+        from labctl.backends.netns.sshd import generate_keypair, write_private
 
         self.state.write_plan(lab_plan)  # before anything exists: down/clean can always find it
-        private, public = sshd.generate_keypair(f"labctl@{lab_plan.lab}")
-        sshd.write_private(self.state.client_key, private)
+        private, public = generate_keypair(f"labctl@{lab_plan.lab}")
+        write_private(self.state.client_key, private)
         Path(f"{self.state.client_key}.pub").write_text(public + "\n")
         say(f"network {lab_plan.network} (internal, bridge {lab_plan.bridge}, {lab_plan.subnet})")
         containers.create_network(client, lab_plan)
-        if not linux.link_exists(lab_plan.bridge):
+        if not _link_exists(lab_plan.bridge):
             raise DockerUnavailable(f"the daemon at {lab_plan.daemon} made bridge {lab_plan.bridge} "
                                     "somewhere else: the docker backend needs a daemon on this machine "
                                     "(labctl reaches the nodes on the lab network)")
@@ -116,31 +122,15 @@ class DockerBackend(Backend):
         pool.shutdown()
         return lab_plan.pinned(host_keys)
 
-    def _verify(self, lab_plan: DockerPlan, say: Progress, client: Any) -> Inventory:
-        """Open an authenticated SSH session to every node (pinned host key), through labctl.remote."""
-        inventory = self._inventory(lab_plan)
-        say(f"checking SSH on {len(inventory)} nodes")
-        from labctl.remote import Group
-
-        with Group(inventory.hosts) as group:
-            opened = group.open()
-        if not opened.ok:
-            names = {n.name: n.container for n in lab_plan.nodes}
-            raise containers.NodeFailed("; ".join(
-                f"node {name} did not come up: {exc} (its log: {containers.log_tail(client, names[name])})"
-                for name, exc in opened.failures.items()))
-        return inventory
-
     def _all_running(self, client: Any, lab_plan: DockerPlan) -> bool:
         states = containers.node_states(client, lab_plan.lab)
         return all(states.get(n.name) == "running" for n in lab_plan.nodes)
 
     def _refuse_conflicts(self, client: Any, lab_plan: DockerPlan) -> None:
-        from labctl.backends import linux
-        from labctl.backends.netns import subnet_users
+        from labctl.backends.netns.probes import subnet_users
 
         taken = containers.foreign_names(client, lab_plan)
-        if linux.link_exists(lab_plan.bridge):
+        if _link_exists(lab_plan.bridge):
             taken.append(f"interface {lab_plan.bridge}")
         if taken:
             raise BackendError(f"{', '.join(taken)} already exist(s) but are not lab {lab_plan.lab}'s, so "
@@ -243,8 +233,8 @@ class DockerBackend(Backend):
             states = containers.node_states(connect(), current.lab)
         except DockerUnavailable as exc:
             return [NodeStatus(n.name, n.role, n.address, False, str(exc)[:80]) for n in current.nodes]
-        from labctl.backends.netns import tcp_accepting
-        from labctl.safety import route_devices
+        from labctl.backends.netns.probes import tcp_accepting
+        from labctl.routes import route_devices
 
         routes = route_devices([n.address for n in current.nodes])
         probe = [(n.address, SSH_PORT) for n in current.nodes
@@ -266,6 +256,13 @@ class DockerBackend(Backend):
             result.append(NodeStatus(n.name, n.role, n.address, up, detail))
         return result
 
+    def node_log(self, name: str) -> str:
+        """The end of the node's container log (its sshd logs to stderr), for a failed SSH check."""
+        try:
+            return containers.log_tail(connect(timeout=10), f"{self.lab.name}-{name}")
+        except LabctlError:
+            return ""
+
     def inventory(self) -> Inventory:
         current = self.state.read_plan()
         if current is None or not current.complete:
@@ -280,27 +277,19 @@ class DockerBackend(Backend):
         return Inventory(backend=self.name, hosts=hosts, lab=self.lab)
 
 
+def _link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
 def _quickack_routes(lab_plan: DockerPlan) -> None:
     """This host ACKs each node at once (a /32 route with quickack via the bridge, gone with it), so the
     nodes' sshd replies are not held back by Nagle for a delayed ACK, as in the netns lab. Node-to-node
     TCP, what the exercise captures, keeps Linux's defaults."""
-    from labctl.backends import linux
-
-    try:
-        for node in lab_plan.nodes:
-            linux.add_quickack_route(node.address, lab_plan.bridge)
-    except OSError as exc:
-        raise BackendError(f"cannot add the lab's routes via {lab_plan.bridge}: {exc}") from None
-
-
-def _prewarm_remote() -> None:
-    """Import labctl.remote (paramiko) in a thread while the daemon makes the containers."""
-    from labctl.backends.sshd import blocked_signals
-
-    if "labctl.remote" not in sys.modules:
-        with blocked_signals():  # the thread inherits the mask: Ctrl-C always lands in the main thread
-            threading.Thread(target=importlib.import_module, args=("labctl.remote",), daemon=True,
-                             name="import-remote").start()
+    batch = "".join(f"route replace {n.address}/32 dev {lab_plan.bridge} scope link quickack 1\n"
+                    for n in lab_plan.nodes)
+    proc = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BackendError(f"cannot add the lab's routes via {lab_plan.bridge}: {proc.stderr.strip()}")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

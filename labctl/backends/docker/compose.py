@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labctl.backends.base import BackendError, Host, Inventory
+from labctl.backends.base import BackendError
 from labctl.backends.docker.plan import NODE_INTERFACE, NodeSpec, bridge_name
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab
 
 IMAGE = "labctl-node:latest"
@@ -100,7 +101,7 @@ def inventory(lab: Lab, key_file: Path, client: Any = None) -> Inventory:
 
 def main(argv: list[str] | None = None) -> int:
     from labctl.errors import LabctlError
-    from labctl.inventory_file import dump_inventory
+    from labctl.inventory import dump_inventory
     from labctl.lab import load_lab
 
     parser = argparse.ArgumentParser(prog="python -m labctl.backends.docker.compose",

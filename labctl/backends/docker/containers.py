@@ -70,7 +70,7 @@ def start_node(client: Any, lab_plan: DockerPlan, node: NodeSpec, authorized_key
 
 def read_host_key(client: Any, node: NodeSpec) -> str:
     """The node's ``TYPE BASE64`` host key, over the daemon's channel (never from the network)."""
-    from labctl.inventory_file import InventoryError, check_host_key
+    from labctl.inventory import InventoryError, check_host_key
 
     # sshd writes nothing when it listens: its socket in /proc/net/tcp (port 22 = 0016, LISTEN = 0A) says so
     ready = f"[ -s {HOST_KEY} ] && grep -q '^ *[0-9]*: [0-9A-F]*:0016 00000000:0000 0A' /proc/net/tcp"
