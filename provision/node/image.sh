@@ -48,4 +48,6 @@ printf 'labctl\n' > "$rootfs/etc/hostname"
 say "tar"
 tar -C "$rootfs" --numeric-owner --xattrs -cf "$out.part" .
 mv "$out.part" "$out"
+rm -f "$work/debootstrap.log"  # kept only when debootstrap failed (rootfs.sh names it then)
+rmdir "$work" 2> /dev/null || true
 say "done: $out ($(du -h "$out" | cut -f1))"
