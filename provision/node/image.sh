@@ -30,7 +30,7 @@ say() { printf 'node image [%3ds]: %s\n' "$((SECONDS - START))" "$*"; }
 
 cleanup() {
     rootfs_unmount "$rootfs"
-    rm -rf "$rootfs" "$out.part"
+    rm -rf "$rootfs" "$out.part.$$"
 }
 trap cleanup EXIT
 mkdir -p "$work" "$(dirname "$out")"
@@ -46,8 +46,8 @@ install -d -m 755 "$rootfs/run/sshd"
 printf 'labctl\n' > "$rootfs/etc/hostname"
 
 say "tar"
-tar -C "$rootfs" --numeric-owner --xattrs -cf "$out.part" .
-mv "$out.part" "$out"
+tar -C "$rootfs" --numeric-owner --xattrs -cf "$out.part.$$" .
+mv "$out.part.$$" "$out"  # atomic: two builds at once each write their own, the last one wins
 rm -f "$work/debootstrap.log"  # kept only when debootstrap failed (rootfs.sh names it then)
 rmdir "$work" 2> /dev/null || true
 say "done: $out ($(du -h "$out" | cut -f1))"
