@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # A minimal Debian 12 root file system, the one step the Vagrant box (provision/box/build.sh) and the
-# container node image (labctl/backends/docker/image.py) share: debootstrap --variant=minbase from the
-# Debian mirror apt already uses, with the packages asked for, then no apt lists, no logs, no SSH host
-# keys and an empty machine-id (each VM or container makes its own).
+# container node image (provision/node/image.sh) share: a --variant=minbase bootstrap from the Debian
+# mirror apt already uses, with the packages asked for, then no apt lists, no logs, no SSH host keys
+# and an empty machine-id (each VM or container makes its own).
 #
 #   sudo provision/rootfs.sh DIR PACKAGE[,PACKAGE...]     # DIR must not exist or be empty
 #
+# The bootstrapper: mmdebstrap where it is installed (one dpkg pass, merged /usr by its hook: about
+# twice as fast here, the same packages), else debootstrap; LABCTL_ROOTFS_TOOL=debootstrap|mmdebstrap
+# chooses, and so does rootfs_build's fourth argument (the box build asks for debootstrap).
 # Sourced (`. provision/rootfs.sh`), it defines rootfs_build, rootfs_unmount and rootfs_mirror only.
 # Environment: LABCTL_BOX_MIRROR (default: from /etc/apt/sources.list or sources.list.d/*.sources),
-# LABCTL_DEBOOTSTRAP_CACHE (a directory that keeps the downloaded .debs between builds; optional).
+# LABCTL_DEBOOTSTRAP_CACHE (debootstrap only: a directory that keeps the .debs between builds).
 set -euo pipefail
 
 ROOTFS_SUITE=bookworm
@@ -46,21 +49,48 @@ rootfs_mirror() {
     printf '%s\n' "$url"
 }
 
-# rootfs_build DIR PACKAGES LOG: debootstrap into DIR, then strip what must differ per machine.
-rootfs_build() {
-    local dir=$1 packages=$2 log=$3 mirror cache_opt=()
-    [ "$(id -u)" = 0 ] || { echo "rootfs: run as root (debootstrap and chroot need it)" >&2; return 1; }
-    command -v debootstrap > /dev/null \
-        || { echo "rootfs: debootstrap is missing: apt-get install -y debootstrap" >&2; return 1; }
-    mirror=$(rootfs_mirror)
-    if [ -n "${LABCTL_DEBOOTSTRAP_CACHE:-}" ]; then
-        mkdir -p "$LABCTL_DEBOOTSTRAP_CACHE"
-        cache_opt=(--cache-dir="$(realpath "$LABCTL_DEBOOTSTRAP_CACHE")")
+# The bootstrapper to use: $1 (or LABCTL_ROOTFS_TOOL), else mmdebstrap if installed, else debootstrap.
+rootfs_tool() {
+    local tool=${1:-${LABCTL_ROOTFS_TOOL:-}}
+    if [ -z "$tool" ]; then
+        tool=debootstrap
+        if command -v mmdebstrap > /dev/null; then
+            tool=mmdebstrap
+        fi
     fi
-    if ! debootstrap --variant=minbase "${cache_opt[@]}" --include="$packages" "$ROOTFS_SUITE" "$dir" \
-            "$mirror" > "$log" 2>&1; then
+    case $tool in
+        debootstrap | mmdebstrap) ;;
+        *) echo "rootfs: LABCTL_ROOTFS_TOOL=$tool: use debootstrap or mmdebstrap" >&2; return 1 ;;
+    esac
+    if ! command -v "$tool" > /dev/null; then
+        echo "rootfs: $tool is missing: apt-get install -y --no-install-recommends mmdebstrap" \
+             "(or debootstrap)" >&2
+        return 1
+    fi
+    printf '%s\n' "$tool"
+}
+
+# rootfs_build DIR PACKAGES LOG [TOOL]: bootstrap DIR, then strip what must differ per machine.
+rootfs_build() {
+    local dir=$1 packages=$2 log=$3 tool mirror cache_opt=() ok=1
+    [ "$(id -u)" = 0 ] || { echo "rootfs: run as root (the bootstrap and chroot need it)" >&2; return 1; }
+    tool=$(rootfs_tool "${4:-}") || return 1
+    mirror=$(rootfs_mirror)
+    if [ "$tool" = mmdebstrap ]; then
+        mmdebstrap --variant=minbase --include="$packages" --dpkgopt=force-unsafe-io \
+            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr "$ROOTFS_SUITE" "$dir" "$mirror" \
+            > "$log" 2>&1 || ok=0
+    else
+        if [ -n "${LABCTL_DEBOOTSTRAP_CACHE:-}" ]; then
+            mkdir -p "$LABCTL_DEBOOTSTRAP_CACHE"
+            cache_opt=(--cache-dir="$(realpath "$LABCTL_DEBOOTSTRAP_CACHE")")
+        fi
+        debootstrap --variant=minbase "${cache_opt[@]}" --include="$packages" "$ROOTFS_SUITE" "$dir" \
+            "$mirror" > "$log" 2>&1 || ok=0
+    fi
+    if [ "$ok" = 0 ]; then
         rootfs_unmount "$dir"
-        echo "rootfs: debootstrap from $mirror failed; see $log: $(tail -n 3 "$log")" >&2
+        echo "rootfs: $tool from $mirror failed; see $log: $(tail -n 3 "$log")" >&2
         return 1
     fi
     rootfs_unmount "$dir"

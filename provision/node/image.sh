@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lab node's container image as a root file system tarball, for `docker import`: a minimal Debian 12
-# (provision/rootfs.sh, shared with the Vagrant box) with sshd, python3, tcpdump, iproute2, nftables and
-# ethtool, labctl's sshd settings and the node's entrypoint. labctl's docker backend runs this (and caches
+# (provision/rootfs.sh, shared with the Vagrant box: mmdebstrap, or debootstrap) with sshd, python3,
+# tcpdump, iproute2, nftables and ethtool, labctl's sshd settings and the node's entrypoint. labctl's docker backend runs this (and caches
 # the result, see labctl/backends/docker/image.py); by hand:
 #
 #   sudo provision/node/image.sh node.tar
@@ -36,8 +36,9 @@ trap cleanup EXIT
 mkdir -p "$work" "$(dirname "$out")"
 rm -rf "$rootfs"
 
-say "debootstrap $ROOTFS_SUITE with $PACKAGES"
-rootfs_build "$rootfs" "$PACKAGES" "$work/debootstrap.log"
+tool=$(rootfs_tool)
+say "$tool $ROOTFS_SUITE with $PACKAGES"
+rootfs_build "$rootfs" "$PACKAGES" "$work/bootstrap.log" "$tool"
 
 say "labctl's sshd settings and entrypoint"
 install -m 644 "$HERE/sshd.conf" "$rootfs/etc/ssh/sshd_config.d/labctl.conf"
@@ -48,6 +49,6 @@ printf 'labctl\n' > "$rootfs/etc/hostname"
 say "tar"
 tar -C "$rootfs" --numeric-owner --xattrs -cf "$out.part.$$" .
 mv "$out.part.$$" "$out"  # atomic: two builds at once each write their own, the last one wins
-rm -f "$work/debootstrap.log"  # kept only when debootstrap failed (rootfs.sh names it then)
+rm -f "$work/bootstrap.log"  # kept only when the bootstrap failed (rootfs.sh names it then)
 rmdir "$work" 2> /dev/null || true
 say "done: $out ($(du -h "$out" | cut -f1))"

@@ -7,7 +7,8 @@ The recipe is four files: ``provision/rootfs.sh`` (the minimal Debian step share
 
 1. the daemon has the tag: nothing to do;
 2. the cache directory has ``labctl-node-<hash>.tar``: ``docker import`` it (seconds);
-3. otherwise run ``image.sh`` (debootstrap, about 1.5 minutes; needs root), keep the tarball, import it.
+3. otherwise run ``image.sh`` (mmdebstrap or debootstrap, 1.5-3 minutes; needs root), keep the tarball,
+   import it.
 
 Every import also tags ``labctl-node:latest``, the image ``docker-compose.yml`` names.
 
@@ -30,7 +31,7 @@ RECIPE = ("provision/rootfs.sh", "provision/node/image.sh", "provision/node/entr
 REPOSITORY = "labctl-node"
 ENTRYPOINT = '["/usr/local/sbin/labctl-entrypoint"]'
 COMMAND = '["/usr/sbin/sshd", "-D", "-e"]'
-BUILD_TIMEOUT = 900  # s: debootstrap from a slow mirror
+BUILD_TIMEOUT = 900  # s: a bootstrap from a slow mirror
 
 
 class ImageError(BackendError):
@@ -55,8 +56,8 @@ def image_tag(project_dir: Path = PROJECT_DIR) -> str:
 
 
 def cache_dir() -> Path:
-    """Where tarballs and debootstrap's downloads are kept: ``LABCTL_CACHE``, else /var/cache/labctl as root,
-    else ``$XDG_CACHE_HOME/labctl`` (``~/.cache/labctl``)."""
+    """Where tarballs (and debootstrap's downloads) are kept: ``LABCTL_CACHE``, else /var/cache/labctl
+    as root, else ``$XDG_CACHE_HOME/labctl`` (``~/.cache/labctl``)."""
     if os.environ.get("LABCTL_CACHE"):
         return Path(os.environ["LABCTL_CACHE"])
     if os.geteuid() == 0:
@@ -69,10 +70,11 @@ def tarball(tag: str, directory: Path | None = None) -> Path:
 
 
 def build_tarball(out: Path, progress: Progress, project_dir: Path = PROJECT_DIR) -> Path:
-    """Run ``provision/node/image.sh OUT`` (root: debootstrap), passing its progress lines on."""
+    """Run ``provision/node/image.sh OUT`` (as root), passing its progress lines on."""
     if os.geteuid() != 0:
-        raise ImageError(f"the node image is not built yet, and building it needs root (debootstrap): run "
-                         f"sudo .venv/bin/python -m labctl.backends.docker.image once (it caches {out})")
+        raise ImageError(f"the node image is not built yet, and building it needs root (a bootstrap in a "
+                         f"chroot): run sudo .venv/bin/python -m labctl.backends.docker.image once (it "
+                         f"caches {out})")
     env = dict(os.environ, LABCTL_DEBOOTSTRAP_CACHE=str(out.parent / "debootstrap"))
     script = project_dir / "provision/node/image.sh"
     try:
@@ -121,7 +123,7 @@ def ensure_image(client: Any, progress: Progress | None = None, project_dir: Pat
         return tag
     path = tarball(tag)
     if not path.is_file():
-        say(f"building the node image {tag} (minimal Debian via debootstrap, ~2 minutes, once)")
+        say(f"building the node image {tag} (a minimal Debian, 1.5-3 minutes, once)")
         path.parent.mkdir(parents=True, exist_ok=True)
         build_tarball(path, say, project_dir)
         for old in path.parent.glob(f"{REPOSITORY}-*.tar"):  # an older recipe's: never used again
@@ -129,7 +131,23 @@ def ensure_image(client: Any, progress: Progress | None = None, project_dir: Pat
                 old.unlink(missing_ok=True)
     say(f"docker import {path.name} as {tag}")
     import_tarball(client, path, tag)
+    remove_older(client, tag)
     return tag
+
+
+def remove_older(client: Any, tag: str) -> list[str]:
+    """Remove the node images of older recipes (not ``tag``), unless a container still uses one."""
+    removed = []
+    for image in client.images.list(name=REPOSITORY):
+        for old in image.tags:
+            if old in (tag, f"{REPOSITORY}:latest"):
+                continue
+            try:
+                client.images.remove(old)  # the tag; the image goes with its last tag
+                removed.append(old)
+            except Exception:  # in use by a container (or removed by another client meanwhile): leave it
+                continue
+    return removed
 
 
 def main(argv: list[str] | None = None) -> int:
