@@ -25,6 +25,7 @@ pytestmark = pytest.mark.lab
 
 def test_compose_runs_the_exercise_with_debians_docker_compose(make_container_lab, tmp_path, monkeypatch):
     compose_tool = require_tool("docker-compose", "apt-get install -y --no-install-recommends docker-compose")
+    require_tool("mmdebstrap", "apt-get install -y mmdebstrap (builds the node image once, in ~1.5 min)")
     from labctl.backends.docker.daemon import connect
     from labctl.backends.netns import sshd
 
