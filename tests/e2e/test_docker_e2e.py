@@ -103,6 +103,10 @@ def test_the_exercise_runs_in_containers(make_container_lab, docker_daemon, tmp_
     inventory = json.loads(repaired.stdout)
     assert lab.cli("status").returncode == 0
 
+    shaped = lab.cli("impair", "--node", "client2", "--rate", "1mbit")  # tc inside the container (NET_ADMIN)
+    assert shaped.returncode == 0 and "rate 1mbit out (htb)" in shaped.stdout, shaped.stdout + shaped.stderr
+    assert lab.cli("impair", "--clear").returncode == 0
+
     ssh = lab.cli("ssh", "client2", "hostname")  # the system ssh client, with the pinned known_hosts
     assert ssh.returncode == 0 and ssh.stdout.strip() == "client2", ssh.stderr
 

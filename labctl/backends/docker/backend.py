@@ -34,6 +34,7 @@ from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progr
 from labctl.backends.docker import containers
 from labctl.backends.docker.daemon import DockerUnavailable, connect, endpoint
 from labctl.backends.docker.plan import NODE_INTERFACE, DockerPlan, DockerState, plan
+from labctl.backends.remote_links import RemoteLinks
 from labctl.errors import LabctlError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
@@ -50,8 +51,11 @@ def _quiet(progress: Progress | None) -> Progress:
     return progress or (lambda _msg: None)
 
 
-class DockerBackend(Backend):
-    """One container per node (image ``labctl-node``, built here), reached over SSH on the lab network."""
+class DockerBackend(RemoteLinks, Backend):
+    """One container per node (image ``labctl-node``, built here), reached over SSH on the lab network.
+
+    Links are shaped inside each container (``tc`` there, CAP_NET_ADMIN) as on VMs, over SSH: what the
+    host's kernel offers, probed once per ``up``."""
 
     name = "docker"
 
