@@ -4,11 +4,12 @@
 
 A conversation's line is its endpoints, its start and "the rest", which is a function of its figures
 (``figures.py``) and of the clock that turns their times into milliseconds (``milliseconds.py``).
-With exact microseconds (``MicroClock``: a microsecond capture, what tcpdump writes) the rest does not
-depend on the start, so its text is cached under the figures alone: a capture of many similar
-exchanges formats each distinct one once, and the totals add up the cache entries (figures x count).
-With float seconds (``FloatClock``: nanosecond captures, pcapng) the rest is cached under the start
-too, i.e. formatted for each conversation. Both clocks write the same text (see ``milliseconds.py``).
+Figures repeat across conversations, so each distinct one is read once and the totals add up
+figures x count. With exact microseconds (``MicroClock``: a microsecond capture, what tcpdump writes)
+the rest does not depend on the start either, so its text is cached with the figures: a capture of
+many similar exchanges formats each distinct one once. With float seconds (``FloatClock``:
+nanosecond captures, pcapng) the times and the rest are computed for each conversation. Both clocks
+write the same text (see ``milliseconds.py``).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ Batch = Callable[[list[str]], None]
 
 def clock_for(b: Builder) -> FloatClock | MicroClock:
     """Exact microseconds for a microsecond capture, floats otherwise."""
-    return (MicroClock if b.times.units == 1_000_000 else FloatClock)(b.times.seconds)
+    return (MicroClock if b.times.units == 1_000_000 else FloatClock)(b.times)
 
 
 def _overhead(nbytes: int, pay: int) -> float:
@@ -95,9 +96,11 @@ def udp_rest(fig: UdpFigures, times: tuple, clock: FloatClock | MicroClock, t0: 
                         fig.unanswered, exchanges)
 
 
-def _flush(cache: dict, add: Callable[[TcpFigures | UdpFigures, int, tuple], None]) -> None:
-    for _, n, fig, times in cache.values():
-        add(fig, n, times)
+def _flush(cache: dict, tot: Totals) -> None:
+    for fig, n, times, _ in cache.values():
+        tot.add(fig, n)
+        if times is not None:
+            tot.count_times(times, n)
     cache.clear()
 
 
@@ -109,34 +112,45 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
     start = clock.start_text
     m32 = M32
     tcp, udp = Totals("tcp"), Totals("udp")
-    for proto, rows, read, times_of, rest_of, add, batch in (
-            ("tcp", tcp_rows(b, exact), tcp_figures, tcp_times, tcp_rest, tcp.add_tcp, tcp_batch),
-            ("udp", udp_rows(b), udp_figures, udp_times, udp_rest, udp.add_udp, udp_batch)):
+    for proto, rows, read, times_of, rest_of, tot, batch in (
+            ("tcp", tcp_rows(b, exact), tcp_figures, tcp_times, tcp_rest, tcp, tcp_batch),
+            ("udp", udp_rows(b), udp_figures, udp_times, udp_rest, udp, udp_batch)):
         head = f'{{"proto":"{proto}","client":"'
-        cache: dict[tuple, list] = {}    # figures (and start) -> [rest of the line, count, figures, times]
+        count_times = tot.count_times
+        cache: dict[tuple, list] = {}    # figures -> [figures read, count, times, rest] (times, rest: exact)
         lines: list[str] = []
         line = lines.append
         for ca, cp, sa, sp, t0, k in rows:
-            e = cache.get(k if exact else (t0, k))
+            e = cache.get(k)
             if e is None:
                 if len(cache) >= CACHE_MAX:
-                    _flush(cache, add)
-                fig = read(k)
-                times = times_of(fig, clock, t0)
-                e = cache[k if exact else (t0, k)] = [rest_of(fig, times, clock, t0), 0, fig, times]
+                    _flush(cache, tot)
+                e = cache[k] = [read(k), 0, None, None]
+                if exact:                # the times and the rest do not depend on the start
+                    e[2] = times_of(e[0], clock, t0)
+                    e[3] = rest_of(e[0], e[2], clock, t0)
             e[1] += 1
-            frac = t0 >> 32
-            if exact and frac < 1_000_000:
-                line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{t0 & m32}.{str(frac + 1_000_000)[1:]},'
-                     f'{e[0]}')
+            if exact:
+                rest = e[3]
+                frac = t0 >> 32
+                if frac < 1_000_000:
+                    line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{t0 & m32}.'
+                         f'{str(frac + 1_000_000)[1:]},{rest}')
+                    if len(lines) >= BATCH:
+                        batch(lines)
+                        lines.clear()
+                    continue
             else:
-                line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{e[0]}')
+                times = times_of(e[0], clock, t0)
+                count_times(times, 1)
+                rest = rest_of(e[0], times, clock, t0)
+            line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{rest}')
             if len(lines) >= BATCH:
                 batch(lines)
                 lines.clear()
         if lines:
             batch(lines)
-        _flush(cache, add)
+        _flush(cache, tot)
     return tcp, udp
 
 

@@ -167,7 +167,7 @@ class Analysis:
 
     def tcp(self) -> Iterator[Conversation]:
         b = self.builder
-        clock = FloatClock(b.times.seconds)
+        clock = FloatClock(b.times)
         for i, (ca, cp, sa, sp, t0, k) in enumerate(tcp_rows(b, exact=False)):
             conv = tcp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
             detail = b.tcp.detail_of(i)
@@ -179,7 +179,7 @@ class Analysis:
 
     def udp(self) -> Iterator[Conversation]:
         b = self.builder
-        clock = FloatClock(b.times.seconds)
+        clock = FloatClock(b.times)
         for i, (ca, cp, sa, sp, t0, k) in enumerate(udp_rows(b)):
             conv = udp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
             detail = b.udp.detail_of(i)

@@ -74,10 +74,11 @@ class Totals:
     def __init__(self, proto: str) -> None:
         self.s = ProtoSummary(proto)
         self.times: tuple[dict, dict, dict] = ({}, {}, {})   # rtt, ttfb, duration: value -> count
+        self.add = self.add_tcp if proto == "tcp" else self.add_udp
 
-    def add_tcp(self, fig: TcpFigures, n: int, times: tuple) -> None:
-        """``n`` conversations with the figures ``fig`` and ``times`` (``tcp_times``)."""
-        s = self._add(fig, n, times)
+    def add_tcp(self, fig: TcpFigures, n: int) -> None:
+        """``n`` conversations with the figures ``fig`` (their times: ``count_times``)."""
+        s = self._add(fig, n)
         s.retransmissions += fig.retransmissions * n
         s.out_of_order += fig.out_of_order * n
         s.dup_acks += fig.dup_acks * n
@@ -87,22 +88,25 @@ class Totals:
         if fig.refused:
             s.refused += n
 
-    def add_udp(self, fig: UdpFigures, n: int, times: tuple) -> None:
-        """``n`` conversations with the figures ``fig`` and ``times`` (``udp_times``)."""
-        s = self._add(fig, n, times)
+    def add_udp(self, fig: UdpFigures, n: int) -> None:
+        """``n`` conversations with the figures ``fig`` (their times: ``count_times``)."""
+        s = self._add(fig, n)
         s.requests += fig.requests * n
         s.answered += (fig.requests - fig.unanswered) * n
 
-    def _add(self, fig: TcpFigures | UdpFigures, n: int, times: tuple) -> ProtoSummary:
+    def _add(self, fig: TcpFigures | UdpFigures, n: int) -> ProtoSummary:
         s = self.s
         s.conversations += n
         s.packets += fig.packets * n
         s.bytes += fig.bytes * n
         s.payload_bytes += (fig.client_payload + fig.server_payload) * n
+        return s
+
+    def count_times(self, times: tuple, n: int) -> None:
+        """``n`` conversations with these ``tcp_times``/``udp_times``."""
         for hist, v in zip(self.times, times):
             if v is not None:
                 hist[v] = hist.get(v, 0) + n
-        return s
 
     def merge(self, other: Totals) -> None:
         for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions", "out_of_order",
@@ -127,25 +131,34 @@ class Totals:
 
 def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
     """Every conversation's figures added up, times as floats (what the reports show)."""
-    clock = FloatClock(b.times.seconds)
+    clock = FloatClock(b.times)
     tcp, udp = Totals("tcp"), Totals("udp")
-    for rows, read, times, add in ((tcp_rows(b, exact=False), tcp_figures, tcp_times, tcp.add_tcp),
-                                   (udp_rows(b), udp_figures, udp_times, udp.add_udp)):
-        known: dict[tuple, TcpFigures | UdpFigures] = {}   # figures repeat: read each distinct one once
+    for rows, read, times, tot in ((tcp_rows(b, exact=False), tcp_figures, tcp_times, tcp),
+                                   (udp_rows(b), udp_figures, udp_times, udp)):
+        known: dict[tuple, list] = {}    # figures repeat: read and add up each distinct one once
+        count_times = tot.count_times
         for *_, t0, k in rows:
-            fig = known.get(k)
-            if fig is None:
+            e = known.get(k)
+            if e is None:
                 if len(known) >= KNOWN_MAX:
-                    known.clear()
-                fig = known[k] = read(k)
-            add(fig, 1, times(fig, clock, t0))
+                    _add_up(known, tot)
+                e = known[k] = [read(k), 0]
+            e[1] += 1
+            count_times(times(e[0], clock, t0), 1)
+        _add_up(known, tot)
     return tcp.finish(clock), udp.finish(clock)
+
+
+def _add_up(known: dict[tuple, list], tot: Totals) -> None:
+    for fig, n in known.values():
+        tot.add(fig, n)
+    known.clear()
 
 
 def float_resolver(b: Builder, proto: str) -> Callable[[int], Callable[[int, int], tuple[float, float]]]:
     """For ``Totals.finish`` with MicroClock values: the floats of the conversations whose time ``i`` is
     ``lo`` or ``hi`` microseconds (the largest of ``lo``, the smallest of ``hi``)."""
-    exact, floats = MicroClock(b.times.seconds), FloatClock(b.times.seconds)
+    exact, floats = MicroClock(b.times), FloatClock(b.times)
 
     def metric(i: int) -> Callable[[int, int], tuple[float, float]]:
         def extremes(lo: int, hi: int) -> tuple[float, float]:
