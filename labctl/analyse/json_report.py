@@ -132,19 +132,16 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
             e[1] += 1
             if exact:
                 rest = e[3]
-                frac = t0 >> 32
-                if frac < 1_000_000:
-                    line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{t0 & m32}.'
-                         f'{str(frac + 1_000_000)[1:]},{rest}')
-                    if len(lines) >= BATCH:
-                        batch(lines)
-                        lines.clear()
-                    continue
             else:
                 times = times_of(e[0], clock, t0)
                 count_times(times, 1)
                 rest = rest_of(e[0], times, clock, t0)
-            line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{rest}')
+            frac = t0 >> 32
+            if exact and frac < 1_000_000:      # the start's digits as they are, no float
+                line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{t0 & m32}.{str(frac + 1_000_000)[1:]},'
+                     f'{rest}')
+            else:
+                line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{rest}')
             if len(lines) >= BATCH:
                 batch(lines)
                 lines.clear()
