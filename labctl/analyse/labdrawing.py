@@ -6,13 +6,23 @@ from xml.sax.saxutils import escape
 
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 MONO = "DejaVu Sans Mono, Consolas, monospace"
-BOX_W, BOX_H, GAP = 210, 92, 26
+BOX_W, BOX_H, GAP = 230, 100, 26
 
 
 def _t(x: float, y: float, text: str, size: int = 13, weight: str = "normal", family: str = FONT,
        fill: str = "#000") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" font-family="{family}" font-size="{size}" text-anchor="middle" '
             f'font-weight="{weight}" fill="{fill}">{escape(text)}</text>')
+
+
+def _wrap(words: list[str], width: int) -> list[str]:
+    lines: list[str] = []
+    for w in words:
+        if lines and len(lines[-1]) + 2 + len(w) <= width:
+            lines[-1] += ", " + w
+        else:
+            lines.append(w)
+    return lines
 
 
 def lab_svg(lab: dict) -> str:
@@ -37,11 +47,12 @@ def lab_svg(lab: dict) -> str:
                      f'fill="{"#fff3c4" if server else "#e8f0fb"}" stroke="#000" stroke-width="1.6"/>')
         parts.append(_t(cx, bus + 62, f"{n.get('name')} ({n.get('role')})", 14, "bold"))
         parts.append(_t(cx, bus + 82, str(n.get("address")), 13, family=MONO))
-        progs = ", ".join(n.get("programs", [])) or "no programs"
-        parts.append(_t(cx, bus + 104, progs, 11, fill="#333"))
+        lines = _wrap(n.get("programs", []) or ["no programs"], 30)
         if server:
             p = lab.get("ports", {})
-            parts.append(_t(cx, bus + 122, f"TCP+UDP {p.get('tcp')}, line {p.get('proto')}", 11, fill="#333"))
+            lines.append(f"TCP+UDP {p.get('tcp')}, line protocol {p.get('proto')}")
+        for k, line in enumerate(lines[:3]):
+            parts.append(_t(cx, bus + 100 + 14 * k, line, 11, fill="#333"))
     parts.append(_t(width / 2, height - 12, "every client calls the server at the same instant; tcpdump "
                     "captures on the server's lab interface", 12, fill="#333"))
     return "\n".join(parts) + "</svg>\n"
