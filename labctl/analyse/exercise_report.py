@@ -88,8 +88,11 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[l
 
 def _textbook(conv: Conversation, proto: str) -> list[str]:
     book = textbook_conversation(conv)
+    markup, w, h = ladder_group(book)
+    markup = markup.replace(f"{book.packets} packets, 0 bytes on the wire, 0 bytes of payload",
+                            f"the textbook: {book.packets} packets")
     out = [f"<h3>{proto.upper()}: the textbook (left) and this capture (right)</h3>",
-           '<div class="figure">' + svg_document([ladder_group(book), ladder_group(conv)],
+           '<div class="figure">' + svg_document([(markup, w, h), ladder_group(conv)],
                                                  "Go in Practice, technique 24 (left); measured (right)")
            + "</div>", "<ul class='findings'>"]
     out.extend(f"<li>{escape(s)}</li>" for s in differences(conv))
