@@ -32,15 +32,23 @@ class Hour:
 
     protocol: str
     title: str
+    name: str = ""               # file stem and key: the protocol, or e.g. tcp-lossy
+    loss: float = 0.0            # percent loss on every link during this hour (the lossy round)
     pcap: Path | None = None
     run: dict | None = None
     capture: dict | None = None
     error: str | None = None
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.name = self.name or self.protocol
+
     @property
     def ok(self) -> bool:
-        return self.error is None and self.run is not None and all(r["ok"] for r in self.run["results"])
+        """Captured and every client answered; in the lossy round, captured (clients may give up)."""
+        if self.error is not None or self.run is None:
+            return False
+        return bool(self.loss) or all(r["ok"] for r in self.run["results"])
 
     def failures(self) -> list[str]:
         out = [self.error] if self.error else []
@@ -50,7 +58,8 @@ class Hour:
         return out
 
     def to_json(self) -> dict:
-        return {"protocol": self.protocol, "title": self.title, "ok": self.ok,
+        return {"protocol": self.protocol, "name": self.name, "loss": self.loss, "title": self.title,
+                "ok": self.ok,
                 "pcap": self.pcap.name if self.pcap else None, "error": self.error,
                 "failures": self.failures(), "seconds": round(self.seconds, 3),
                 "run": self.run, "capture": self.capture}
@@ -61,6 +70,8 @@ class Exercise:
     """What the exercise did, in the order it did it."""
 
     directory: Path
+    expected: int = len(HOURS)
+    loss: float = 0.0
     lab: dict = field(default_factory=dict)
     hours: list[Hour] = field(default_factory=list)
     brought_up: bool = False
@@ -73,10 +84,10 @@ class Exercise:
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and len(self.hours) == len(HOURS) and all(h.ok for h in self.hours)
+        return not self.interrupted and len(self.hours) == self.expected and all(h.ok for h in self.hours)
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "directory": str(self.directory), "lab": self.lab,
+        return {"ok": self.ok, "directory": str(self.directory), "lab": self.lab, "loss": self.loss,
                 "brought_up": self.brought_up, "taken_down": self.taken_down,
                 "interrupted": self.interrupted, "deployed": self.deployed,
                 "steps_seconds": {k: round(v, 3) for k, v in self.steps.items()},
@@ -111,14 +122,21 @@ def _is_up(backend: Backend) -> bool:
 
 def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progress: Progress | None = None,
                  on_hour: Callable[[Hour], None] | None = None, commands: list[str] | None = None,
-                 protocols: tuple[str, ...] | None = None) -> Exercise:
-    """Run the exercise on ``backend``'s lab into ``directory``; never raises for a failed hour."""
+                 protocols: tuple[str, ...] | None = None, loss: float = 0.0) -> Exercise:
+    """Run the exercise on ``backend``'s lab into ``directory``; never raises for a failed hour.
+
+    ``loss`` (percent, > 0): afterwards a lossy round, TCP and UDP again with that loss on every link
+    (``labctl impair all --loss``), the links put back as they were after it.
+    """
     from labctl import bringup
 
     say = progress or (lambda _msg: None)
     directory.mkdir(parents=True, exist_ok=True)
-    ex = Exercise(directory, commands=list(commands or []))
-    hours = [h for h in HOURS if protocols is None or h[0] in protocols]
+    hours = [Hour(p, title) for p, title in HOURS if protocols is None or p in protocols]
+    if loss:
+        hours += [Hour(p, f"Lossy round: the time over {p.upper()} with {loss:g} % loss on every link",
+                       name=f"{p}-lossy", loss=loss) for p in ("tcp", "udp")]
+    ex = Exercise(directory, expected=len(hours), loss=loss, commands=list(commands or []))
     t = time.perf_counter()
     try:
         if _is_up(backend):
@@ -130,7 +148,7 @@ def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progr
             inventory = bringup.up(backend, say)
         ex.steps["up"] = time.perf_counter() - t
         ex.lab = lab_description(backend, inventory)
-        _hours(ex, inventory, hours, say, on_hour)
+        _hours(ex, backend, inventory, hours, say, on_hour)
     except KeyboardInterrupt:
         ex.interrupted = True
         say("interrupted: keeping what was done")
@@ -149,10 +167,9 @@ def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progr
     return ex
 
 
-def _hours(ex: Exercise, inventory, hours, say: Progress, on_hour) -> None:
-    from labctl.capture import capture, summarise
+def _hours(ex: Exercise, backend: Backend, inventory, hours: list[Hour], say: Progress, on_hour) -> None:
     from labctl.deploy import ports_of
-    from labctl.run import Runner, port_for
+    from labctl.run import Runner
 
     ports = ports_of(inventory)
     t = time.perf_counter()
@@ -162,34 +179,83 @@ def _hours(ex: Exercise, inventory, hours, say: Progress, on_hour) -> None:
         ex.deployed = [n.node for n in prep.deployed]
         ex.steps["deploy"] = time.perf_counter() - t
         conn = runner.connection(inventory.server.name)
-        for protocol, title in hours:
-            hour = Hour(protocol, title, pcap=ex.directory / f"{protocol}.pcap")
-            ex.hours.append(hour)
-            t = time.perf_counter()
-            say(f"{title}: capturing port {port_for(protocol, ports)} on {inventory.server.name} "
-                "while every client calls at once")
-            try:
-                result = capture(conn, [port_for(protocol, ports)], output=hour.pcap,
-                                 during=lambda p=protocol: runner.trigger(p), analyse=summarise)
-                hour.run = result.run.to_json() if result.run is not None else None
-                hour.capture = {"node": result.node, "interface": result.interface,
-                                "stats": {"captured": result.stats.captured,
-                                          "received": result.stats.received,
-                                          "dropped": result.stats.dropped},
-                                "summary": result.summary}
-                if result.interrupted:
-                    ex.interrupted = True
-                    hour.error = "interrupted (Ctrl-C) during the capture"
-            except LabctlError as exc:
-                hour.error = str(exc)
-            hour.seconds = time.perf_counter() - t
-            ex.steps[protocol] = hour.seconds
-            if hour.pcap is not None and not hour.pcap.exists():
-                hour.pcap = None
-            if on_hour is not None:
-                on_hour(hour)
-            if ex.interrupted:
-                break
+        lossy = _Lossy(backend, say)
+        try:
+            for hour in hours:
+                if hour.loss and not lossy.on and lossy.error is None:
+                    try:
+                        lossy.start(hour.loss)
+                    except LabctlError as exc:
+                        lossy.error = f"could not set {hour.loss:g} % loss on the links: {exc}"
+                if hour.loss and lossy.error:
+                    hour.error = lossy.error
+                    ex.hours.append(hour)
+                else:
+                    _hour(ex, hour, runner, conn, inventory, ports, say)
+                if on_hour is not None:
+                    on_hour(hour)
+                if ex.interrupted:
+                    break
+        finally:
+            lossy.stop()
+
+
+class _Lossy:
+    """Loss on every link for the lossy round, and the links put back as they were afterwards."""
+
+    def __init__(self, backend: Backend, say: Progress) -> None:
+        self.backend, self.say, self.on, self.saved = backend, say, False, None
+        self.error: str | None = None
+
+    def start(self, loss: float) -> None:
+        from labctl import impairment
+        from labctl.links import ALL, LinkSettings
+
+        self.saved = self.backend.link_settings()
+        self.say(f"lossy round: {loss:g} % loss on every link (labctl impair all --loss {loss:g})")
+        self.on = True
+        impairment.change(self.backend, ALL, LinkSettings(loss=loss))
+
+    def stop(self) -> None:
+        if not self.on:
+            return
+        from labctl import impairment
+
+        self.say("links back as they were")
+        run = impairment.node_scripts(self.backend) if self.backend.shapes_over_ssh else None
+        self.backend.impair(self.saved or {}, run)
+        self.on = False
+
+
+def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progress) -> None:
+    """One captured hour; its failure is recorded in ``hour``, never raised."""
+    from labctl.capture import capture, summarise
+    from labctl.run import port_for
+
+    protocol, title = hour.protocol, hour.title
+    hour.pcap = ex.directory / f"{hour.name}.pcap"
+    ex.hours.append(hour)
+    t = time.perf_counter()
+    say(f"{title}: capturing port {port_for(protocol, ports)} on {inventory.server.name} "
+        "while every client calls at once")
+    try:
+        result = capture(conn, [port_for(protocol, ports)], output=hour.pcap,
+                         during=lambda p=protocol: runner.trigger(p), analyse=summarise)
+        hour.run = result.run.to_json() if result.run is not None else None
+        hour.capture = {"node": result.node, "interface": result.interface,
+                        "stats": {"captured": result.stats.captured,
+                                  "received": result.stats.received,
+                                  "dropped": result.stats.dropped},
+                        "summary": result.summary}
+        if result.interrupted:
+            ex.interrupted = True
+            hour.error = "interrupted (Ctrl-C) during the capture"
+    except LabctlError as exc:
+        hour.error = str(exc)
+    hour.seconds = time.perf_counter() - t
+    ex.steps[hour.name] = hour.seconds
+    if hour.pcap is not None and not hour.pcap.exists():
+        hour.pcap = None
 
 
 def _write_json(ex: Exercise) -> None:

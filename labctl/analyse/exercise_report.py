@@ -16,7 +16,7 @@ from labctl.analyse.model import Analysis, Conversation
 from labctl.analyse.report import ProtoSummary, summaries
 from labctl.analyse.story import comparison_rows, findings, reflection
 from labctl.analyse.svg import ladder_group, svg_document
-from labctl.analyse.textbook import differences, textbook_conversation
+from labctl.analyse.textbook import SLOW_MS, differences, late_clients, textbook_conversation
 from labctl.analyse.timeline import spread_ms, timeline_svg
 from labctl.errors import LabctlError
 
@@ -51,7 +51,7 @@ def _run_rows(run: dict | None) -> list[list[str]]:
 
 
 def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[list[str], Analysis | None]:
-    out = [f'<h2 id="{escape(hour["protocol"])}">{escape(hour["title"])}</h2>']
+    out = [f'<h2 id="{escape(hour.get("name") or hour["protocol"])}">{escape(hour["title"])}</h2>']
     status = '<span class="ok">worked</span>' if hour["ok"] else '<span class="bad">FAILED</span>'
     out.append(f"<p>Status: {status}; {hour['seconds']:.2f} s.</p>")
     for f in hour.get("failures", []):
@@ -73,6 +73,9 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[l
     out.append("<h3>All clients at once</h3>")
     out.append('<div class="figure">' + timeline_svg(analysis, names, f"{hour['protocol'].upper()}: every "
                                                      "packet of every client on one time axis") + "</div>")
+    late = late_clients(convs, names)
+    if late:
+        out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>" for s in late) + "</ul>")
     rows = _run_rows(hour.get("run"))
     if rows:
         out.append(_table(["node", "address", "reply", "connected ms", "first byte ms", "total ms"], rows)
@@ -100,6 +103,12 @@ def _textbook(conv: Conversation, proto: str) -> list[str]:
     return out
 
 
+def _pair(analyses: dict[str, Analysis], tcp_key: str, udp_key: str) -> tuple[ProtoSummary, ProtoSummary]:
+    tcp = summaries(analyses[tcp_key])[0] if tcp_key in analyses else ProtoSummary("tcp")
+    udp = summaries(analyses[udp_key])[1] if udp_key in analyses else ProtoSummary("udp")
+    return tcp, udp
+
+
 def render_report(data: dict, directory: Path) -> str:
     """The report's HTML for the exercise ``data`` (run.json), its pcaps in ``directory``."""
     lab = data.get("lab") or {}
@@ -123,7 +132,7 @@ def render_report(data: dict, directory: Path) -> str:
         part, analysis = _hour_section(hour, directory, names)
         sections.extend(part)
         if analysis is not None:
-            analyses[hour["protocol"]] = analysis
+            analyses[hour.get("name") or hour["protocol"]] = analysis
         run = hour.get("run") or {}
         ok = sum(1 for r in run.get("results", []) if r.get("ok"))
         summ = (hour.get("capture") or {}).get("summary") or {}
@@ -147,19 +156,35 @@ def render_report(data: dict, directory: Path) -> str:
         for proto, conv in (("tcp", tcp_conv), ("udp", udp_conv)):
             if conv is not None:
                 out.extend(_textbook(conv, proto))
-    tcp = summaries(analyses["tcp"])[0] if "tcp" in analyses else ProtoSummary("tcp")
-    udp = summaries(analyses["udp"])[1] if "udp" in analyses else ProtoSummary("udp")
+    lossy = analyses.get("tcp-lossy")
+    retransmitted = [c for c in lossy.tcp() if c.ladder and (c.retransmissions or c.duration_ms > SLOW_MS)
+                     ] if lossy is not None else []
+    lossy_tcp = retransmitted[0] if retransmitted else _first(lossy, "tcp")
+    if lossy_tcp is not None:
+        out.append(f"<h3>Under {data.get('loss', 0):g} % loss</h3>")
+        out.extend(_textbook(lossy_tcp, "tcp")[1:])
     if analyses:
         anyone = next(iter(analyses.values()))
+        tcp, udp = _pair(analyses, "tcp", "udp")
         out.append("<h2>Comparison (TCP hour against UDP hour)</h2>")
-        headers, rows = comparison_rows(tcp, udp)
-        out.append(_table(headers, rows))
+        out.append(_table(*comparison_rows(tcp, udp)))
         out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
                                                      for s in findings(anyone, tcp, udp)) + "</ul>")
+        ltcp, ludp = _pair(analyses, "tcp-lossy", "udp-lossy")
+        if ltcp.conversations or ludp.conversations:
+            out.append(f"<h3>The lossy round: {data.get('loss', 0):g} % loss on every link</h3>")
+            out.append(_table(*comparison_rows(ltcp, ludp)))
+            out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
+                                                         for s in findings(anyone, ltcp, ludp)) + "</ul>")
         out.append("<h2>Reflection, answered from this run</h2>")
+        lossy_round = ltcp.conversations or ludp.conversations
+        lossy_answers = dict(reflection(anyone, ltcp, ludp)) if lossy_round else {}
         for question, answers in reflection(anyone, tcp, udp):
             out.append(f'<p class="q">{escape(question)}</p>')
             out.extend(f"<p>{escape(a)}</p>" for a in answers)
+            if lossy_answers:
+                lossy = [a for a in lossy_answers.get(question, []) if a not in answers]
+                out.extend(f"<p><i>Under {data.get('loss', 0):g} % loss:</i> {escape(a)}</p>" for a in lossy)
     out.append("<h2>Reproduce it</h2>")
     out.append("<pre>" + escape("\n".join(data.get("commands") or ["labctl exercise"])) + "</pre>")
     links = " · ".join(f'<a href="{escape(h["pcap"])}">{escape(h["pcap"])}</a>'

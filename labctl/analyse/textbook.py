@@ -26,6 +26,32 @@ def textbook_conversation(measured: Conversation) -> Conversation:
                    refused=False, rst=0)
 
 
+SLOW_MS = 150.0   # a step this much slower than the lab's sub-millisecond ones is a timer, not the wire
+
+
+def late_clients(convs: list[Conversation], names: dict[str, str] | None = None) -> list[str]:
+    """Sentences for clients whose first packet came far after the first client's (a lost first packet)."""
+    names = names or {}
+    first: dict[str, float] = {}
+    for c in convs:
+        ip = c.client.rsplit(":", 1)[0].strip("[]")
+        first[ip] = min(first.get(ip, c.start), c.start)
+    if len(first) < 2:
+        return []
+    t0 = min(first.values())
+    out = []
+    for ip, t in sorted(first.items(), key=lambda kv: kv[1]):
+        late = (t - t0) * 1000.0
+        if late > SLOW_MS:
+            proto = next(c.proto for c in convs if c.client.startswith(ip + ":"))
+            why = ("its SYN was most likely lost and sent again when TCP's first retransmission timer "
+                   "(1 s) ran out" if proto == "tcp" and late > 900 else
+                   "its first packet was most likely lost, and it tried again")
+            out.append(f"{names.get(ip, ip)}'s first packet reached the server {late:.0f} ms after the first "
+                       f"client's: {why}. This capture on the server sees only what arrived.")
+    return out
+
+
 def _flags(label: str) -> set[str]:
     return set(label.split("-"))
 
@@ -71,6 +97,10 @@ def differences(conv: Conversation) -> list[str]:
             if not between:
                 out.append(f"The client acknowledged the server's FIN with its own FIN in the same segment, "
                            f"{gap:.3f} ms later: no separate ACK as in the textbook.")
+            if gap > SLOW_MS:
+                out.append(f"That FIN came {gap:.0f} ms late: its first copy was most likely lost on the way "
+                           "and sent again when TCP's retransmission timer (at least 200 ms) ran out; a "
+                           "capture on the server sees only the copy that arrived.")
             else:
                 out.append(f"The client's FIN came {gap:.3f} ms after the server's, after a separate ACK.")
     elif server_fin and not client_fin:

@@ -23,8 +23,24 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
                    help="folder for pcaps, run.json and report.html (default captures/exercise-<UTC time>/)")
     p.add_argument("--keep", action="store_true", help="leave the lab up at the end")
+    p.add_argument("--loss", type=_loss, metavar="PCT",
+                   help="then a lossy round: TCP and UDP again with PCT %% loss on every link (labctl "
+                        "impair all --loss PCT; the links are put back afterwards). Clients that give up "
+                        "under loss are reported, not counted as a failure of the run")
     p.add_argument("--json", action="store_true", help="print run.json's document at the end")
     p.set_defaults(handler=cmd_exercise)
+
+
+def _loss(text: str) -> float:
+    from labctl.links import LinkError, parse_loss
+
+    try:
+        value = parse_loss(text, "--loss")
+    except LinkError as exc:  # one clear line, from argparse
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 (percent)")
+    return value
 
 
 def _reproduce(args: argparse.Namespace) -> list[str]:
@@ -33,8 +49,13 @@ def _reproduce(args: argparse.Namespace) -> list[str]:
         glob += ["--lab", str(args.lab_file)]
     if args.backend != DEFAULT_BACKEND:
         glob += ["--backend", args.backend]
-    line = shlex.join(["labctl", *glob, "exercise", *(["-o", str(args.output)] if args.output else [])])
+    extra = ["-o", str(args.output)] if args.output else []
+    extra += ["--loss", f"{args.loss:g}"] if args.loss else []
+    line = shlex.join(["labctl", *glob, "exercise", *extra])
     steps = [["up"], ["deploy"], *(["capture", "--run", p] for p in ("tcp", "udp", "proto")), ["down"]]
+    if args.loss:
+        steps[-1:-1] = [["impair", "all", "--loss", f"{args.loss:g}"], ["capture", "--run", "tcp"],
+                        ["capture", "--run", "udp"], ["impair", "all", "--clear"]]
     return [line, "# or step by step:", *(shlex.join(["labctl", *glob, *s]) for s in steps)]
 
 
@@ -62,7 +83,7 @@ def cmd_exercise(args: argparse.Namespace, ctx) -> int:
         answered = sum(1 for r in results if r["ok"])
         spread = summ.get("spread_ms")
         head = "[green]worked[/green]" if hour.ok else "[red]FAILED[/red]"
-        out.print(f"[bold]{hour.protocol}[/bold] {head}: {answered} of {len(results)} clients answered, "
+        out.print(f"[bold]{hour.name}[/bold] {head}: {answered} of {len(results)} clients answered, "
                   f"{summ.get('packets', 0)} packets, spread on the wire "
                   f"{'-' if spread is None else f'{spread:.2f}'} ms, {hour.seconds:.2f} s"
                   + (f" → {hour.pcap}" if hour.pcap else ""))
@@ -71,11 +92,11 @@ def cmd_exercise(args: argparse.Namespace, ctx) -> int:
 
     directory = args.output or default_directory()
     ex = run_exercise(ctx.backend(), directory, keep=args.keep, progress=say, on_hour=hour_done,
-                      commands=_reproduce(args))
+                      commands=_reproduce(args), loss=args.loss or 0.0)
     if args.json:
         print(json.dumps(ex.to_json()))
     total = time.perf_counter() - t0
-    verdict = "[green]all three hours worked[/green]" if ex.ok else "[red]FAILED[/red]"
+    verdict = f"[green]all {len(ex.hours)} hours worked[/green]" if ex.ok else "[red]FAILED[/red]"
     out.print(f"{verdict} in {total:.2f} s; report: [bold]{ex.report or '(none)'}[/bold]")
     sys.stdout.flush()
     if ex.interrupted:

@@ -53,7 +53,7 @@ def test_exercise_from_nothing_to_the_report_and_down_again(make_lab, tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     for step in ("bringing lab", "deploying", "tcp worked", "udp worked", "proto worked", "taking lab",
-                 "all three hours worked", "report.html"):
+                 "all 3 hours worked", "report.html"):
         assert step in text, step
     assert lab.leftovers() == []          # the lab is down again, nothing left
     data = json.loads((out / "run.json").read_text())
