@@ -97,6 +97,8 @@ def cmd_exercise(args: argparse.Namespace, ctx) -> int:
         print(json.dumps(ex.to_json()))
     total = time.perf_counter() - t0
     verdict = f"[green]all {len(ex.hours)} hours worked[/green]" if ex.ok else "[red]FAILED[/red]"
+    if ex.interrupted:
+        verdict = f"[yellow]interrupted after {len(ex.hours)} hour(s), what was done is kept[/yellow]"
     out.print(f"{verdict} in {total:.2f} s; report: [bold]{ex.report or '(none)'}[/bold]")
     sys.stdout.flush()
     if ex.interrupted:

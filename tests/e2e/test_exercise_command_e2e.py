@@ -121,3 +121,33 @@ def test_a_failed_hour_is_reported_and_the_others_kept(make_lab, tmp_path):
     assert report.count('class="timeline"') == 2
     data = json.loads((out / "run.json").read_text())
     assert data["ok"] is False and data["hours"][0]["ok"] and not data["hours"][1]["ok"]
+
+
+def test_ctrl_c_stops_cleanly_keeping_what_was_done(make_lab, tmp_path):
+    import signal
+    import time
+
+    lab = make_lab()
+    out = tmp_path / "ex"
+    proc = subprocess.Popen(lab.cli_argv("exercise", "-o", str(out)), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("tcp "):       # the first hour is done: interrupt the second one
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(seen) + rest
+    assert proc.returncode == 130, text[-3000:]
+    data = json.loads((out / "run.json").read_text())
+    assert data["interrupted"] and not data["ok"] and data["taken_down"]
+    assert data["hours"][0]["ok"] and (out / "tcp.pcap").exists()
+    assert len(data["hours"]) < 3
+    assert "interrupted" in (out / "report.html").read_text()
+    assert lab.leftovers() == []
