@@ -7,7 +7,7 @@ from pathlib import Path
 from labctl.analyse import analyse_file
 from labctl.analyse.exercise_report import render_report
 from labctl.analyse.labdrawing import lab_svg
-from labctl.analyse.textbook import TCP_TEXTBOOK, differences, textbook_conversation
+from labctl.analyse.textbook import TCP_TEXTBOOK, differences, late_clients, textbook_conversation
 from labctl.analyse.timeline import marks, spread_ms, timeline_svg
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "labctl" / "analyse" / "examples"
@@ -74,3 +74,13 @@ def test_report_marks_a_failed_hour_and_keeps_the_others(tmp_path):
     assert "something FAILED" in html and "client1: no reply" in html
     assert html.count('class="timeline"') == 1 and "No capture for this hour" in html
     assert "<script" not in html
+
+
+def test_a_client_whose_first_packet_came_a_second_late_is_explained():
+    analysis = analyse_file(PCAP)
+    a, b = list(analysis.tcp())[:2]
+    b.client, b.start = "10.9.9.9:1", a.start + 1.012
+    said = late_clients([a, b], {"10.9.9.9": "client3"})
+    assert len(said) == 1 and said[0].startswith("client3's first packet reached the server 1012 ms")
+    assert "SYN was most likely lost" in said[0]
+    assert late_clients([a]) == []
