@@ -13,6 +13,7 @@ import sys
 import time
 
 from labctl.cli import CliError
+from labctl.statefiles import write_file
 
 SSH_CLIENT = "ssh"
 
@@ -133,7 +134,9 @@ def cmd_ssh(args: argparse.Namespace, ctx) -> int:
     client = shutil.which(SSH_CLIENT)
     if client is None:
         raise CliError("the ssh client is missing; install it with: apt-get install -y openssh-client", 1)
-    argv = ssh_argv(client, host, known_hosts=backend.state_dir / "known_hosts", command=args.command,
+    known_hosts = backend.state_dir / "ssh_known_hosts"  # the pins labctl checks, for the system client
+    write_file(known_hosts, f"{host.known_hosts_name} {' '.join(host.host_key.split()[:2])}\n", 0o644)
+    argv = ssh_argv(client, host, known_hosts=known_hosts, command=args.command,
                     interactive=not args.command)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -38,6 +38,7 @@ from labctl.backends.remote_links import RemoteLinks
 from labctl.errors import LabctlError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
+from labctl.statefiles import secure_dir, write_file
 
 SSH_PORT = 22
 STATUS_TCP_TIMEOUT = 0.5
@@ -72,6 +73,7 @@ class DockerBackend(RemoteLinks, Backend):
 
         say = _quiet(progress)
         check = check or (lambda _inventory: None)
+        secure_dir(self.state.root)  # 0700 and ours, before anything is built (or removed) for it
         client = connect()
         wanted = plan(self.lab, ensure_image(client, say), endpoint())
         with self._exclusive():
@@ -103,7 +105,7 @@ class DockerBackend(RemoteLinks, Backend):
         self.state.write_plan(lab_plan)  # before anything exists: down/clean can always find it
         private, public = generate_keypair(f"labctl@{lab_plan.lab}")
         write_private(self.state.client_key, private)
-        Path(f"{self.state.client_key}.pub").write_text(public + "\n")
+        write_file(f"{self.state.client_key}.pub", public + "\n", 0o644)
         say(f"network {lab_plan.network} (internal, bridge {lab_plan.bridge}, {lab_plan.subnet})")
         containers.create_network(client, lab_plan)
         if not _link_exists(lab_plan.bridge):

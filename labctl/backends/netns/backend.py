@@ -33,6 +33,7 @@ from labctl.backends.netns.probes import subnet_users, tcp_accepting
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
+from labctl.statefiles import check_outside_node_mounts, secure_dir, write_file
 
 SSH_PORT = 22
 READY_TIMEOUT = 10.0     # seconds for every sshd to listen
@@ -70,6 +71,8 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
 
         say = _quiet(progress)
         preflight.require_netns()
+        check_outside_node_mounts(self.state.root)
+        secure_dir(self.state.root)  # 0700 and ours, before anything is built (or removed) for it
         with self._exclusive():
             return self._up(say, check or (lambda _inventory: None))
 
@@ -105,14 +108,13 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         n = len(lab_plan.nodes)
         say(f"keys and sshd configs for {n} nodes")
         private, public = sshd.generate_keypair(f"labctl@{lab_plan.lab}")
-        sshd.write_private(self.state.client_key, private)
-        Path(f"{self.state.client_key}.pub").write_text(public + "\n")
-        self.state.authorized_keys.write_text(public + "\n")
-        os.chmod(self.state.authorized_keys, 0o600)
+        write_file(self.state.client_key, private)
+        write_file(f"{self.state.client_key}.pub", public + "\n", 0o644)
+        write_file(self.state.authorized_keys, public + "\n")
         host_keys = {node.name: sshd.prepare_node(node, self.state, f"labctl@{lab_plan.lab}")
                      for node in lab_plan.nodes}
-        self.state.known_hosts.write_text("".join(f"{node.address} {host_keys[node.name]}\n"
-                                                  for node in lab_plan.nodes))
+        write_file(self.state.known_hosts, "".join(f"{node.address} {host_keys[node.name]}\n"
+                                                   for node in lab_plan.nodes), 0o644)
         say(f"bridge {lab_plan.bridge} and {n} namespaces")
         _ip_batch(_create_commands(lab_plan))
         forward_guard.install(lab_plan.lab, lab_plan.bridge)  # before any node runs: nothing leaves the lab
