@@ -1,4 +1,4 @@
 """The command users type: ``python labctl.py up``, ``run tcp``, ``capture --port 8080``."""
-from labctl.cli import main
+from labctl.__main__ import run
 
-raise SystemExit(main())
+raise SystemExit(run())

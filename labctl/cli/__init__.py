@@ -88,15 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
-    ctx = Context(lab_file=args.lab_file, clients=getattr(args, "clients", None),
-                  backend_name=args.backend, inventory_file=args.inventory_file,
-                  state_root=args.state_root)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        ctx = Context(lab_file=args.lab_file, clients=getattr(args, "clients", None),
+                      backend_name=args.backend, inventory_file=args.inventory_file,
+                      state_root=args.state_root)
         return int(args.handler(args, ctx) or 0)
     except KeyboardInterrupt:
         print("labctl: interrupted", file=sys.stderr)

@@ -47,13 +47,41 @@ def run_analyse(args: argparse.Namespace, ctx) -> int:
         return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an --html FILE or --svg DIR that cannot be written, with one line."""
+    import os
+
+    from labctl.cli import CliError
+
+    wanted = [(args.svg, True, "--svg")] if args.svg else []
+    wanted += [(args.html, False, "--html")] if args.html else []
+    for path, is_dir, option in wanted:
+        if not str(path).strip():
+            raise CliError(f"{option} needs a path")
+        if path.exists() and path.is_dir() != is_dir:
+            raise CliError(f"{option} {path}: {'not a directory' if is_dir else 'is a directory'}", code=1)
+        directory = path if is_dir else path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"{option} {path}: cannot create {exc.filename or directory}: "
+                           f"{exc.strerror or exc}", code=1) from None
+        if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise CliError(f"{option} {path}: not writable", code=1)
+
+
 def _run(args: argparse.Namespace) -> int:
     from labctl.analyse import analyse_file
     from labctl.analyse.conversations import DEFAULT_DETAIL
+    from labctl.cli import CliError
 
     if args.ladders < 0:
-        from labctl.cli import CliError
         raise CliError("--ladders must be 0 or more")
+    if args.detail is not None and args.detail < 0:
+        raise CliError("--detail must be 0 or more")
+    if args.jobs is not None and args.jobs < 1:
+        raise CliError("--jobs must be 1 or more")
+    _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
     if args.json and not args.svg and not args.html:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
@@ -76,14 +104,18 @@ def _run(args: argparse.Namespace) -> int:
 
         render_terminal(analysis, ladders=args.ladders)
     written = []
-    if args.svg:
-        from labctl.analyse.svg import write_svgs
+    try:
+        if args.svg:
+            from labctl.analyse.svg import write_svgs
 
-        written += write_svgs(analysis, args.svg, per_proto=max(args.ladders, 2))
-    if args.html:
-        from labctl.analyse.html import write_html
+            written += write_svgs(analysis, args.svg, per_proto=max(args.ladders, 2))
+        if args.html:
+            from labctl.analyse.html import write_html
 
-        written.append(write_html(analysis, args.html))
+            written.append(write_html(analysis, args.html))
+    except OSError as exc:  # e.g. the disk filled up while writing
+        raise CliError(f"cannot write {exc.filename or args.html or args.svg}: {exc.strerror or exc}",
+                       code=1) from None
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     for w in analysis.warnings:

@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 
+from labctl.backends.base import NOT_UP
 from labctl.cli import CliError
 from labctl.statefiles import write_file
 
@@ -94,8 +95,11 @@ def cmd_down(args: argparse.Namespace, ctx) -> int:
     backend = ctx.backend()
     start = time.perf_counter()
     impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
-    backend.down(lambda msg: _err(f"labctl: {msg}"))
-    print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
+    nothing = backend.down(lambda msg: _err(f"labctl: {msg}"))
+    if nothing:  # one thing: why there was nothing to do, not that too and then "down"
+        print(f"lab {backend.lab.name}{' ' if nothing == NOT_UP else ': '}{nothing}")
+    else:
+        print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 

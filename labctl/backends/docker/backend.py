@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends import forward_guard
-from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.base import NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.docker import containers
 from labctl.backends.docker.daemon import DockerUnavailable, connect, endpoint
 from labctl.backends.docker.plan import NODE_INTERFACE, DockerPlan, DockerState, plan
@@ -171,9 +171,11 @@ class DockerBackend(RemoteLinks, Backend):
 
     # --- down / clean --------------------------------------------------------------------------------
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         """Remove the lab's containers, network and state; a lab that is not up is not an error."""
-        self._remove(_quiet(progress))
+        was_planned = self.state.plan_file.exists()
+        removed = self._remove(_quiet(progress))
+        return None if was_planned or removed else NOT_UP
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove whatever carries the lab's label in the daemon, and its state, plan or no plan."""

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.backends import forward_guard
-from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.base import NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.netns import links as netns_links
 from labctl.backends.netns import linux
 from labctl.backends.netns.probes import subnet_users, tcp_accepting
@@ -200,13 +200,13 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
 
     # --- down / clean --------------------------------------------------------------------------------
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         with self._exclusive():
             current = self.state.read_plan()
             if current is None:
-                _quiet(progress)(f"lab {self.lab.name} is not up")
-                return
+                return NOT_UP
             self._teardown(current)
+            return None
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove whatever the manifest names and still exists (after a crash or a kill -9)."""

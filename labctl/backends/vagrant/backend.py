@@ -184,7 +184,7 @@ class VagrantBackend(RemoteLinks, Backend):
         with self._calling("vagrant halt"):
             self.vagrant().halt()
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         """Destroy every VM of the lab (``vagrant destroy -f``) and forget their host keys."""
         if progress:
             progress("vagrant destroy -f")
@@ -193,6 +193,7 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
+        return None  # vagrant destroy does not say whether there was a VM to destroy
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """``down``, then remove this lab's libvirt networks if vagrant-libvirt left any."""
