@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from labctl import __version__
 from labctl.backends import DEFAULT_BACKEND, backend_names
+from labctl.cli.types import path_arg
 from labctl.errors import LabctlError
 
 COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command",
                    "impair_command")
-STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
+STATE_ROOT = Path(os.environ.get("LABCTL_STATE") or "/run/labctl")  # empty: unset, not the current dir
 
 
 class CliError(Exception):
@@ -65,15 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                "labctl analyse captures/*.pcap; labctl down. Run 'labctl COMMAND --help' for details.",
     )
     parser.add_argument("--version", action="version", version=f"labctl {__version__}")
-    parser.add_argument("--lab", dest="lab_file", type=Path, metavar="FILE",
+    parser.add_argument("--lab", dest="lab_file", type=path_arg, metavar="FILE",
                         help="lab file (default: lab.yml in the project)")
     parser.add_argument("--backend", default=os.environ.get("LABCTL_BACKEND", DEFAULT_BACKEND),
                         choices=backend_names(),
                         help=f"how the lab is realised (default: {DEFAULT_BACKEND}, the embedded lab; "
                              "env LABCTL_BACKEND)")
-    parser.add_argument("--inventory", dest="inventory_file", type=Path, metavar="FILE",
+    parser.add_argument("--inventory", dest="inventory_file", type=path_arg, metavar="FILE",
                         help="inventory file for --backend ssh (see 'labctl inventory --format yaml')")
-    parser.add_argument("--state-dir", dest="state_root", type=Path, default=STATE_ROOT,
+    parser.add_argument("--state-dir", dest="state_root", type=path_arg, default=STATE_ROOT,
                         help=f"where labs keep keys, pids and known_hosts (default: {STATE_ROOT})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
@@ -87,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, restore_sigint: bool = False) -> int:
+    """Parse ``argv`` and run the command; ``restore_sigint``: Ctrl-C raises KeyboardInterrupt from here
+    on (labctl.py and the console script exit at once on a Ctrl-C while the modules load)."""
     try:
+        if restore_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "handler", None):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from labctl.cli.types import path_arg
 
 
 def register(subparsers) -> None:
@@ -17,13 +18,13 @@ def register(subparsers) -> None:
         epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("file", type=Path, metavar="FILE", help="capture file (.pcap or .pcapng)")
+    p.add_argument("file", type=path_arg, metavar="FILE", help="capture file (.pcap or .pcapng)")
     p.add_argument("--json", action="store_true",
                    help="print every conversation and the summary as JSON (for scripts) instead of text")
-    p.add_argument("--svg", type=Path, metavar="DIR",
+    p.add_argument("--svg", type=path_arg, metavar="DIR",
                    help="write one printable SVG ladder per shown conversation (and a TCP-vs-UDP pair) "
                         "into DIR")
-    p.add_argument("--html", type=Path, metavar="FILE",
+    p.add_argument("--html", type=path_arg, metavar="FILE",
                    help="write a self-contained HTML report (ladders, comparison, reflection answers)")
     p.add_argument("--ladders", type=int, default=1, metavar="N",
                    help="ladders per protocol in the terminal (default 1; 0 for none); the first "
