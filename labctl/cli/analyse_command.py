@@ -48,6 +48,9 @@ def run_analyse(args: argparse.Namespace, ctx) -> int:
         return 0
 
 
+MAX_JOBS = 64  # worker processes: each reads the whole file, more only load the machine
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an --html FILE or --svg DIR that cannot be written, with one line."""
     import os
@@ -59,15 +62,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for path, is_dir, option in wanted:
         if not str(path).strip():
             raise CliError(f"{option} needs a path")
-        if path.exists() and path.is_dir() != is_dir:
-            raise CliError(f"{option} {path}: {'not a directory' if is_dir else 'is a directory'}", code=1)
         directory = path if is_dir else path.parent
         try:
+            if path.exists() and path.is_dir() != is_dir:
+                raise CliError(f"{option} {path}: {'not a directory' if is_dir else 'is a directory'}", 1)
             directory.mkdir(parents=True, exist_ok=True)
+            writable = os.access(directory, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
         except OSError as exc:
             raise CliError(f"{option} {path}: cannot create {exc.filename or directory}: "
                            f"{exc.strerror or exc}", code=1) from None
-        if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        if not writable:
             raise CliError(f"{option} {path}: not writable", code=1)
 
 
@@ -80,8 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError("--ladders must be 0 or more")
     if args.detail is not None and args.detail < 0:
         raise CliError("--detail must be 0 or more")
-    if args.jobs is not None and args.jobs < 1:
-        raise CliError("--jobs must be 1 or more")
+    if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
+        raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
     _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
     if args.json and not args.svg and not args.html:

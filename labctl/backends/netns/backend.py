@@ -232,6 +232,9 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         except PermissionError:
             raise BackendError(f"cannot use {root}: the namespace lab needs root "
                                "(e.g. sudo .venv/bin/python labctl.py ...)") from None
+        except OSError as exc:  # a file where the directory should be, a name too long, ...
+            raise BackendError(f"cannot use the state directory {root}: {exc.strerror or exc} "
+                               "(choose another with --state-dir)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

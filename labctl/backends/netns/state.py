@@ -147,6 +147,9 @@ class StateDir:
         except PermissionError:
             raise BackendError(f"cannot read {self.manifest}: the namespace lab needs root "
                                "(e.g. sudo .venv/bin/python labctl.py ...)") from None
+        except OSError as exc:  # a state dir that is a file, a name too long, ...
+            raise BackendError(f"cannot use the state directory {self.root}: {exc.strerror or exc} "
+                               "(choose another with --state-dir)") from None
         try:
             return LabPlan.from_json(text)
         except (ValueError, TypeError, KeyError) as exc:
