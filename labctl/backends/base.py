@@ -22,6 +22,7 @@ NodeScripts = Callable[[Mapping[str, str]], dict[str, str]]  # a root shell scri
 
 
 NOT_UP = "is not up: nothing to take down"  # what down() returns for a lab that is not up
+NODE_NOT_UP = "lab is not up"  # the detail status() gives every node of a lab that is not up
 
 
 class BackendError(LabctlError):

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 
-from labctl.backends.base import NOT_UP
+from labctl.backends.base import NODE_NOT_UP, NOT_UP
 from labctl.cli import CliError
 from labctl.statefiles import write_file
 
@@ -115,6 +115,8 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
                                      "detail": n.detail} for n in nodes],
                           "links": links_json(links)}, indent=1))
+    elif nodes and all(not n.up and n.detail == NODE_NOT_UP for n in nodes) and not links:
+        print(f"lab {backend.lab.name} ({backend.name}) is not up: labctl up brings it up")
     else:
         from rich.console import Console
         from rich.table import Table

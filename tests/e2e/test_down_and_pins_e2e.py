@@ -12,6 +12,10 @@ def test_down_twice_says_one_thing_each_time(make_lab):
     assert second.returncode == 0, second.stderr
     said = (second.stdout + second.stderr).strip().splitlines()
     assert said == [f"lab {lab.name} is not up: nothing to take down"], said
+    status = lab.cli("status")
+    assert status.returncode == 1
+    assert (status.stdout + status.stderr).strip().splitlines() == [
+        f"lab {lab.name} (netns) is not up: labctl up brings it up"]  # not one "lab is not up" per node
     clean = lab.cli("clean")
     assert (clean.stdout + clean.stderr).strip().splitlines() == [f"lab {lab.name}: nothing to clean"]
     assert lab.leftovers() == []

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends import forward_guard
-from labctl.backends.base import NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.base import NODE_NOT_UP, NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.docker import containers
 from labctl.backends.docker.daemon import DockerUnavailable, connect, endpoint
 from labctl.backends.docker.plan import NODE_INTERFACE, DockerPlan, DockerState, plan
@@ -192,7 +192,8 @@ class DockerBackend(RemoteLinks, Backend):
                 return []
             raise
         with self._exclusive():
-            say(f"removing lab {self.lab.name}'s containers and network")
+            if current is not None:  # without a plan, only leftovers by label (said if there are any)
+                say(f"removing lab {self.lab.name}'s containers and network")
             return self._teardown(client)
 
     def _same_daemon(self, current: DockerPlan | None) -> None:
@@ -233,7 +234,7 @@ class DockerBackend(RemoteLinks, Backend):
         """Per node: up means its container runs and its sshd accepts TCP on the lab network."""
         current = self.state.read_plan()
         if current is None:
-            return [NodeStatus(n.name, n.role, n.address, False, "lab is not up") for n in self.lab.nodes]
+            return [NodeStatus(n.name, n.role, n.address, False, NODE_NOT_UP) for n in self.lab.nodes]
         if not current.complete:
             return [NodeStatus(n.name, n.role, n.address, False, "incomplete (interrupted up? run labctl "
                                "clean, or labctl up)") for n in current.nodes]

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.backends import forward_guard
-from labctl.backends.base import NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.base import NODE_NOT_UP, NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.netns import links as netns_links
 from labctl.backends.netns import linux
 from labctl.backends.netns.probes import subnet_users, tcp_accepting
@@ -293,7 +293,7 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         """Per node: up means its sshd (pid file) runs in the node's namespace and port 22 accepts TCP."""
         current = self.state.read_plan()
         if current is None:
-            return [NodeStatus(n.name, n.role, n.address, False, "lab is not up") for n in self.lab.nodes]
+            return [NodeStatus(n.name, n.role, n.address, False, NODE_NOT_UP) for n in self.lab.nodes]
         if not current.complete:
             return [NodeStatus(n.name, n.role, n.address, False, "incomplete (interrupted up? run labctl "
                                "clean, or labctl up)") for n in current.nodes]
