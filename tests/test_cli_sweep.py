@@ -155,11 +155,25 @@ def test_the_sweep_covers_every_command_and_option():
     assert len(cases) > 400
 
 
-def test_every_option_with_bad_values_prints_no_traceback(scratch, capsys):
+BAD_INVENTORIES = {"empty.yml": b"", "binary.yml": b"\xff\xfe\x00\x81", "list.yml": b"- a\n- b\n",
+                   "nohosts.yml": b"hosts: []\n", "yamlerror.yml": b"hosts: [\n",
+                   "nokey.yml": b"hosts:\n- name: server\n  address: 192.168.71.2\n",
+                   "huge-port.yml": b"hosts:\n- name: server\n  address: 192.168.71.2\n  port: 99999999999\n"}
+
+
+@pytest.mark.parametrize("backend", ["netns", "ssh"])
+def test_every_option_with_bad_values_prints_no_traceback(scratch, capsys, backend):
+    """Each case through the default backend, and through ``--backend ssh`` (no inventory, or a bad one)."""
     lab, state, pcap, work = scratch
     problems = []
-    for name, argv in _cases(pcap):
-        full = ["--lab", str(lab), "--state-dir", str(state), *argv]  # a later --state-dir/--lab wins
+    cases = _cases(pcap)
+    if backend == "ssh":
+        for file, content in BAD_INVENTORIES.items():
+            (work / file).write_bytes(content)
+            cases += [(f"--inventory {file} {' '.join(c)}", ["--inventory", file, *c])
+                      for c in (["status"], ["up"], ["run", "tcp"])]
+    for name, argv in cases:
+        full = ["--lab", str(lab), "--state-dir", str(state), "--backend", backend, *argv]  # later ones win
         try:
             code, out, err = _run_case(full, capsys)
         except Hung as exc:
