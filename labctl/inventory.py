@@ -116,19 +116,44 @@ def load_inventory(path: str | Path, lab: Lab | None = None, *, check_keys: bool
     ``check_keys`` also checks that each private key exists and is private (0600).
     """
     path = Path(path)
+    text = _read_inventory_text(path)
     try:
-        text = path.read_text()
+        raw = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1} column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise InventoryError(f"inventory file {path} is not valid YAML{where}: {problem}") from None
+    return parse_inventory(raw, base_dir=path.resolve().parent, lab=lab, where=str(path),
+                           check_keys=check_keys)
+
+
+MAX_INVENTORY_BYTES = 4 << 20  # 200 hosts take ~100 KiB; more is not an inventory
+
+
+def _read_inventory_text(path: Path) -> str:
+    """The file as text: a directory, a device (/dev/zero never ends), a FIFO, binary or huge: one line."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise InventoryError(f"inventory file {path} is a directory: --inventory takes a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise InventoryError(f"inventory file {path} is not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_INVENTORY_BYTES + 1)
     except FileNotFoundError:
         raise InventoryError(f"inventory file {path} not found (write one with: "
                              "labctl inventory --format yaml > FILE)") from None
     except OSError as exc:
-        raise InventoryError(f"inventory file {path}: {exc.strerror}") from None
+        raise InventoryError(f"inventory file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise InventoryError(f"inventory file {path} is larger than {MAX_INVENTORY_BYTES >> 20} MiB: "
+                             "not an inventory")
     try:
-        raw = yaml.safe_load(text)  # JSON is YAML too
-    except yaml.YAMLError as exc:
-        raise InventoryError(f"inventory file {path} is not valid YAML: {exc}") from None
-    return parse_inventory(raw, base_dir=path.resolve().parent, lab=lab, where=str(path),
-                           check_keys=check_keys)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"inventory file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                             f"offset {exc.start})") from None
 
 
 def parse_inventory(raw: Any, *, base_dir: Path, lab: Lab | None = None, where: str = "inventory",

@@ -159,8 +159,12 @@ class Connection:
                                auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False)
             except paramiko.BadHostKeyException:
                 client.close()
-                raise HostKeyError(f"{host.name} ({host.address}): host key does not match the pinned "
-                                   "key; refusing (node rebuilt? run labctl up to re-pin)") from None
+                # `up` keeps the pins of a lab it finds running (a changed key is what pinning is there
+                # to catch), so only a fresh build pins anew; an inventory's pins are the user's own
+                raise HostKeyError(f"{host.name} ({host.address}): host key does not match the pinned key; "
+                                   "refusing (if the node was rebuilt on purpose: labctl down, then "
+                                   "labctl up makes and pins fresh keys; with --backend ssh, put its new "
+                                   "key, checked out of band, in the inventory)") from None
             except paramiko.AuthenticationException:
                 client.close()
                 raise RemoteError(f"{host.name} ({host.address}): the node refused labctl's key") from None

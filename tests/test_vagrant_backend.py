@@ -24,6 +24,7 @@ from labctl.backends.vagrant.preflight import (
     vbox_allowed_ranges,
     vbox_network_problem,
 )
+from labctl.errors import LabctlError
 from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
 
@@ -395,5 +396,5 @@ def test_an_unwritable_state_dir_is_a_clear_error(fake, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     b = make_backend("vagrant", load_lab(), blocker / "lab")
-    with pytest.raises(BackendError, match=r"cannot create the lab's state directory .*--state-dir"):
+    with pytest.raises(LabctlError, match=r"cannot create state directory .*--state-dir"):
         b.up()

@@ -10,18 +10,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from labctl import __version__
 from labctl.backends import DEFAULT_BACKEND, backend_names
+from labctl.cli.types import path_arg
 from labctl.errors import LabctlError
 
 COMMAND_MODULES = ("lab_commands", "exercise_commands", "exercise_command", "analyse_command",
                    "inventory_command",
                    "impair_command")
-STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
+STATE_ROOT = Path(os.environ.get("LABCTL_STATE") or "/run/labctl")  # empty: unset, not the current dir
 
 
 class CliError(Exception):
@@ -66,15 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                "labctl analyse captures/*.pcap; labctl down. Run 'labctl COMMAND --help' for details.",
     )
     parser.add_argument("--version", action="version", version=f"labctl {__version__}")
-    parser.add_argument("--lab", dest="lab_file", type=Path, metavar="FILE",
+    parser.add_argument("--lab", dest="lab_file", type=path_arg, metavar="FILE",
                         help="lab file (default: lab.yml in the project)")
     parser.add_argument("--backend", default=os.environ.get("LABCTL_BACKEND", DEFAULT_BACKEND),
                         choices=backend_names(),
                         help=f"how the lab is realised (default: {DEFAULT_BACKEND}, the embedded lab; "
                              "env LABCTL_BACKEND)")
-    parser.add_argument("--inventory", dest="inventory_file", type=Path, metavar="FILE",
+    parser.add_argument("--inventory", dest="inventory_file", type=path_arg, metavar="FILE",
                         help="inventory file for --backend ssh (see 'labctl inventory --format yaml')")
-    parser.add_argument("--state-dir", dest="state_root", type=Path, default=STATE_ROOT,
+    parser.add_argument("--state-dir", dest="state_root", type=path_arg, default=STATE_ROOT,
                         help=f"where labs keep keys, pids and known_hosts (default: {STATE_ROOT})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
@@ -88,16 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
-    ctx = Context(lab_file=args.lab_file, clients=getattr(args, "clients", None),
-                  backend_name=args.backend, inventory_file=args.inventory_file,
-                  state_root=args.state_root)
+def main(argv: list[str] | None = None, *, restore_sigint: bool = False) -> int:
+    """Parse ``argv`` and run the command; ``restore_sigint``: Ctrl-C raises KeyboardInterrupt from here
+    on (labctl.py and the console script exit at once on a Ctrl-C while the modules load)."""
     try:
+        if restore_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        ctx = Context(lab_file=args.lab_file, clients=getattr(args, "clients", None),
+                      backend_name=args.backend, inventory_file=args.inventory_file,
+                      state_root=args.state_root)
         return int(args.handler(args, ctx) or 0)
     except KeyboardInterrupt:
         print("labctl: interrupted", file=sys.stderr)

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from labctl.cli.types import path_arg
+
 PROTOCOLS = ("tcp", "udp", "proto", "time")
 
 
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_protocol", choices=PROTOCOLS, metavar="PROTO",
                    help=f"trigger a run of PROTO ({', '.join(PROTOCOLS)}) while capturing")
     p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
-    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where the pcap goes")
+    p.add_argument("-o", "--output", type=path_arg, metavar="FILE", help="where the pcap goes")
     p.add_argument("--node", default=None, help="node to capture on (default: the server)")
     p.add_argument("--no-ladder", action="store_true", help="do not print the ladder diagrams")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")

@@ -12,7 +12,9 @@ import shutil
 import sys
 import time
 
+from labctl.backends.base import NODE_NOT_UP, NOT_UP
 from labctl.cli import CliError
+from labctl.statefiles import write_file
 
 SSH_CLIENT = "ssh"
 
@@ -93,8 +95,11 @@ def cmd_down(args: argparse.Namespace, ctx) -> int:
     backend = ctx.backend()
     start = time.perf_counter()
     impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
-    backend.down(lambda msg: _err(f"labctl: {msg}"))
-    print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
+    nothing = backend.down(lambda msg: _err(f"labctl: {msg}"))
+    if nothing:  # one thing: why there was nothing to do, not that too and then "down"
+        print(f"lab {backend.lab.name}{' ' if nothing == NOT_UP else ': '}{nothing}")
+    else:
+        print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 
@@ -110,6 +115,8 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
                                      "detail": n.detail} for n in nodes],
                           "links": links_json(links)}, indent=1))
+    elif nodes and all(not n.up and n.detail == NODE_NOT_UP for n in nodes) and not links:
+        print(f"lab {backend.lab.name} ({backend.name}) is not up: labctl up brings it up")
     else:
         from rich.console import Console
         from rich.table import Table
@@ -133,7 +140,9 @@ def cmd_ssh(args: argparse.Namespace, ctx) -> int:
     client = shutil.which(SSH_CLIENT)
     if client is None:
         raise CliError("the ssh client is missing; install it with: apt-get install -y openssh-client", 1)
-    argv = ssh_argv(client, host, known_hosts=backend.state_dir / "known_hosts", command=args.command,
+    known_hosts = backend.state_dir / "ssh_known_hosts"  # the pins labctl checks, for the system client
+    write_file(known_hosts, f"{host.known_hosts_name} {' '.join(host.host_key.split()[:2])}\n", 0o644)
+    argv = ssh_argv(client, host, known_hosts=known_hosts, command=args.command,
                     interactive=not args.command)
     sys.stdout.flush()
     sys.stderr.flush()

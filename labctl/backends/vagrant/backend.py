@@ -27,6 +27,7 @@ from labctl.backends.vagrant import preflight
 from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import DEFAULT_LAB_FILE, Lab
+from labctl.statefiles import secure_dir, write_file
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]  # where the Vagrantfile is
 PROVIDERS = ("virtualbox", "libvirt")
@@ -132,11 +133,7 @@ class VagrantBackend(RemoteLinks, Backend):
             raise VagrantPreflightError("vagrant is not installed: apt-get install -y "
                                         "--no-install-recommends "
                                         "vagrant (and vagrant-libvirt without VirtualBox)")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendError(f"cannot create the lab's state directory {self.dir}: {exc.strerror} "
-                               "(run as root, or choose another with --state-dir)") from None
+        secure_dir(self.dir)  # 0700, ours, or a clear refusal
         log = vagrant.make_file_cm(str(self.log_file))
         return vagrant.Vagrant(root=str(self.project_dir), env=self.environment(), out_cm=log, err_cm=log)
 
@@ -187,7 +184,7 @@ class VagrantBackend(RemoteLinks, Backend):
         with self._calling("vagrant halt"):
             self.vagrant().halt()
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         """Destroy every VM of the lab (``vagrant destroy -f``) and forget their host keys."""
         if progress:
             progress("vagrant destroy -f")
@@ -196,6 +193,7 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
+        return None  # vagrant destroy does not say whether there was a VM to destroy
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """``down``, then remove this lab's libvirt networks if vagrant-libvirt left any."""
@@ -294,10 +292,7 @@ class VagrantBackend(RemoteLinks, Backend):
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             pins = dict(pool.map(read, self.lab.nodes))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.pins_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pins, indent=1))
-        tmp.replace(self.pins_file)
+        write_file(self.pins_file, json.dumps(pins, indent=1))
         return pins
 
     def _read_pins(self) -> dict[str, dict[str, Any]]:
@@ -313,8 +308,10 @@ class VagrantBackend(RemoteLinks, Backend):
     def _ensure_client_key(self) -> None:
         """labctl's own key pair for the VMs (the provisioner authorizes its public half for root)."""
         self.vagrant()  # makes the state directory, or says why it cannot
-        os.chmod(self.dir, 0o700)
-        if not self.client_key.is_file():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labctl-{self.lab.name}",
-                            "-f", str(self.client_key)], check=True, capture_output=True)
-        os.chmod(self.client_key, 0o600)
+        from labctl.backends.netns.sshd import generate_keypair
+
+        if os.path.islink(self.client_key) or not self.client_key.is_file():  # never through a symlink
+            private, public = generate_keypair(f"labctl-{self.lab.name}")
+            write_file(self.client_key, private)
+            write_file(f"{self.client_key}.pub", public + "\n", 0o644)
+        os.chmod(self.client_key, 0o600, follow_symlinks=False)
