@@ -94,6 +94,19 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
     return keys
 
 
+def write_known_hosts(path: Path, hosts) -> Path:
+    """A known_hosts file holding exactly the hosts' pinned keys (for the system ssh client), 0600."""
+    lines = [f"{h.known_hosts_name} {' '.join(h.host_key.split()[:2])}\n" for h in hosts if h.host_key]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+    return path
+
+
 def load_private_key(path: Path) -> paramiko.PKey:
     """Load the client key, refusing one that others may read (it must be 0600)."""
     try:

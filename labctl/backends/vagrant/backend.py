@@ -23,6 +23,7 @@ from typing import Any
 
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.remote_links import RemoteLinks
+from labctl.backends.running import vagrant_dotfile
 from labctl.backends.vagrant import preflight
 from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
 from labctl.inventory import Host, Inventory, LabNotUp
@@ -120,8 +121,9 @@ class VagrantBackend(RemoteLinks, Backend):
         env.update(LABCTL_LAB=str(lab_file), LABCTL_CLIENTS=str(self.lab.clients),
                    LABCTL_PUBKEY=f"{self.client_key}.pub", LABCTL_STATE=str(Path(self.state_dir).parent),
                    LABCTL_SERVER_SERVICE="0")  # labctl deploy runs the server itself
-        if lab_file != DEFAULT_LAB_FILE.resolve():  # another lab: its own machines, not the project's
-            env["VAGRANT_DOTFILE_PATH"] = str(self.dir / "dotfile")
+        dotfile = vagrant_dotfile(self.lab, self.state_dir, self.project_dir)
+        if dotfile != self.project_dir / ".vagrant":  # another lab (or the user's choice): its own machines
+            env["VAGRANT_DOTFILE_PATH"] = str(dotfile)
         return env
 
     def vagrant(self):
@@ -237,7 +239,10 @@ class VagrantBackend(RemoteLinks, Backend):
         if down:
             raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
         pins = self._read_pins()
-        missing = [n.name for n in self.lab.nodes if n.name not in pins]
+        if any(n.name not in pins for n in self.lab.nodes):  # VMs of a plain `vagrant up`: adopt them once
+            self._ensure_client_key()
+            pins = self.pin_host_keys()
+        missing = [n.name for n in self.lab.nodes if not pins.get(n.name, {}).get("host_key")]
         if missing:
             raise LabNotUp(f"no pinned host key for {', '.join(missing)}: run labctl --backend vagrant up "
                            "(it reads each VM's key over vagrant ssh once)")
@@ -269,12 +274,19 @@ class VagrantBackend(RemoteLinks, Backend):
     # --- host keys ------------------------------------------------------------------------------------
 
     def pin_command(self, address: str) -> str:
-        """The ``vagrant ssh`` command: print the VM's host key, its lab interface, whether our key is in."""
+        """The ``vagrant ssh`` command: print the VM's host key and its lab interface, and make sure
+        labctl's key is root's (as provision/common.sh does, the same line, so a later provision changes
+        nothing) and that the server's systemd unit is stopped (``labctl deploy`` runs the server; a
+        plain ``vagrant up`` starts the unit). Prints LABCTL_KEY_OK when root takes labctl's key."""
         pub = self.client_key.with_suffix(".pub")
-        key = " ".join(pub.read_text().split()[:2]) if pub.is_file() else "none"
-        return (f"cat {HOST_KEY_FILE}; ip -o -4 addr show to {shlex.quote(address)}/32; "
-                f"sudo -n grep -qF -- {shlex.quote(key)} /root/.ssh/authorized_keys 2>/dev/null "
-                f"&& echo LABCTL_KEY_OK; true")
+        key = pub.read_text().strip() if pub.is_file() else ""
+        keys = "/root/.ssh/authorized_keys"
+        adopt = (f'install -d -m 700 /root/.ssh && {{ grep -qxF -- "$1" {keys} 2>/dev/null '
+                 f'|| printf "%s\\n" "$1" >> {keys}; }} && chmod 600 {keys}'
+                 ' && { systemctl -q disable --now labctl-timeserver.service 2>/dev/null; true; }'
+                 ' && echo LABCTL_KEY_OK')
+        install = f"sudo -n sh -c {shlex.quote(adopt)} sh {shlex.quote(key)} 2>/dev/null; " if key else ""
+        return f"cat {HOST_KEY_FILE}; ip -o -4 addr show to {shlex.quote(address)}/32; {install}true"
 
     def pin_host_keys(self, v=None) -> dict[str, dict[str, Any]]:
         """Read every VM's host key over Vagrant's channel (in parallel) and save them as the pins."""
