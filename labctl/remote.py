@@ -31,8 +31,8 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 import paramiko  # noqa: E402
 
 from labctl.errors import LabctlError  # noqa: E402
-from labctl.inventory import Host  # noqa: E402
-from labctl.safety import check_routes, unsafe_hosts  # noqa: E402
+from labctl.inventory import Host, known_hosts_text  # noqa: E402
+from labctl.safety import check_host, unsafe_hosts  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -96,13 +96,13 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
 
 def write_known_hosts(path: Path, hosts) -> Path:
     """A known_hosts file holding exactly the hosts' pinned keys (for the system ssh client), 0600."""
-    lines = [f"{h.known_hosts_name} {' '.join(h.host_key.split()[:2])}\n" for h in hosts if h.host_key]
+    text = known_hosts_text(hosts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "w") as f:
-        f.writelines(lines)
+        f.write(text)
     os.replace(tmp, path)
     return path
 
@@ -155,7 +155,7 @@ class Connection:
                 return self
             host = self.host
             if not self._route_checked:
-                check_routes([host.address], host.interface)
+                check_host(host)
                 self._route_checked = True
             if host.key_file is None:
                 raise RemoteError(f"{host.name}: the inventory names no private key")

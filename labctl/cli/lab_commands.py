@@ -126,11 +126,11 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, ctx) -> int:
-    from labctl.safety import check_route
+    from labctl.safety import check_host
 
     backend = ctx.backend()
     host = backend.inventory().get(args.node)
-    check_route(host.address, host.interface)
+    check_host(host)
     client = shutil.which(SSH_CLIENT)
     if client is None:
         how = ("add Windows' OpenSSH Client (Settings > Apps > Optional features), or run labctl in WSL2"

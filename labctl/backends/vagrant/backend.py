@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -75,8 +76,22 @@ def parse_pin_output(text: str) -> tuple[str, str | None, bool]:
     return host_key, interface, key_ok
 
 
+def holds_address(address: str) -> bool:
+    """True if this machine has ``address`` (binding to it succeeds only then; portable, sends nothing)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def host_interface(address: str) -> str | None:
-    """The interface of this machine that holds ``address`` (the lab's bridge or host-only adapter)."""
+    """The interface of this machine that holds ``address`` (the lab's bridge or host-only adapter);
+    None where ``ip`` is missing (macOS, Windows): the route check then uses the source address."""
+    if shutil.which("ip") is None:
+        return None
     proc = subprocess.run(["ip", "-o", "-4", "addr", "show", "to", f"{address}/32"], capture_output=True,
                           text=True, check=False)
     for line in proc.stdout.splitlines():
@@ -252,7 +267,7 @@ class VagrantBackend(RemoteLinks, Backend):
             with self._calling("vagrant ssh-config"):
                 configs = parse_ssh_config(self.vagrant().ssh_config())
         interface = host_interface(self.lab.host_address)
-        if interface is None:
+        if interface is None and not holds_address(self.lab.host_address):
             raise LabNotUp(f"no interface on this machine holds the lab's host address "
                            f"{self.lab.host_address}: are the VMs' private networks up?")
         hosts = []
@@ -268,7 +283,8 @@ class VagrantBackend(RemoteLinks, Backend):
                 user, key = config["User"], Path(files[0])
             hosts.append(Host(name=node.name, role=node.role, address=node.address, port=22, user=user,
                               key_file=key, host_key=pin["host_key"], interface=interface,
-                              lab_interface=pin.get("lab_interface") or "eth1"))
+                              lab_interface=pin.get("lab_interface") or "eth1",
+                              host_address=self.lab.host_address))
         return Inventory(backend=self.name, hosts=tuple(hosts), lab=self.lab)
 
     # --- host keys ------------------------------------------------------------------------------------
