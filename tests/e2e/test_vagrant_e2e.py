@@ -1,16 +1,22 @@
 """The Vagrant lab for real: four Debian 12 VMs under vagrant-libvirt (QEMU/TCG), the provisioners, and
-the exercise on them through ``labctl --backend vagrant``. Minutes long: marked slow (CI always runs it).
+the design card's commands on them. Minutes long: marked slow (CI always runs it). **One boot serves every
+VM check**: the module fixture ``vms`` boots the lab once; each check is a test function taking ``vms``
+(add new VM checks the same way, before the last one).
 
 What it does, and undoes whatever happens:
   * starts virtlogd and libvirtd by hand if none runs (no systemd here), stopped by PID afterwards;
   * builds the box with provision/box/build.sh unless it is there (removed again unless
     LABCTL_KEEP_BOX=1 or it was there before);
-  * ``labctl --backend vagrant up`` on its own lab file (unique name, its own subnets, never
-    192.168.20.x: no lab lock needed), checks isolation (no libvirt network forwards, no guest has a
-    default route), that a second ``vagrant provision`` changes nothing, then ``run tcp`` and
-    ``capture --port 8080 --run tcp``;
-  * destroys everything and checks nothing is left: no VM, libvirt network, pool, volume, daemon,
-    qemu process, LIBVIRT_* firewall chain; ip_forward as it was.
+  * ``vagrant up --provider=libvirt`` in the project directory, the user's way, with its own lab file
+    (unique name, its own subnets, never 192.168.20.x: no lab lock needed) named by ``LABCTL_LAB``, state
+    in ``LABCTL_STATE`` and Vagrant's machines in ``VAGRANT_DOTFILE_PATH`` (the Vagrantfile and labctl
+    both read these), then the card's ``python labctl.py run tcp`` and ``python labctl.py capture --port
+    8080`` (stopped by SIGINT) with **no --backend**: labctl must find the VMs itself;
+  * isolation (no libvirt network forwards, no guest has a default route), a second ``vagrant
+    provision`` changes nothing, ``capture --run tcp``, ``labctl ssh client1 CMD`` (pinned host key),
+    netem delay (docs/links.md), the ssh backend through the exported inventory;
+  * ``python labctl.py down`` (again without a flag) and checks nothing is left: no VM, Vagrant machine,
+    libvirt network, pool, volume, daemon, qemu process, LIBVIRT_* firewall chain; ip_forward as it was.
 """
 from __future__ import annotations
 
