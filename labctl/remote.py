@@ -31,8 +31,9 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 import paramiko  # noqa: E402
 
 from labctl.errors import LabctlError  # noqa: E402
-from labctl.inventory import Host  # noqa: E402
-from labctl.safety import check_routes, unsafe_hosts  # noqa: E402
+from labctl.inventory import Host, known_hosts_text  # noqa: E402
+from labctl.safety import check_host, unsafe_hosts  # noqa: E402
+from labctl.statefiles import write_file  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -94,6 +95,14 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
     return keys
 
 
+def write_known_hosts(path: Path, hosts) -> Path:
+    """A known_hosts file holding exactly the hosts' pinned keys (for the system ssh client), 0600."""
+    text = known_hosts_text(hosts)
+    path = Path(path)
+    write_file(path, text, 0o600)  # atomic, never through a planted symlink
+    return path
+
+
 def load_private_key(path: Path) -> paramiko.PKey:
     """Load the client key, refusing one that others may read (it must be 0600)."""
     try:
@@ -142,7 +151,7 @@ class Connection:
                 return self
             host = self.host
             if not self._route_checked:
-                check_routes([host.address], host.interface)
+                check_host(host)
                 self._route_checked = True
             if host.key_file is None:
                 raise RemoteError(f"{host.name}: the inventory names no private key")

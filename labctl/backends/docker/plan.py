@@ -5,7 +5,7 @@ bridge ``LAB-dk`` (the route check's interface), containers ``LAB-server``, ``LA
 labelled ``labctl.lab=LAB``. The plan is written before anything is created, so ``down`` and ``clean``
 find exactly what is theirs; once every node's host key is pinned it is written again, complete.
 
-State directory (default ``/run/labctl/LAB/docker/``)::
+State directory (default ``~/.local/state/labctl/LAB/docker/``, see labctl.backends.default_state_root)::
 
     lab.json            the plan: daemon, network, bridge, image, nodes with pinned host keys
     id_ed25519{,.pub}   labctl's client key (0600); the public half is every node's authorized key
