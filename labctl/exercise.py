@@ -131,7 +131,11 @@ def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progr
     from labctl import bringup
 
     say = progress or (lambda _msg: None)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:  # before anything is brought up: a folder that cannot be made is one line, nothing started
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabctlError(f"cannot make the exercise folder {str(directory)[:200]}: "
+                          f"{exc.strerror or exc}") from None
     hours = [Hour(p, title) for p, title in HOURS if protocols is None or p in protocols]
     if loss:
         hours += [Hour(p, f"Lossy round: the time over {p.upper()} with {loss:g} % loss on every link",

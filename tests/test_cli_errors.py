@@ -62,7 +62,7 @@ def test_bad_counts_are_one_line(pcap):
 
 
 @pytest.mark.parametrize("marker", ["labctl", "labctl.__main__", "labctl.errors", "labctl.backends",
-                                    "labctl.cli", "labctl.lab", "labctl.inventory", "labctl.statefiles"])
+                                    "labctl.cli", "labctl.lab", "labctl.inventory", "labctl.cli.types"])
 def test_ctrl_c_while_labctl_loads_is_one_line(marker):
     """A real SIGINT while labctl's modules load: ``-X importtime`` says (on stderr) when each import
     finished, so the signal lands just after ``marker`` loaded, inside labctl's own start-up."""
