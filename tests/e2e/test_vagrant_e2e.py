@@ -356,6 +356,13 @@ def test_four_vms_provisioned_and_the_exercise_on_them(box, libvirt, tmp_path):
                    backend=("--backend", "ssh", "--inventory", str(inventory_file)))
         assert run.returncode == 0, run.stdout + run.stderr
         assert [r["ok"] for r in json.loads(run.stdout.strip().splitlines()[-1])["results"]] == [True] * 3
+
+        # labctl ssh pins the VM's key from the inventory (not a netns known_hosts), on both backends
+        client1 = inventory.get("client1")
+        for via in (("--backend", "vagrant"), ("--backend", "ssh", "--inventory", str(inventory_file))):
+            shown = _cli(lab_file, state_root, "ssh", "client1", "ip -br a; hostname", backend=via)
+            assert shown.returncode == 0, shown.stderr
+            assert f"{client1.address}/24" in shown.stdout and shown.stdout.split()[-1] == "client1"
     finally:
         t0 = time.monotonic()
         down = _cli(lab_file, state_root, "down", timeout=600)
