@@ -10,7 +10,6 @@ lab's bridge (:mod:`labctl.safety`).
 from __future__ import annotations
 
 import base64
-import os
 import select
 import shlex
 import socket
@@ -406,16 +405,3 @@ def reason(exc: BaseException) -> str:
         if " " not in head.strip() or head.endswith(")"):
             return rest
     return text
-
-
-def key_fingerprint(host_key_line: str) -> str:
-    """SHA256 fingerprint of an OpenSSH public key line, as ``ssh-keygen -lf`` prints it."""
-    import hashlib
-
-    blob = base64.b64decode(host_key_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def ensure_private(path: Path) -> None:
-    """Make a private key file 0600 (keys labctl generates)."""
-    os.chmod(path, 0o600)
