@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from labctl.lab import load_lab
+from tests.requires import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -58,9 +59,10 @@ def test_dockerfile_builds_an_sshd_node_with_the_programs():
             assert (ROOT / path).is_file(), path
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_entrypoint_for_real_in_a_private_mount_namespace(tmp_path):
     """The entrypoint runs against tmpfs over /etc/ssh and /root (this machine's stay untouched)."""
+    require_root()
+    require_tool("unshare", "apt-get install util-linux")
     entrypoint = ROOT / "provision/compose/entrypoint.sh"
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKo labctl"
     script = (f"mount -t tmpfs none /etc/ssh && mount -t tmpfs none /root && "

@@ -98,9 +98,17 @@ def test_up_prints_a_table_and_progress(backend, capsys):
     assert backend.calls == ["up", "check_ssh"]  # every node's SSH is checked once, after the backend
 
 
-def test_up_takes_clients_which_the_context_reads():
-    args = build_parser().parse_args(["up", "--clients", "7"])
-    assert args.clients == 7
+def test_up_takes_clients_which_the_context_reads(tmp_path, monkeypatch, capsys):
+    made: list[FakeBackend] = []
+
+    def make_backend(name, lab, state_dir, *, inventory_file=None):
+        made.append(FakeBackend(lab, state_dir))
+        return made[-1]
+
+    monkeypatch.setattr("labctl.backends.make_backend", make_backend)
+    assert main(["--state-dir", str(tmp_path), "up", "--clients", "7", "--json"]) == 0
+    assert [b.lab.clients for b in made] == [7] and made[0].calls == ["up"]
+    assert [h["name"] for h in json.loads(capsys.readouterr().out)["hosts"]][-1] == "client7"
 
 
 def test_down_and_clean_report(backend, capsys):

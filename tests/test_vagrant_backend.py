@@ -324,14 +324,20 @@ def test_virtualbox_provider_runs_the_preflight_before_vagrant_up(fake, backend,
     assert not any(c["args"][0] == "up" for c in fake.calls())  # refused before vagrant up
 
 
-def test_the_fake_is_what_python_vagrant_calls():
-    """Guard: python-vagrant still runs the ``vagrant`` it finds on PATH (what the fake relies on)."""
+def test_the_fake_is_what_python_vagrant_calls(fake, tmp_path):
+    """Guard: python-vagrant runs the ``vagrant`` it finds on PATH (what every test here relies on)."""
     import vagrant
 
     assert subprocess.run([sys.executable, "-c", "import vagrant; print(vagrant.get_vagrant_executable())"],
                           env={**os.environ, "PATH": "/nonexistent"}, capture_output=True, text=True
                           ).stdout.strip() == "None"
-    assert callable(vagrant.Vagrant.up) and callable(vagrant.Vagrant.destroy)
+    v = vagrant.Vagrant(root=str(tmp_path))
+    v.up(provider="libvirt")
+    assert [s.state for s in v.status()] == ["running"] * 4
+    v.destroy()
+    assert [c["args"][0] for c in fake.calls()] == ["up", "status", "destroy"]
+    assert fake.calls()[0]["cwd"] == str(tmp_path)
+    assert set(fake.state()["machines"].values()) == {"not_created"}
 
 
 def test_exported_inventory_of_the_vms_loads_back(fake, backend, tmp_path, capsys):

@@ -28,6 +28,7 @@ from labctl.backends.netns import NetnsBackend
 from labctl.backends.netns.preflight import problems
 from labctl.inventory import Inventory
 from labctl.lab import load_lab
+from tests.requires import missing, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK_FILE = "/run/labctl-test.lock"
@@ -36,16 +37,16 @@ TEST_SUBNET_BASE = 120  # labs get 192.168.120.0/24, 192.168.121.0/24, ... one p
 
 
 def _lab_ready_or_skip() -> None:
+    """The lab preflight (root, sshd, ip, tcpdump): a visible skip here, a failure under CI."""
     found = problems()
     if found:
-        pytest.skip("cannot build a namespace lab here: " + "; ".join(found))
+        missing("what the namespace lab needs", "; ".join(found))
 
 
 @pytest.fixture
 def lab_lock() -> Iterator[None]:
     """Exclusive use of the lab machinery for the duration of one test."""
-    if os.geteuid() != 0:
-        pytest.skip("the namespace lab needs root")
+    require_root()
     with open(LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

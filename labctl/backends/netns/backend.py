@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.netns import linux
 from labctl.backends.netns.probes import subnet_users, tcp_accepting
@@ -77,6 +78,7 @@ class NetnsBackend(Backend):
         if current is not None and current.complete and current.same_shape(wanted) \
                 and self._structure_intact(current):
             with self._rollback_on_interrupt(None):
+                forward_guard.install(current.lab, current.bridge)  # repair: idempotent
                 self._restart_dead(current, say)
                 inventory = self._inventory(current)
                 check(inventory)
@@ -111,6 +113,7 @@ class NetnsBackend(Backend):
                                                   for node in lab_plan.nodes))
         say(f"bridge {lab_plan.bridge} and {n} namespaces")
         _ip_batch(_create_commands(lab_plan))
+        forward_guard.install(lab_plan.lab, lab_plan.bridge)  # before any node runs: nothing leaves the lab
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for node in lab_plan.nodes:
                 linux.tx_checksum(sock, node.veth, False)
@@ -206,10 +209,12 @@ class NetnsBackend(Backend):
         with self._exclusive():
             current = self.state.read_plan()
             if current is None:
+                removed = [f"nft table inet {forward_guard.table_name(self.lab.name)}"] \
+                    if forward_guard.remove(self.lab.name) else []
                 if self.state.root.exists():  # state without a manifest: only files, all ours
                     shutil.rmtree(self.state.root)
-                    return [f"state directory {self.state.root}"]
-                return []
+                    removed.append(f"state directory {self.state.root}")
+                return removed
             return self._teardown(current)
 
     @contextmanager
@@ -267,6 +272,8 @@ class NetnsBackend(Backend):
             raise BackendError(f"could not remove {', '.join(left)} (see `ip link` / `ip netns list`); "
                                f"the manifest {self.state.manifest} is kept for labctl clean")
         removed += [_names("namespace", netns), _names("interface", [*bridge, *veths])]
+        if forward_guard.remove(lab_plan.lab):
+            removed.append(f"nft table {forward_guard.FAMILY} {forward_guard.table_name(lab_plan.lab)}")
         if self.state.root.exists():
             shutil.rmtree(self.state.root)
             removed.append(f"state directory {self.state.root}")
