@@ -10,6 +10,8 @@ import ast
 import functools
 from pathlib import Path
 
+from labctl.backends import BACKENDS
+
 PACKAGE = Path(__file__).resolve().parent.parent / "labctl"
 
 STEPS = ("labctl.deploy", "labctl.run", "labctl.capture", "labctl.bringup", "labctl.shell")
@@ -73,6 +75,15 @@ def imports_of(name: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def backend_of(name: str) -> str | None:
+    """The registered backend whose module (or package) ``name`` is part of; None for shared parts."""
+    for backend, target in BACKENDS.items():
+        module = target.split(":")[0]
+        if name == module or name.startswith(module + "."):
+            return backend
+    return None
+
+
 def room_of(name: str) -> str:
     return max((room for room in ROOMS if name == room or name.startswith(room + ".")), key=len)
 
@@ -81,10 +92,9 @@ def allowed(importer: str, imported: str) -> bool:
     room, target = room_of(importer), room_of(imported)
     if room == target and room != "labctl.backends":
         return True
-    if room == "labctl.backends":  # base and the registry; each backend only itself and base
-        own = importer.split(".")[:3]
-        return target != "labctl.backends" or imported == "labctl.backends.base" \
-            or imported.split(".")[:3] == own or importer == "labctl.backends"
+    if room == "labctl.backends":  # a backend: itself and the shared parts (base, ...), never another
+        other = backend_of(imported)
+        return target != "labctl.backends" or other is None or other == backend_of(importer)
     if room == "labctl.cli":
         return True
     return target in ROOMS[room] or imported in EXTRA.get(importer, ())
@@ -127,3 +137,7 @@ def test_the_backends_never_import_the_remote_layer_or_the_cli():
         if room_of(name) == "labctl.backends":
             assert not {i for i in imports_of(name) if room_of(i) in (
                 "labctl.remote", "labctl.safety", "labctl.cli", *STEPS)}, name
+
+
+def test_every_registered_backend_is_a_module_here():
+    assert all(target.split(":")[0] in MODULES for target in BACKENDS.values())
