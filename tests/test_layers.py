@@ -92,9 +92,9 @@ def allowed(importer: str, imported: str) -> bool:
     room, target = room_of(importer), room_of(imported)
     if room == target and room != "labctl.backends":
         return True
-    if room == "labctl.backends":  # a backend: itself and the shared parts (base, ...), never another
+    if room == target == "labctl.backends":  # itself and the shared parts (base, ...), never another backend
         other = backend_of(imported)
-        return target != "labctl.backends" or other is None or other == backend_of(importer)
+        return other is None or other == backend_of(importer)
     if room == "labctl.cli":
         return True
     return target in ROOMS[room] or imported in EXTRA.get(importer, ())
