@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from labctl.backends.base import Host  # noqa: E402
+from labctl.inventory import Host  # noqa: E402
 from labctl.remote import Connection  # noqa: E402
 
 TARGET_STOP_S = 1.0

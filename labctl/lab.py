@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from labctl.errors import LabctlError
+from labctl.links import LinkError, Links, check_names, parse_links
 
 DEFAULT_LAB_FILE = Path(__file__).resolve().parent.parent / "lab.yml"
 MAX_CLIENTS = 200
@@ -72,6 +73,7 @@ class Lab:
     clients: int = 3
     ports: Ports = field(default_factory=Ports)
     vagrant: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    links: Links = ()         # loss/delay/jitter/rate per node (labctl.links), applied by up
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +136,10 @@ def validate(lab: Lab) -> None:
     net = _subnet(lab)
     _addresses(lab, net)
     _ports(lab.ports)
+    try:
+        check_names(lab.links, [n.name for n in lab.nodes], lab.name)
+    except LinkError as exc:
+        raise LabError(str(exc)) from None
 
 
 def _subnet(lab: Lab) -> ipaddress.IPv4Network:
@@ -210,6 +216,13 @@ def _mapping(key: str, value: Any) -> dict[str, Any]:
     return {key: dict(value)}
 
 
+def _links_section(key: str, value: Any) -> dict[str, Any]:
+    try:
+        return {key: parse_links(value, "")}
+    except LinkError as exc:
+        raise LabError(str(exc)) from None
+
+
 SECTIONS: dict[str, Section] = {
     "name": _as_is,
     "subnet": _as_is,
@@ -218,6 +231,7 @@ SECTIONS: dict[str, Section] = {
     "clients": _as_is,
     "ports": _ports_section,
     "vagrant": _mapping,
+    "links": _links_section,
 }
 REQUIRED = ("name",)
 

@@ -86,7 +86,7 @@ BAD_CONTENT = [
     ("name: 12\n", "name: expected text, got 12"),
     # the top level and its keys
     ("- a\n- b\n", "expected settings .key: value. at the top level, got a list"),
-    (NAMED + "colour: blue\n", r"unknown setting 'colour' \(known: clients, host_address, name"),
+    (NAMED + "colour: blue\n", r"unknown setting 'colour' \(known: clients, host_address, links, name"),
     (NAMED + "1: x\n", "unknown setting '1'"),
     (NAMED + "clients: 2\nclients: 30\n", "line 3 column 1: not valid YAML: 'clients' is set twice"),
     # YAML errors: one line with where
