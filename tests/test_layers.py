@@ -14,17 +14,19 @@ from labctl.backends import BACKENDS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "labctl"
 
-STEPS = ("labctl.deploy", "labctl.run", "labctl.capture", "labctl.bringup", "labctl.shell")
-BELOW_STEPS = ("labctl.errors", "labctl.lab", "labctl.routes", "labctl.inventory", "labctl.safety",
-               "labctl.remote")
+STEPS = ("labctl.deploy", "labctl.run", "labctl.capture", "labctl.bringup", "labctl.shell",
+         "labctl.impairment")
+LAB = ("labctl.lab", "labctl.links")              # the lab as data (links: its links: section)
+BELOW_STEPS = ("labctl.errors", *LAB, "labctl.routes", "labctl.inventory", "labctl.safety", "labctl.remote")
 # room -> the rooms it may import, lowest first (design.md, "Rooms and what each may import")
 ROOMS: dict[str, tuple[str, ...]] = {
     "labctl": (),                                   # the version
     "labctl.errors": (),
-    "labctl.lab": ("labctl.errors",),
+    "labctl.lab": ("labctl.errors", "labctl.links"),
+    "labctl.links": ("labctl.errors",),
     "labctl.routes": (),                            # this machine's routing table, stdlib only
-    "labctl.inventory": ("labctl.errors", "labctl.lab"),
-    "labctl.backends": ("labctl.errors", "labctl.lab", "labctl.inventory", "labctl.routes"),
+    "labctl.inventory": ("labctl.errors", *LAB),
+    "labctl.backends": ("labctl.errors", *LAB, "labctl.inventory", "labctl.routes"),
     "labctl.safety": ("labctl.errors", "labctl.inventory", "labctl.routes"),
     "labctl.remote": ("labctl.errors", "labctl.inventory", "labctl.safety"),
     **{step: (*BELOW_STEPS, *STEPS) for step in STEPS},
@@ -32,8 +34,8 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "labctl.analyse": ("labctl.errors",),
     "labctl.cli": ("labctl",),                      # everything above
 }
-# bringup hands the SSH check to a backend: it knows the interface, never a backend.
-EXTRA = {"labctl.bringup": ("labctl.backends.base",)}
+# bringup and impairment hand work to a backend: they know its interface, never a backend.
+EXTRA = {"labctl.bringup": ("labctl.backends.base",), "labctl.impairment": ("labctl.backends.base",)}
 # Known, being removed by the analyse/ work of issue 9 (another branch). When one no longer occurs,
 # this test says so: delete it here.
 PENDING = {("labctl.capture", "labctl.analyse"), ("labctl.analyse.fastjson", "labctl.analyse.report"),

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.keys import generate_keypair, write_private
 from labctl.backends.netns import links as netns_links
 from labctl.backends.netns import linux
-from labctl.backends.netns.probes import subnet_users, tcp_accepting
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
+from labctl.backends.probes import subnet_users, tcp_accepting
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
 
@@ -104,8 +105,8 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         self.state.client_key.unlink(missing_ok=True)
         n = len(lab_plan.nodes)
         say(f"keys and sshd configs for {n} nodes")
-        private, public = sshd.generate_keypair(f"labctl@{lab_plan.lab}")
-        sshd.write_private(self.state.client_key, private)
+        private, public = generate_keypair(f"labctl@{lab_plan.lab}")
+        write_private(self.state.client_key, private)
         Path(f"{self.state.client_key}.pub").write_text(public + "\n")
         self.state.authorized_keys.write_text(public + "\n")
         os.chmod(self.state.authorized_keys, 0o600)
