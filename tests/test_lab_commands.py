@@ -101,7 +101,7 @@ def test_up_prints_a_table_and_progress(backend, capsys):
 def test_up_takes_clients_which_the_context_reads(tmp_path, monkeypatch, capsys):
     made: list[FakeBackend] = []
 
-    def make_backend(name, lab, state_dir, *, inventory_file=None):
+    def make_backend(name, lab, state_dir, **options):
         made.append(FakeBackend(lab, state_dir))
         return made[-1]
 
