@@ -10,7 +10,6 @@ lab's bridge (:mod:`labctl.safety`).
 from __future__ import annotations
 
 import base64
-import os
 import select
 import shlex
 import socket
@@ -31,9 +30,8 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 import paramiko  # noqa: E402
 
 from labctl.errors import LabctlError  # noqa: E402
-from labctl.inventory import Host, known_hosts_text  # noqa: E402
+from labctl.inventory import Host  # noqa: E402
 from labctl.safety import check_host, unsafe_hosts  # noqa: E402
-from labctl.statefiles import write_file  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -93,14 +91,6 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
         raise HostKeyError(f"{host.name}: pinned host key is not readable: {exc}") from None
     keys.add(host.known_hosts_name, key.get_name(), key)
     return keys
-
-
-def write_known_hosts(path: Path, hosts) -> Path:
-    """A known_hosts file holding exactly the hosts' pinned keys (for the system ssh client), 0600."""
-    text = known_hosts_text(hosts)
-    path = Path(path)
-    write_file(path, text, 0o600)  # atomic, never through a planted symlink
-    return path
 
 
 def load_private_key(path: Path) -> paramiko.PKey:
@@ -419,16 +409,3 @@ def reason(exc: BaseException) -> str:
         if " " not in head.strip() or head.endswith(")"):
             return rest
     return text
-
-
-def key_fingerprint(host_key_line: str) -> str:
-    """SHA256 fingerprint of an OpenSSH public key line, as ``ssh-keygen -lf`` prints it."""
-    import hashlib
-
-    blob = base64.b64decode(host_key_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def ensure_private(path: Path) -> None:
-    """Make a private key file 0600 (keys labctl generates)."""
-    os.chmod(path, 0o600)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl.deploy import SERVER_FILES
 from tests.requires import require_tool
 
 pytestmark = pytest.mark.lab
@@ -86,7 +87,7 @@ def test_deploy_then_run_every_protocol(netns_lab):
     assert deploy.returncode == 0, deploy.stderr
     report = json.loads(deploy.stdout)
     assert [n["node"] for n in report["nodes"]] == ["server", "client1", "client2", "client3"]
-    assert report["nodes"][0]["copied"] == ["timeserver.py"]
+    assert report["nodes"][0]["copied"] == list(SERVER_FILES)  # the server program and its parts
     assert report["nodes"][0]["server"].startswith("started pid")
     again = json.loads(netns_lab.cli("deploy", "--json").stdout)
     assert all(n["copied"] == [] for n in again["nodes"])
