@@ -1,0 +1,88 @@
+"""Read a pcap *stream* as it arrives: bytes in, whole packets out (tcpdump ``-w -`` over SSH).
+
+:class:`PcapStream` is fed whatever the pipe delivered (half a header, three packets and a bit) and
+returns the packets that are now complete, with nanosecond timestamps. It keeps only the bytes of the
+packet still being received. Standard library only, like the rest of :mod:`labctl.analyse`.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from labctl.analyse.pcap import PCAP_MAGIC_NS, PCAP_MAGIC_US, CaptureFileError
+
+MAX_RECORD = 1 << 20   # a record claiming more than 1 MiB is a damaged stream, not a packet
+
+
+@dataclass(frozen=True)
+class StreamPacket:
+    """One packet from a stream: timestamp in ns since the epoch, captured bytes, length on the wire."""
+
+    ts_ns: int
+    frame: bytes
+    orig_len: int
+
+
+class PcapStream:
+    """Incremental pcap parser: ``feed(data)`` returns the packets completed by ``data``."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.header: bytes | None = None     # the 24-byte global header, once seen
+        self.linktype: int | None = None
+        self.snaplen = 0
+        self.packets = 0                      # complete packets so far
+        self.bytes = 0                        # bytes fed so far (header included)
+        self.record_end = 0                   # bytes of the stream up to the end of the last packet
+        self._rec: struct.Struct | None = None
+        self._units = 1000                    # ns per fraction unit (1000 for µs files, 1 for ns)
+
+    def feed(self, data: bytes) -> list[StreamPacket]:
+        """Add ``data``; return every packet it completed (raises CaptureFileError for a bad stream)."""
+        self.bytes += len(data)
+        buf = self._buf
+        buf += data
+        out: list[StreamPacket] = []
+        pos = 0
+        if self.header is None:
+            if len(buf) < 24:
+                return out
+            self._read_header(bytes(buf[:24]))
+            pos = 24
+            self.record_end = 24
+        rec = self._rec
+        assert rec is not None
+        n = len(buf)
+        while n - pos >= 16:
+            sec, frac, incl, orig = rec.unpack_from(buf, pos)
+            if incl > MAX_RECORD:
+                raise CaptureFileError(f"the pcap stream is damaged: a record of {incl} bytes at byte "
+                                       f"{self.record_end}")
+            if n - pos - 16 < incl:
+                break
+            out.append(StreamPacket(sec * 1_000_000_000 + frac * self._units,
+                                    bytes(buf[pos + 16:pos + 16 + incl]), orig))
+            pos += 16 + incl
+            self.record_end += 16 + incl
+        del buf[:pos]
+        self.packets += len(out)
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not (yet) a whole packet: a stream cut here ends mid-packet."""
+        return len(self._buf)
+
+    def _read_header(self, head: bytes) -> None:
+        for endian in "<>":
+            magic = struct.unpack(endian + "I", head[:4])[0]
+            if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+                break
+        else:
+            raise CaptureFileError(f"the stream is not pcap (starts with {head[:4].hex()})")
+        _, _vmaj, _vmin, _tz, _sig, snaplen, network = struct.unpack(endian + "IHHiIII", head)
+        self.header = head
+        self.snaplen = snaplen
+        self.linktype = network & 0x0FFFFFFF
+        self._units = 1 if magic == PCAP_MAGIC_NS else 1000
+        self._rec = struct.Struct(endian + "IIII")
