@@ -1,9 +1,9 @@
 """Argument parsing and printing; no logic of its own.
 
 Each group of commands lives in its own module with a ``register(subparsers)`` function:
-``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run, capture),
-``analyse_command`` (analyse) and ``inventory_command`` (inventory). A command handler takes
-``(args, ctx)`` and returns an exit status.
+``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run),
+``capture_command`` (capture), ``analyse_command`` (analyse) and ``inventory_command`` (inventory).
+A command handler takes ``(args, ctx)`` and returns an exit status.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from labctl import __version__
 from labctl.backends import DEFAULT_BACKEND, backend_names
 from labctl.errors import LabctlError
 
-COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command",
-                   "impair_command")
+COMMAND_MODULES = ("lab_commands", "exercise_commands", "capture_command", "analyse_command",
+                   "inventory_command", "impair_command")
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
 
 
