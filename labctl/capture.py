@@ -303,12 +303,13 @@ def _wait(points: list[_Point], wake: threading.Event, seconds: float | None,
             return "size"
         if any(p.tcpdump.vanished for p in points):
             return "vanished"
-        if stdout is not None and stdout.closed:
+        if stdout is not None and stdout.reader_gone():
             return "reader"
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return None
-        wake.wait(60 if left is None else min(left, 60))
+        most = 60 if stdout is None else 0.25   # a closed pipe with nothing to write says so by poll
+        wake.wait(most if left is None else min(left, most))
         wake.clear()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import os
 import queue
+import select
 import shutil
 import stat
 import struct
@@ -183,6 +184,18 @@ class StdoutPcap:
         except (BrokenPipeError, ValueError, OSError):
             self.closed = True
             self.wake.set()
+
+    def reader_gone(self) -> bool:
+        """True once the reader closed its end (a pipe's writer sees POLLERR), even with nothing to write."""
+        if not self.closed:
+            try:
+                poll = select.poll()
+                poll.register(self.out.fileno(), select.POLLERR | select.POLLHUP)
+                if poll.poll(0):
+                    self.closed = True
+            except (AttributeError, ValueError, OSError):
+                pass
+        return self.closed
 
     def start(self) -> None:
         """Write the file header now (Wireshark waits for it before it shows anything)."""

@@ -2,16 +2,18 @@
 
 On the node, one SSH exec runs::
 
-    tcpdump --immediate-mode -U -w - FILTER | head -c LIMIT | tee -p /tmp/labctl-capture-….pcap
+    tcpdump --immediate-mode -U -w - FILTER | tee -p /tmp/labctl-capture-….pcap
 
-so every packet reaches labctl the moment it is captured (live view, ``-o -``, Wireshark), and the
-node keeps its own copy until labctl says the capture is safely home (``tee -p`` keeps writing that
-copy even if the connection breaks). ``timeout`` bounds tcpdump's life and ``head -c`` the copy's size
-even if labctl is killed outright; LIMIT is the size bound, lowered to 90 % of the free space on the
-node. tcpdump's stderr comes back on the channel: ``listening on`` (armed), its three statistics lines
-when it stops. The same exec reports, first, the node's clock and boot id (for clock offsets), the free
-space and the PID of the ``timeout`` wrapper, which :meth:`NodeCapture.stop` signals (SIGINT: tcpdump
-writes its last packets and its statistics). Written against :class:`~labctl.remote.Connection` only.
+so every packet reaches labctl the moment it is captured (live view, ``-o -``, Wireshark), and the node
+keeps its own copy until labctl says the capture is safely home (``tee -p`` keeps writing that copy even
+if the connection breaks). labctl stops tcpdump when a node's stream reaches the size bound; on the
+node, ``timeout`` bounds tcpdump's life and a watcher its copy's size even if labctl is killed outright
+(the bound plus ``SLACK``, at most half the node's free space). (``head -c`` would be simpler but holds
+back what it reads, and cuts the last packet in half.) tcpdump's stderr comes back on the channel:
+``listening on`` (armed), its three statistics lines when it stops. The same exec reports, first, the
+node's clock and boot id (for clock offsets), the free space and the PID of the ``timeout`` wrapper,
+which :meth:`NodeCapture.stop` signals (SIGINT: tcpdump writes its last packets and its statistics).
+Written against :class:`~labctl.remote.Connection` only.
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ READY = "listening on"
 # here lost 183 of a 200-datagram burst that way. 32 MiB holds ~500.
 BUFFER_KIB = 32768
 MAX_BYTES = 100 << 20     # default size bound per node
-MIN_BYTES = 1 << 20       # below this much room on the node, refuse to start
-BOUND_MARGIN = 256 << 10  # labctl stops tcpdump this far below the bound, at a packet boundary
+SLACK = 16 << 20          # the node's own bound is this far above labctl's (it only acts if labctl is gone)
+MIN_BYTES = 1 << 20       # the node's bound is at most half its free space; below this, refuse to start
 NO_SPACE = 75             # the node script's exit status when the node has no room
 
 _STAT_RE = {
@@ -99,15 +101,28 @@ def tcpdump_argv(interface: str, ports: Sequence[int], max_seconds: float = MAX_
 
 
 def node_script(argv: Sequence[str], remote_file: str, max_bytes: int, remote_dir: str = REMOTE_TMP) -> str:
-    """The shell line run on the node: clock, free space, then tcpdump | head -c | tee -p."""
-    inner = "echo labctl-pid $$ >&2; exec " + shlex.join(argv)
+    """The shell line run on the node: clock, free space, then tcpdump | tee -p, with a watcher.
+
+    The watcher (a loop in the background, every 0.5 s) stops tcpdump by SIGINT once the node's copy
+    reaches the bound: the backstop for a labctl that is gone; labctl itself stops it earlier.
+    """
+    f = shlex.quote(remote_file)
+    watcher = (f"( while kill -0 $$ 2>/dev/null; do s=$(stat -c %s {f} 2>/dev/null || echo 0); "
+               f"if [ \"$s\" -ge \"$limit\" ]; then kill -INT $$; break; fi; sleep 0.5; done ) "
+               f"> /dev/null 2>&1 < /dev/null &")
+    inner = f"echo labctl-pid $$ >&2; {watcher} exec {shlex.join(argv)}"
     d = shlex.quote(remote_dir)
     return (f"echo labctl-clock $(date +%s.%N) $(cat /proc/sys/kernel/random/boot_id 2>/dev/null) >&2; "
-            f"set -- $(df -Pk {d} | tail -n 1); avail=${{4:-0}}; limit=$((avail / 10 * 9 * 1024)); "
-            f"if [ \"$limit\" -gt {int(max_bytes)} ]; then limit={int(max_bytes)}; fi; "
+            f"set -- $(df -Pk {d} | tail -n 1); avail=${{4:-0}}; limit=$((avail / 2 * 1024)); "
+            f"if [ \"$limit\" -gt {int(max_bytes) + SLACK} ]; then limit={int(max_bytes) + SLACK}; fi; "
             f"echo labctl-space $avail $limit >&2; "
-            f"if [ \"$limit\" -lt {MIN_BYTES} ]; then exit {NO_SPACE}; fi; "
-            f"sh -c {shlex.quote(inner)} | head -c \"$limit\" | tee -p {shlex.quote(remote_file)}")
+            f"if [ \"$limit\" -lt {MIN_BYTES} ]; then exit {NO_SPACE}; fi; export limit; "
+            f"sh -c {shlex.quote(inner)} | tee -p {f}")
+
+
+def stop_at(limit: int) -> int:
+    """Where labctl stops a node's stream: ``SLACK`` below the node's own bound (or a quarter of it)."""
+    return limit - min(SLACK, limit // 4)
 
 
 @dataclass
@@ -221,7 +236,7 @@ class NodeCapture:
     def _on_stdout(self, data: bytes) -> None:
         self.bytes += len(data)
         self.sink(self, data)
-        if self.limit is not None and not self.bound_hit and self.bytes >= self.limit - BOUND_MARGIN:
+        if self.limit is not None and not self.bound_hit and self.bytes >= stop_at(self.limit):
             self.bound_hit = True
             self.wake.set()
 
