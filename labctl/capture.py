@@ -386,7 +386,8 @@ def _check(points: list[_Point], result: CaptureResult, analyse) -> None:
     for p, n in zip(points, result.nodes):
         td = p.tcpdump
         if td.vanished or (n.stats is None and not td.bound_hit):
-            what = (f"tcpdump on {n.node} ended by itself after {td.ended_at - td.started_at:.1f} s"
+            what = (f"tcpdump on {n.node} ended by itself after {td.ended_at - td.started_at:.1f} s "
+                    + ("(killed? it printed no statistics)" if n.stats is None else f"({n.stats})")
                     if td.vanished else f"tcpdump on {n.node} did not report its statistics")
             lost = f" ({td.lost})" if td.lost else ""
             raise CaptureError(f"{what}{lost}: {out} holds the {n.packets} packet"

@@ -177,6 +177,7 @@ class NodeCapture:
         self.lost: str | None = None   # why the stream broke (connection lost), if it did
         self.started_at = 0.0
         self.ended_at = 0.0
+        self._by_itself = False
         self._stderr = bytearray()
         self._ready = threading.Event()
         self._stream: Stream | None = None
@@ -190,7 +191,7 @@ class NodeCapture:
     @property
     def vanished(self) -> bool:
         """tcpdump ended without being asked to (killed, crashed, the node went away)."""
-        return self.ended.is_set() and not self.stopping and not self.bound_hit
+        return self._by_itself
 
     def start(self, timeout: float = 15.0) -> None:
         """Start tcpdump and return once it said ``listening on``; raise with what it said if not."""
@@ -230,6 +231,7 @@ class NodeCapture:
             self.lost = str(exc)
         finally:
             self.ended_at = time.perf_counter()
+            self._by_itself = not self.stopping and not self.bound_hit
             self.ended.set()
             self.wake.set()
 

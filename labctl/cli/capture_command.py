@@ -103,7 +103,8 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
     if args.live:
         from labctl.analyse.live import LiveView
 
-        live = LiveView(sys.stdout, [h.name for h in hosts], {h.address: h.name for h in inventory.hosts})
+        live = LiveView(sys.stdout, [f"{h.name}/{h.lab_interface}" for h in hosts],
+                        {h.address: h.name for h in inventory.hosts})
     stream = sys.stdout.buffer if to_stdout else None
     with Runner(inventory, deploy=True, progress=say) as runner:
         during = None
