@@ -148,7 +148,7 @@ class _Point:
     """One capture point at home: its tcpdump, the file its stream goes to, the stream's parser."""
 
     def __init__(self, index: int, conn: Connection, ports: Sequence[int], file: Path,
-                 dispatcher: Callable[[], Dispatcher | None], wake: threading.Event, **kwargs) -> None:
+                 dispatcher: Dispatcher | None, wake: threading.Event, **kwargs) -> None:
         self.index = index
         self.file = RawFile(file)
         self.parser = PcapStream()
@@ -167,9 +167,8 @@ class _Point:
         except LabctlError as exc:
             self.parse_error = exc
             return
-        d = self._dispatcher()
-        if d is not None:
-            d.put(self.index, packets)
+        if self._dispatcher is not None:
+            self._dispatcher.put(self.index, packets)
 
     @property
     def host(self):
@@ -201,11 +200,12 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
     check_output(output)
     several = len(conns) > 1
     wake = threading.Event()
-    dispatcher: Dispatcher | None = None
+    taps = stream_to is not None or bool(consumers)
+    dispatcher = Dispatcher(HOLD if several else 0.0) if taps else None
     max_seconds = duration + 30 if duration else MAX_SECONDS
-    points = [_Point(i, c, ports, _part_path(output, c.host.name) if several else output,
-                     lambda: dispatcher, wake, remote_dir=remote_dir, max_seconds=max_seconds,
-                     max_bytes=max_bytes) for i, c in enumerate(conns)]
+    points = [_Point(i, c, ports, _part_path(output, c.host.name) if several else output, dispatcher,
+                     wake, remote_dir=remote_dir, max_seconds=max_seconds, max_bytes=max_bytes)
+              for i, c in enumerate(conns)]
     signals = Signals()
     signals.install()
     stopped_by = "run"
@@ -220,17 +220,15 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
                 boot = local_boot_id()
                 for p in points:
                     p.clock = judge_clock(p.tcpdump.clock, boot)
-                sinks: list[Consumer] = list(consumers)
                 stdout = None
-                if stream_to is not None:
-                    _await_headers(points)
-                    stdout = StdoutPcap(stream_to, [p.interface() for p in points], wake)
-                    stdout.start()
-                    sinks.insert(0, stdout)
-                if sinks:
-                    dispatcher = Dispatcher(sinks, [p.clock.correction_ns for p in points],
-                                            HOLD if several else 0.0)
-                    dispatcher.start()
+                if dispatcher is not None:
+                    sinks: list[Consumer] = list(consumers)
+                    if stream_to is not None:
+                        _await_headers(points)
+                        stdout = StdoutPcap(stream_to, [p.interface() for p in points], wake)
+                        stdout.start()
+                        sinks.insert(0, stdout)
+                    dispatcher.start(sinks, [p.clock.correction_ns for p in points])
             if on_listening is not None:
                 on_listening([p.tcpdump for p in points])
             if during is not None:

@@ -226,19 +226,23 @@ class Dispatcher:
     """Hands every node's packets to the consumers in time order, from a thread of its own.
 
     With several nodes a packet waits up to ``hold`` seconds for an earlier one that another node's
-    stream may still be delivering; with one node it goes on at once.
+    stream may still be delivering; with one node it goes on at once. Packets put before :meth:`start`
+    (while the other nodes are still being armed) wait for it.
     """
 
-    def __init__(self, consumers: Sequence[Consumer], corrections_ns: Sequence[int], hold: float) -> None:
-        self.consumers = list(consumers)
-        self.corrections = list(corrections_ns)
+    def __init__(self, hold: float) -> None:
+        self.consumers: list[Consumer] = []
+        self.corrections: list[int] = []
         self.hold = hold
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="capture-dispatch", daemon=True)
         self._seq = 0
         self.errors: list[BaseException] = []
 
-    def start(self) -> None:
+    def start(self, consumers: Sequence[Consumer], corrections_ns: Sequence[int]) -> None:
+        """Start handing packets on (those that came before wait in the queue until now)."""
+        self.consumers = list(consumers)
+        self.corrections = list(corrections_ns)
         self._thread.start()
 
     def put(self, index: int, packets: Sequence[StreamPacket]) -> None:
@@ -246,8 +250,9 @@ class Dispatcher:
             self._q.put((index, packets, time.monotonic()))
 
     def close(self, timeout: float = 10.0) -> None:
-        self._q.put(None)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join(timeout)
 
     def _emit(self, index: int, pkt: StreamPacket) -> None:
         for c in self.consumers:
