@@ -7,9 +7,9 @@ On the node, one SSH exec runs::
 so every packet reaches labctl the moment it is captured (live view, ``-o -``, Wireshark), and the node
 keeps its own copy until labctl says the capture is safely home (``tee -p`` keeps writing that copy even
 if the connection breaks). labctl stops tcpdump when a node's stream reaches the size bound; on the
-node, ``timeout`` bounds tcpdump's life and a watcher its copy's size even if labctl is killed outright
-(the bound plus ``SLACK``, at most half the node's free space). (``head -c`` would be simpler but holds
-back what it reads, and cuts the last packet in half.) tcpdump's stderr comes back on the channel:
+node, ``timeout`` bounds tcpdump's life and ``ulimit -f`` its copy's size even if labctl is killed
+outright (the bound plus ``SLACK``, at most half the node's free space). (``head -c`` would do but holds
+back what it reads.) tcpdump's stderr comes back on the channel:
 ``listening on`` (armed), its three statistics lines when it stops. The same exec reports, first, the
 node's clock and boot id (for clock offsets), the free space and the PID of the ``timeout`` wrapper,
 which :meth:`NodeCapture.stop` signals (SIGINT: tcpdump writes its last packets and its statistics).
@@ -101,23 +101,22 @@ def tcpdump_argv(interface: str, ports: Sequence[int], max_seconds: float = MAX_
 
 
 def node_script(argv: Sequence[str], remote_file: str, max_bytes: int, remote_dir: str = REMOTE_TMP) -> str:
-    """The shell line run on the node: clock, free space, then tcpdump | tee -p, with a watcher.
+    """The shell line run on the node: clock, free space, then tcpdump | tee -p under ``ulimit -f``.
 
-    The watcher (a loop in the background, every 0.5 s) stops tcpdump by SIGINT once the node's copy
-    reaches the bound: the backstop for a labctl that is gone; labctl itself stops it earlier.
+    ``ulimit -f`` is the backstop for a labctl that is gone (labctl itself stops tcpdump earlier, at
+    a packet boundary): tee may not write the node's copy past the bound, and when it stops, tcpdump's
+    next write ends tcpdump too. (The limit is in 512-byte blocks in dash, 1024 in bash: at most twice
+    the bound, which is at most half the free space.)
     """
     f = shlex.quote(remote_file)
-    watcher = (f"( while kill -0 $$ 2>/dev/null; do s=$(stat -c %s {f} 2>/dev/null || echo 0); "
-               f"if [ \"$s\" -ge \"$limit\" ]; then kill -INT $$; break; fi; sleep 0.5; done ) "
-               f"> /dev/null 2>&1 < /dev/null &")
-    inner = f"echo labctl-pid $$ >&2; {watcher} exec {shlex.join(argv)}"
+    inner = f"echo labctl-pid $$ >&2; exec {shlex.join(argv)}"
     d = shlex.quote(remote_dir)
     return (f"echo labctl-clock $(date +%s.%N) $(cat /proc/sys/kernel/random/boot_id 2>/dev/null) >&2; "
             f"set -- $(df -Pk {d} | tail -n 1); avail=${{4:-0}}; limit=$((avail / 2 * 1024)); "
             f"if [ \"$limit\" -gt {int(max_bytes) + SLACK} ]; then limit={int(max_bytes) + SLACK}; fi; "
             f"echo labctl-space $avail $limit >&2; "
-            f"if [ \"$limit\" -lt {MIN_BYTES} ]; then exit {NO_SPACE}; fi; export limit; "
-            f"sh -c {shlex.quote(inner)} | tee -p {f}")
+            f"if [ \"$limit\" -lt {MIN_BYTES} ]; then exit {NO_SPACE}; fi; "
+            f"sh -c {shlex.quote(inner)} | ( ulimit -f $((limit / 512)); exec tee -p {f} )")
 
 
 def stop_at(limit: int) -> int:
