@@ -119,9 +119,10 @@ def node_script(argv: Sequence[str], remote_file: str, max_bytes: int, remote_di
             f"sh -c {shlex.quote(inner)} | ( ulimit -f $((limit / 512)); exec tee -p {f} )")
 
 
-def stop_at(limit: int) -> int:
-    """Where labctl stops a node's stream: ``SLACK`` below the node's own bound (or a quarter of it)."""
-    return limit - min(SLACK, limit // 4)
+def stop_at(limit: int, max_bytes: int) -> int:
+    """Where labctl stops a node's stream: at the bound asked for, or below the node's own bound (which
+    free space may have lowered) by SLACK or a quarter of it."""
+    return min(max_bytes, limit - min(SLACK, limit // 4))
 
 
 @dataclass
@@ -237,7 +238,8 @@ class NodeCapture:
     def _on_stdout(self, data: bytes) -> None:
         self.bytes += len(data)
         self.sink(self, data)
-        if self.limit is not None and not self.bound_hit and self.bytes >= stop_at(self.limit):
+        if self.limit is not None and not self.bound_hit \
+                and self.bytes >= stop_at(self.limit, self.max_bytes):
             self.bound_hit = True
             self.wake.set()
 

@@ -156,6 +156,13 @@ def test_a_node_clock_that_is_off_is_corrected_and_said(tmp_path):
     assert result.nodes[0].clock.kind == "within"
 
 
+def test_where_the_bound_stops_a_stream():
+    from labctl.tcpdump import SLACK, stop_at
+
+    assert stop_at((1 << 20) + SLACK, 1 << 20) == 1 << 20          # the bound asked for
+    assert stop_at(8 << 20, 100 << 20) == 6 << 20                    # lowered by the node's free space
+
+
 def test_judge_clock():
     assert judge_clock(None, BOOT).kind == "unknown"
     assert judge_clock(Clock(10.0, 9.0, 11.0, BOOT), BOOT).kind == "same"
@@ -191,9 +198,9 @@ def test_a_vanished_tcpdump_is_noticed_at_once_and_named(tmp_path):
 
 def test_the_size_bound_stops_the_capture_and_says_so(tmp_path):
     frames = exchange("192.168.20.3", 40000, 100.0) * 20     # 160 packets, ~12 KB
-    node = FakeNode("server", "192.168.20.2", frames, limit=8192)
+    node = FakeNode("server", "192.168.20.2", frames, limit=1 << 30)
     t0 = time.monotonic()
-    result = capture(node, [8080], output=tmp_path / "s.pcap", duration=30)
+    result = capture(node, [8080], output=tmp_path / "s.pcap", duration=30, max_bytes=8192)
     assert result.stopped_by == "size" and time.monotonic() - t0 < 5
     assert result.nodes[0].packets == 160
 
