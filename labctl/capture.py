@@ -203,9 +203,10 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
     taps = stream_to is not None or bool(consumers)
     dispatcher = Dispatcher(HOLD if several else 0.0) if taps else None
     max_seconds = duration + 30 if duration else MAX_SECONDS
+    boot = local_boot_id()
     points = [_Point(i, c, ports, _part_path(output, c.host.name) if several else output, dispatcher,
-                     wake, remote_dir=remote_dir, max_seconds=max_seconds, max_bytes=max_bytes)
-              for i, c in enumerate(conns)]
+                     wake, remote_dir=remote_dir, max_seconds=max_seconds, max_bytes=max_bytes,
+                     local_boot=boot) for i, c in enumerate(conns)]
     signals = Signals()
     signals.install()
     stopped_by = "run"
@@ -217,7 +218,6 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
             with signals.held():       # a Ctrl-C here must not leave a tcpdump whose PID we never got
                 _arm(points)
                 arm_seconds = time.perf_counter() - t0
-                boot = local_boot_id()
                 for p in points:
                     p.clock = judge_clock(p.tcpdump.clock, boot)
                 stdout = None

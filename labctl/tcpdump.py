@@ -100,8 +100,12 @@ def tcpdump_argv(interface: str, ports: Sequence[int], max_seconds: float = MAX_
             "--time-stamp-precision=nano", "-w", "-", capture_filter(ports)]
 
 
-def node_script(argv: Sequence[str], remote_file: str, max_bytes: int, remote_dir: str = REMOTE_TMP) -> str:
+def node_script(argv: Sequence[str], remote_file: str, max_bytes: int, remote_dir: str = REMOTE_TMP,
+                local_boot: str | None = None) -> str:
     """The shell line run on the node: clock, free space, then tcpdump | tee -p under ``ulimit -f``.
+
+    A node whose kernel boot id is ``local_boot`` (a namespace on this machine) says ``same`` instead
+    of reading its clock.
 
     ``ulimit -f`` is the backstop for a labctl that is gone (labctl itself stops tcpdump earlier, at
     a packet boundary): tee may not write the node's copy past the bound, and when it stops, tcpdump's
@@ -111,8 +115,12 @@ def node_script(argv: Sequence[str], remote_file: str, max_bytes: int, remote_di
     f = shlex.quote(remote_file)
     inner = f"echo labctl-pid $$ >&2; exec {shlex.join(argv)}"
     d = shlex.quote(remote_dir)
-    return (f"echo labctl-clock $(date +%s.%N) $(cat /proc/sys/kernel/random/boot_id 2>/dev/null) >&2; "
-            f"set -- $(df -Pk {d} | tail -n 1); avail=${{4:-0}}; limit=$((avail / 2 * 1024)); "
+    # builtins where possible (read, set): every fork counts when several nodes arm at once
+    return (f"boot=; read boot < /proc/sys/kernel/random/boot_id 2>/dev/null; "
+            f"if [ \"$boot\" = {shlex.quote(local_boot or '-')} ]; then echo labctl-clock same $boot >&2; "
+            f"else echo labctl-clock $(date +%s.%N) $boot >&2; fi; "
+            f"set -- $(stat -f -c '%a %S' {d}); avail=$(( ${{1:-0}} * ${{2:-0}} / 1024 )); "
+            f"limit=$((avail / 2 * 1024)); "
             f"if [ \"$limit\" -gt {int(max_bytes) + SLACK} ]; then limit={int(max_bytes) + SLACK}; fi; "
             f"echo labctl-space $avail $limit >&2; "
             f"if [ \"$limit\" -lt {MIN_BYTES} ]; then exit {NO_SPACE}; fi; "
@@ -153,8 +161,9 @@ class NodeCapture:
     def __init__(self, conn: Connection, ports: Sequence[int], sink: PacketSink, *,
                  interface: str | None = None, remote_dir: str = REMOTE_TMP,
                  max_seconds: float = MAX_SECONDS, max_bytes: int = MAX_BYTES,
-                 wake: threading.Event | None = None) -> None:
+                 wake: threading.Event | None = None, local_boot: str | None = None) -> None:
         self.conn = conn
+        self.local_boot = local_boot
         self.host: Host = conn.host
         self.ports = list(ports)
         self.interface = interface or self.host.lab_interface
@@ -196,7 +205,7 @@ class NodeCapture:
     def start(self, timeout: float = 15.0) -> None:
         """Start tcpdump and return once it said ``listening on``; raise with what it said if not."""
         script = node_script(tcpdump_argv(self.interface, self.ports, self.max_seconds), self.remote_file,
-                             self.max_bytes, self.remote_dir)
+                             self.max_bytes, self.remote_dir, self.local_boot)
         self._sent = time.time()
         self._stream = self.conn.stream(["sh", "-c", script], sudo=True)
         self.started_at = time.perf_counter()
@@ -252,8 +261,12 @@ class NodeCapture:
         for tag, rest in _TAG_RE.findall(text):
             words = rest.split()
             if tag == "clock" and self.clock is None and words:
-                with contextlib.suppress(ValueError):
-                    self.clock = Clock(float(words[0]), self._sent, now, words[1] if len(words) > 1 else "")
+                boot = words[1] if len(words) > 1 else ""
+                if words[0] == "same":
+                    self.clock = Clock(now, self._sent, now, boot)
+                else:
+                    with contextlib.suppress(ValueError):
+                        self.clock = Clock(float(words[0]), self._sent, now, boot)
             elif tag == "space" and len(words) == 2 and all(w.isdigit() for w in words):
                 self.free_kib, self.limit = int(words[0]), int(words[1])
             elif tag == "pid" and words and words[0].isdigit():

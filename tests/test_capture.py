@@ -109,7 +109,7 @@ def test_stats_filter_argv_and_default_name():
     assert {"--immediate-mode", "-U", "--time-stamp-precision=nano"} <= set(argv)
     assert argv[argv.index("-w") + 1] == "-" and argv[-1] == "port 8080"
     script = node_script(argv, "/tmp/x y.pcap", 1 << 20)
-    assert "tee -p '/tmp/x y.pcap'" in script and "df -Pk /tmp" in script and "ulimit -f" in script
+    assert "tee -p '/tmp/x y.pcap'" in script and "stat -f -c" in script and "ulimit -f" in script
     when = datetime(2026, 11, 25, 9, 30, 1, 250000, tzinfo=timezone.utc)
     assert default_output([8080], when) == Path("captures/20261125T093001.250Z-port8080.pcap")
     assert default_output([8080], when, nodes=2).suffix == ".pcapng"
