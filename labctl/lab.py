@@ -240,20 +240,20 @@ def load_lab(path: str | Path | None = None, *, clients: int | None = None) -> L
     """Read and validate a lab file (default: ``lab.yml`` beside the package); ``clients`` overrides."""
     path = Path(path) if path else DEFAULT_LAB_FILE
     raw = read_lab_file(path)
+    missing = [key for key in REQUIRED if key not in raw]
+    if missing:
+        raise LabError(f"lab file {path} has no {missing[0] + ':'!r}: a lab file must name its lab "
+                       "(e.g. name: mylab), so that no command reaches another lab")
     try:
         unknown = [key for key in raw if key not in SECTIONS]
         if unknown:
             raise LabError(f"unknown setting {str(unknown[0])!r} (known: {', '.join(sorted(SECTIONS))})")
-        missing = [key for key in REQUIRED if key not in raw]
-        if missing:
-            raise LabError(f"has no {missing[0] + ':'!r}: a lab file must name its lab (e.g. name: mylab), "
-                           "so that no command reaches another lab")
         fields: dict[str, Any] = {}
         for key, value in raw.items():
             fields.update(SECTIONS[key](key, value))
         lab = Lab(**fields, source=path)
     except LabError as exc:
-        raise LabError(f"lab file {path}{'' if str(exc).startswith('has ') else ':'} {exc}") from None
+        raise LabError(f"lab file {path}: {exc}") from None
     return lab.with_clients(clients)
 
 

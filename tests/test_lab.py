@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.lab import DEFAULT_LAB_FILE, MAX_CLIENTS, Lab, LabError, Ports, load_lab
+from labctl.lab import DEFAULT_LAB_FILE, MAX_CLIENTS, SECTIONS, Lab, LabError, Ports, load_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMED = "name: htest\n"
@@ -68,6 +68,15 @@ def test_every_setting_a_lab_file_takes(tmp_path):
     assert lab.ports == Ports(9000, 9001, 0)  # time 0: the RFC 868 server is off
     assert lab.vagrant == {"box": "x/y", "memory": 256}
     assert load_lab(write(tmp_path, "\ufeff# a BOM and CRLFs\r\nname: bom\r\n")).name == "bom"
+
+
+def test_a_new_section_is_one_parser_in_the_table(tmp_path, monkeypatch):
+    path = write(tmp_path, NAMED + "newsection: {server: my_server.py}\n")
+    with pytest.raises(LabError, match="unknown setting 'newsection'"):
+        load_lab(path)
+    seen = []
+    monkeypatch.setitem(SECTIONS, "newsection", lambda key, value: seen.append((key, value)) or {})
+    assert load_lab(path).name == "htest" and seen == [("newsection", {"server": "my_server.py"})]
 
 
 # --- refused at load, one line that names the file ---------------------------------------------------
