@@ -189,7 +189,7 @@ class LiveView:
             first, t = a.seen[0]
             seen = f" @{first.split('/')[0]}"
             for other, t2 in a.seen[1:]:
-                seen += f" → {other.split('/')[0]} {t2 - t:+.3f}"
+                seen += f" → {other.split('/')[0]} {t2 - t:.3f} ms"
         return f"{a.t_ms:9.3f} {arrow}{seen}"
 
     def done(self) -> None:

@@ -89,6 +89,9 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
     to_stdout = args.output == "-"
     if to_stdout and (args.live or args.json):
         raise CliError("-o - puts the capture on stdout; --live and --json print there too: choose one")
+    if to_stdout and sys.stdout.isatty():
+        raise CliError("-o - writes binary pcap to stdout, which is a terminal here: pipe it "
+                       "(labctl capture -o - | wireshark -k -i -, or | tshark -r -)")
     bad = [p for p in args.port or [] if not 1 <= p <= 65535]
     if bad:
         raise CliError(f"--port {bad[0]}: a port is 1..65535")
@@ -198,7 +201,8 @@ def _print_capture(console, result, inventory, *, ladder: bool) -> None:
         return
     names = {h.address: h.name for h in inventory.hosts}
     per_proto = ", ".join(f"{k.upper()} {v}" for k, v in s["protocols"].items()) or "none"
-    console.print(f"packets per protocol: {per_proto}")
+    every = " (a packet counts once at every capture point that saw it)" if len(result.nodes) > 1 else ""
+    console.print(f"packets per protocol: {per_proto}{every}")
     order = {h.address: i for i, h in enumerate(inventory.hosts)}
     for ip, convs in sorted(s["clients"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         what = ", ".join(f"{n} {proto.upper()} conversation{'s' if n != 1 else ''}"
