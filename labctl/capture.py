@@ -241,22 +241,31 @@ def _wait(points: list[_Point], wake: threading.Event, seconds: float | None,
         wake.clear()
 
 
-def _stop_all(points: list[_Point]) -> None:
-    """Stop every started tcpdump by its PID, all at once; keep their statistics."""
-    def stop(p: _Point) -> None:
-        try:
-            p.stats = p.tcpdump.stop()
-        except Exception:  # stop never loses the others; a missing count is reported later
-            p.stats = None
+def _each(points: list[_Point], fn: Callable[[_Point], object]) -> list:
+    """``fn(point)`` for every point at once (the first in this thread); results in order, an
+    exception counting as None (one node's trouble never loses the others)."""
+    out: list = [None] * len(points)
 
-    threads = [threading.Thread(target=stop, args=(p,), daemon=True) for p in points[1:]]
+    def call(i: int) -> None:
+        try:
+            out[i] = fn(points[i])
+        except Exception:
+            out[i] = None
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(1, len(points))]
     for t in threads:
         t.start()
     if points:
-        stop(points[0])
+        call(0)
     for t in threads:
         t.join()
-    for p in points:
+    return out
+
+
+def _stop_all(points: list[_Point]) -> None:
+    """Stop every started tcpdump by its PID, all at once; keep their statistics."""
+    for p, stats in zip(points, _each(points, lambda p: p.tcpdump.stop())):
+        p.stats = stats
         p.file.close()
 
 
@@ -281,9 +290,10 @@ def _bring_home(points: list[_Point], output: Path, result: CaptureResult) -> No
             p.file.path.unlink(missing_ok=True)
     else:
         counts = [sum(1 for _ in read_packets(p.file.path)) if p.file.error is None else 0 for p in points]
-    for p, count in zip(points, counts):
+    removed = _each(points, lambda p: p.file.error is None and _remove_if_home(p.tcpdump, p.file.written))
+    for p, count, gone in zip(points, counts, removed):
         td = p.tcpdump
-        kept = p.file.error is not None or not _remove_if_home(td, p.file.written)
+        kept = not gone
         if kept:
             problems.append(f"{td.host.name}:{td.remote_file}")
         result.nodes.append(NodeResult(td.host.name, td.host.address, td.interface, p.stats, count,
