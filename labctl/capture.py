@@ -115,12 +115,15 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
             settle: float = SETTLE, remote_dir: str = REMOTE_TMP,
             on_listening: Callable[[list[NodeCapture]], None] | None = None,
             analyse: Callable[[Path], tuple[Analysis, dict]] | None = None, max_bytes: int = MAX_BYTES,
-            stream_to: BinaryIO | None = None, consumers: Sequence[Consumer] = ()) -> CaptureResult:
+            stream_to: BinaryIO | None = None, consumers: Sequence[Consumer] = (),
+            alongside: Callable[[], object] | None = None) -> CaptureResult:
     """Capture ``ports`` on every node of ``conns`` at once until the run, ``duration``, Ctrl-C, the
     size bound or a vanished tcpdump ends it; bring it home to ``output``; fail loudly if anything
     was lost. ``stream_to`` gets the capture as it arrives (pcap for one node, pcapng for several);
     ``consumers`` get every packet as it arrives (the live view). ``analyse(path)`` reads the file
-    back and returns ``(analysis, summary)``; it must raise if the file does not read back."""
+    back and returns ``(analysis, summary)``; it must raise if the file does not read back.
+    ``alongside()`` (the run's preparation: deploy, the lead) runs while the tcpdumps are armed, and
+    ``during`` only starts once both are done; if it raises, the capture is undone and that raised."""
     conns = [conns] if isinstance(conns, Connection) or hasattr(conns, "host") else list(conns)
     if not conns:
         raise CaptureError("no node to capture on")
@@ -141,12 +144,18 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
     signals.install()
     stopped_by = "run"
     run_result = None
+    failure: Exception | None = None
     t0 = time.perf_counter()
     arm_seconds = 0.0
     try:
         try:
+            side = _Alongside(alongside)
             with signals.held():       # a Ctrl-C here must not leave a tcpdump whose PID we never got
-                _arm(points)
+                try:
+                    _arm(points)
+                except BaseException:
+                    side.join()
+                    raise
                 arm_seconds = time.perf_counter() - t0
                 for p in points:
                     p.clock = judge_clock(p.tcpdump.clock, boot)
@@ -159,10 +168,17 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
                         stdout.start()
                         sinks.insert(0, stdout)
                     dispatcher.start(sinks, [p.clock.correction_ns for p in points])
+            side.join()
+            if side.error is not None:
+                _undo(points)
+                raise side.error
             if on_listening is not None:
                 on_listening([p.tcpdump for p in points])
             if during is not None:
-                run_result = during()
+                try:
+                    run_result = during()
+                except Exception as exc:  # the run failed: the capture still comes home, then this
+                    failure = exc
                 stopped_by = _wait(points, wake, settle, stdout) or "run"
             else:
                 stopped_by = _wait(points, wake, duration, stdout) or "duration"
@@ -178,12 +194,45 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
     seconds = time.perf_counter() - t0
     result = CaptureResult(output, [], list(ports), seconds, stopped_by, run_result, arm_seconds=arm_seconds)
     _bring_home(points, output, result)
+    if failure is not None:
+        raise failure
     _check(points, result, analyse)
     return result
 
 
 def _part_path(output: Path, node: str) -> Path:
     return output.with_name(f".{output.name}.{node}.part.pcap")
+
+
+class _Alongside:
+    """``fn()`` in a thread of its own; :meth:`join` waits (Ctrl-C still gets through) and keeps
+    what it raised in ``error``."""
+
+    def __init__(self, fn: Callable[[], object] | None) -> None:
+        self.error: BaseException | None = None
+        self._thread = None
+        if fn is not None:
+            def call() -> None:
+                try:
+                    fn()
+                except BaseException as exc:
+                    self.error = exc
+            self._thread = threading.Thread(target=call, name="capture-alongside", daemon=True)
+            self._thread.start()
+
+    def join(self) -> None:
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.05)
+
+
+def _undo(points: list[_Point]) -> None:
+    """Stop every tcpdump, remove what it left at home and on the node (nothing was captured yet)."""
+    _stop_all(points)
+    for p in points:
+        p.file.close()
+        with contextlib.suppress(LabctlError):
+            p.tcpdump.remove_remote()
+        p.file.path.unlink(missing_ok=True)
 
 
 def _arm(points: list[_Point]) -> None:
@@ -203,7 +252,7 @@ def _arm(points: list[_Point]) -> None:
     for t in threads:
         t.join()
     if errors:
-        _stop_all([p for p in points if p.host.name not in errors])
+        _undo([p for p in points if p.host.name not in errors])
         for p in points:
             p.file.close()
             with contextlib.suppress(LabctlError):

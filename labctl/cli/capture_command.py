@@ -110,9 +110,9 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
                         {h.address: h.name for h in inventory.hosts})
     stream = sys.stdout.buffer if to_stdout else None
     with Runner(inventory, deploy=True, progress=say) as runner:
-        during = None
-        if args.run_protocol:
-            runner.prepare()  # connections, deploy and the lead first: tcpdump waits for nothing
+        during = prepare = None
+        if args.run_protocol:  # deploy and the lead while tcpdump is armed; the run once both are done
+            prepare = runner.prepare
             during = lambda: runner.trigger(args.run_protocol)  # noqa: E731
         conns = [runner.connection(h.name) for h in hosts]
         what = " or ".join(f"port {p}" for p in ports)
@@ -127,7 +127,7 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
         try:
             result = capture(conns, ports, output=output, duration=args.duration, during=during,
                              analyse=_analyse, on_listening=listening, max_bytes=args.max_size or MAX_BYTES,
-                             stream_to=stream, consumers=[live] if live else [])
+                             stream_to=stream, consumers=[live] if live else [], alongside=prepare)
         finally:
             if to_stdout:
                 _quiet_stdout()
