@@ -89,6 +89,8 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
     to_stdout = args.output == "-"
     if to_stdout and (args.live or args.json):
         raise CliError("-o - puts the capture on stdout; --live and --json print there too: choose one")
+    if args.live and args.json:
+        raise CliError("--live draws on stdout and --json prints there too: choose one")
     if to_stdout and sys.stdout.isatty():
         raise CliError("-o - writes binary pcap to stdout, which is a terminal here: pipe it "
                        "(labctl capture -o - | wireshark -k -i -, or | tshark -r -)")
