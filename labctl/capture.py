@@ -379,7 +379,11 @@ def _check(points: list[_Point], result: CaptureResult, analyse) -> None:
             lost = f" ({td.lost})" if td.lost else ""
             raise CaptureError(f"{what}{lost}: {out} holds the {n.packets} packet"
                                f"{'' if n.packets == 1 else 's'} it sent and is INCOMPLETE; capture again")
-        if n.stats is not None and not n.stats.complete:
+        if n.stats is not None and _tail_in_ring(n.stats, result.stopped_by):
+            late = n.stats.received - n.stats.captured
+            result.notes.append(f"{n.node}: {late} packet{'' if late == 1 else 's'} still in the kernel's "
+                                "ring when tcpdump stopped mid-traffic (after the last one in the file)")
+        elif n.stats is not None and not n.stats.complete:
             why = ("the kernel dropped packets: machine overloaded? capture fewer ports" if n.stats.dropped
                    else "packets the kernel passed to tcpdump are not in the file (or other traffic hit "
                         "the interface while tcpdump attached its filter)")
@@ -397,6 +401,14 @@ def _check(points: list[_Point], result: CaptureResult, analyse) -> None:
         total = sum(n.packets for n in result.nodes)
         if packets is not None and packets != total:
             raise CaptureError(f"{out} holds {packets} packets but tcpdump captured {total}")
+
+
+def _tail_in_ring(stats: TcpdumpStats, stopped_by: str) -> bool:
+    """Stopped while traffic still flowed (the size bound, Ctrl-C, a reader gone), tcpdump counts as
+    received the packets that reached its ring after it was told to stop: nothing dropped, and the
+    file is complete up to its last packet. (A run's or a duration's end stays strict.)"""
+    return (stopped_by in ("size", "ctrl-c", "reader") and stats.dropped == 0
+            and stats.received > stats.captured)
 
 
 def summarise(path: Path) -> tuple[object, dict]:

@@ -52,6 +52,7 @@ class CaptureResult:
     analysis: Analysis | None = None     # what ``analyse`` made of the file
     summary: dict = field(default_factory=dict)
     arm_seconds: float = 0.0             # from the first exec to the last "listening on"
+    notes: list[str] = field(default_factory=list)   # what the user should know (not failures)
 
     @property
     def interrupted(self) -> bool:
@@ -80,5 +81,6 @@ class CaptureResult:
                                                  "dropped": s.dropped},
                 "nodes": [n.to_json() for n in self.nodes],
                 "seconds": round(self.seconds, 3), "arm_seconds": round(self.arm_seconds, 3),
-                "interrupted": self.interrupted, "stopped_by": self.stopped_by, "summary": self.summary,
+                "interrupted": self.interrupted, "stopped_by": self.stopped_by, "notes": self.notes,
+                "summary": self.summary,
                 "run": self.run.to_json() if self.run is not None else None}

@@ -307,3 +307,13 @@ def test_a_run_that_fails_still_brings_the_capture_home(tmp_path):
     with pytest.raises(RuntimeError, match="the run broke"):
         capture(server, [8080], output=tmp_path / "r.pcap", during=failing_run, settle=0)
     assert len(read_points(tmp_path / "r.pcap")[2]) == 8 and any("rm -f" in c for c in server.calls)
+
+
+def test_a_stop_mid_traffic_notes_the_ring_tail_but_a_run_stays_strict(tmp_path):
+    frames = exchange("192.168.20.3", 40000, 100.0) * 20
+    node = FakeNode("server", "192.168.20.2", frames, missing=3)
+    result = capture(node, [8080], output=tmp_path / "t.pcap", duration=30, max_bytes=8192)
+    assert result.stopped_by == "size" and "3 packets still in the kernel's ring" in result.notes[0]
+    with pytest.raises(CaptureError, match="INCOMPLETE"):
+        capture(FakeNode("server", "192.168.20.2", frames, missing=3), [8080], output=tmp_path / "u.pcap",
+                during=lambda: None, settle=0)

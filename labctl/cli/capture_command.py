@@ -199,6 +199,8 @@ def _print_capture(console, result, inventory, *, ladder: bool) -> None:
     for text, names in clocks.items():
         if len(result.nodes) > 1 or result.nodes[0].clock.kind == "corrected":
             console.print(f"clock{'s' if len(names) > 1 else ''} of {', '.join(names)}: {text}")
+    for note in result.notes:
+        console.print(f"[yellow]note: {note}[/]")
     if not s:
         return
     names = {h.address: h.name for h in inventory.hosts}
