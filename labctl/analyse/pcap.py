@@ -75,14 +75,14 @@ class ReadInfo:
 
 def _open(path: str | Path) -> BinaryIO:
     p = Path(path)
-    if not p.exists():
-        raise CaptureFileError(f"{p}: no such file; give the path of a .pcap or .pcapng capture")
-    if p.is_dir():
-        raise CaptureFileError(f"{p} is a directory; give the path of a .pcap or .pcapng capture file")
     try:
+        if not p.exists():
+            raise CaptureFileError(f"{p}: no such file; give the path of a .pcap or .pcapng capture")
+        if p.is_dir():
+            raise CaptureFileError(f"{p} is a directory; give the path of a .pcap or .pcapng capture file")
         return p.open("rb")
-    except OSError as exc:
-        raise CaptureFileError(f"{p}: cannot open ({exc.strerror})") from exc
+    except OSError as exc:  # also what exists() raises: a name too long, a loop of symlinks
+        raise CaptureFileError(f"{p}: cannot open ({exc.strerror or exc})") from None
 
 
 def read_chunks(path: str | Path, info: ReadInfo | None = None) -> Iterator[Chunk]:

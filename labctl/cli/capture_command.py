@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from labctl.cli.exercise_commands import PROTOCOLS, _positive_float, _say, run_table
+from labctl.cli.types import path_arg
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.I)
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_protocol", choices=PROTOCOLS, metavar="PROTO",
                    help=f"trigger a run of PROTO ({', '.join(PROTOCOLS)}) while capturing")
     p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
-    p.add_argument("-o", "--output", metavar="FILE",
+    p.add_argument("-o", "--output", type=_output, metavar="FILE",
                    help="where the capture goes; '-' streams it to stdout as it arrives (pcap for one "
                         "node, pcapng for several; the summary goes to stderr and a copy to captures/)")
     where = p.add_mutually_exclusive_group()
@@ -51,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ladder", action="store_true", help="do not print the ladder diagrams")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(handler=cmd_capture)
+
+
+def _output(text: str) -> str:
+    """``-`` for stdout, else a path (an empty one or one with a NUL byte is refused)."""
+    return text if text == "-" else str(path_arg(text))
 
 
 def _size(text: str) -> int:
