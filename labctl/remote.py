@@ -283,6 +283,54 @@ class Connection:
         result = self.run(["sh", "-c", script], sudo=sudo, timeout=timeout + 10)
         return result.stdout.strip() == "STOPPED"
 
+    def stream(self, cmd: Command, *, sudo: bool = False) -> Stream:
+        """Start ``cmd`` and return at once: its output is read as it comes with :meth:`Stream.pump`
+        (``tcpdump -w -``); :meth:`Stream.close` ends the channel, not the remote process."""
+        line = command_line(cmd, sudo=sudo, user=self.host.user)
+        self.open()
+        assert self._client is not None
+        try:
+            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(line)
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.host.name}: could not start `{line}`: {exc}") from None
+        return Stream(self.host.name, line, chan)
+
+
+class Stream:
+    """A remote command whose stdout and stderr are handed on as they arrive."""
+
+    def __init__(self, host: str, line: str, chan: paramiko.Channel) -> None:
+        self.host, self.line, self._chan = host, line, chan
+
+    def pump(self, on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None]) -> int:
+        """Pass every piece of output to the callbacks until the command ends; return its exit status
+        (-1 if the connection was lost before it said). Either callback may raise to stop early."""
+        chan = self._chan
+        fd = chan.fileno()
+        try:
+            while True:
+                got = False
+                while chan.recv_ready():
+                    on_stdout(chan.recv(65536))
+                    got = True
+                while chan.recv_stderr_ready():
+                    on_stderr(chan.recv_stderr(65536))
+                    got = True
+                if chan.eof_received and chan.exit_status_ready() and not got \
+                        and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    return chan.recv_exit_status()
+                if chan.closed and not got:
+                    return -1
+                if not got:
+                    select.select([fd], [], [], 0.5)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.host}: lost the connection running `{self.line}`: {exc}") from None
+
+    def close(self) -> None:
+        self._chan.close()
+
 
 def _drain(chan: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes]:
     """Read a channel's stdout and stderr to the end, neither starving the other."""

@@ -1,9 +1,9 @@
 """Argument parsing and printing; no logic of its own.
 
 Each group of commands lives in its own module with a ``register(subparsers)`` function:
-``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run, capture),
-``analyse_command`` (analyse) and ``inventory_command`` (inventory). A command handler takes
-``(args, ctx)`` and returns an exit status.
+``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run),
+``capture_command`` (capture), ``analyse_command`` (analyse) and ``inventory_command`` (inventory).
+A command handler takes ``(args, ctx)`` and returns an exit status.
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ from labctl.backends import DEFAULT_BACKEND, SYSTEM_STATE_ROOT, backend_names, u
 from labctl.cli.types import path_arg
 from labctl.errors import LabctlError
 
-COMMAND_MODULES = ("lab_commands", "exercise_commands", "exercise_command", "analyse_command",
-                   "inventory_command",
-                   "impair_command")
+COMMAND_MODULES = ("lab_commands", "exercise_commands", "exercise_command", "capture_command",
+                   "analyse_command", "inventory_command", "impair_command")
 
 
 class CliError(Exception):

@@ -1,4 +1,5 @@
-"""The exercise's commands: ``deploy``, ``run``, ``capture``. Parsing and printing only.
+"""The exercise's commands: ``deploy`` and ``run``. Parsing and printing only (``capture`` has its
+own module, :mod:`labctl.cli.capture_command`).
 
 Imports of the working modules (paramiko, rich) happen inside the handlers, so ``labctl --help`` and
 the other commands stay fast.
@@ -8,9 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-from labctl.cli.types import path_arg
 
 PROTOCOLS = ("tcp", "udp", "proto", "time")
 
@@ -45,23 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-deploy", action="store_true",
                    help="do not check or deploy the programs first (e.g. to see a stopped server refuse)")
     p.set_defaults(handler=cmd_run)
-
-    p = subparsers.add_parser(
-        "capture", help="tcpdump on the server node, the pcap brought home and summarised",
-        description="Run tcpdump (--immediate-mode -U) on a node's lab interface over SSH; with --run, "
-                    "trigger a run meanwhile and stop once its conversations have closed; otherwise "
-                    "capture until Ctrl-C or --duration. Fails loudly if tcpdump lost packets. The pcap "
-                    "comes home (default captures/<UTC time>-port8080.pcap) and is read back and summarised.")
-    p.add_argument("--port", type=int, action="append", metavar="N",
-                   help="port to capture (repeatable; default: the --run protocol's port, else 8080)")
-    p.add_argument("--run", dest="run_protocol", choices=PROTOCOLS, metavar="PROTO",
-                   help=f"trigger a run of PROTO ({', '.join(PROTOCOLS)}) while capturing")
-    p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
-    p.add_argument("-o", "--output", type=path_arg, metavar="FILE", help="where the pcap goes")
-    p.add_argument("--node", default=None, help="node to capture on (default: the server)")
-    p.add_argument("--no-ladder", action="store_true", help="do not print the ladder diagrams")
-    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    p.set_defaults(handler=cmd_capture)
 
 
 def _positive_int(text: str) -> int:
@@ -172,81 +153,3 @@ def cmd_run(args: argparse.Namespace, ctx) -> int:
         console.print(f"{len(runs)} runs, median spread {'-' if med is None else f'{med:.2f}'} ms, "
                       f"{failed} with failures")
     return 0 if all(r.ok for r in runs) else 1
-
-
-# --- capture ------------------------------------------------------------------------------------------
-
-def cmd_capture(args: argparse.Namespace, ctx) -> int:
-    from labctl.capture import capture
-    from labctl.cli import CliError
-    from labctl.deploy import ports_of
-    from labctl.run import Runner, port_for
-
-    if args.run_protocol and args.duration:
-        raise CliError("--run stops by itself once the run's conversations closed; drop --duration")
-    inventory = ctx.backend().inventory()
-    ports_cfg = ports_of(inventory)
-    ports = args.port or [port_for(args.run_protocol, ports_cfg) if args.run_protocol else ports_cfg.tcp]
-    bad = [p for p in ports if not 1 <= p <= 65535]
-    if bad:
-        raise CliError(f"--port {bad[0]}: a port is 1..65535")
-    node = inventory.get(args.node) if args.node else inventory.server
-    console = None if args.json else _console()
-    with Runner(inventory, deploy=True, progress=_say) as runner:
-        during = None
-        if args.run_protocol:
-            runner.prepare()  # connections, deploy and the lead first: tcpdump waits for nothing
-            during = lambda: runner.trigger(args.run_protocol)  # noqa: E731
-        conn = runner.connection(node.name)
-        what = " or ".join(f"port {p}" for p in ports)
-        until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-        until = f"while every client runs {args.run_protocol}" if args.run_protocol else until
-
-        def listening(dump) -> None:
-            _say(f"tcpdump listening on {node.name} {dump.interface} ({what}), pid {dump.pid}, {until}")
-
-        result = capture(conn, ports, output=args.output, duration=args.duration, during=during,
-                         analyse=_analyse, on_listening=listening)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        _print_capture(console, result, inventory, ladder=not args.no_ladder)
-    if result.run is not None and not result.run.ok:
-        return 1
-    return 130 if result.interrupted and args.run_protocol else 0
-
-
-def _analyse(path: Path):
-    from labctl.capture import summarise
-
-    return summarise(path)
-
-
-def _print_capture(console, result, inventory, *, ladder: bool) -> None:
-    if result.run is not None:
-        console.print(run_table(result.run))
-    s = result.summary
-    console.print(f"[bold]{result.path}[/bold]: tcpdump on {result.node} ({result.interface}): "
-                  f"{result.stats}; {result.seconds:.2f} s"
-                  + (" (stopped by Ctrl-C)" if result.interrupted else ""))
-    if not s:
-        return
-    names = {h.address: h.name for h in inventory.hosts}
-    per_proto = ", ".join(f"{k.upper()} {v}" for k, v in s["protocols"].items()) or "none"
-    console.print(f"packets per protocol: {per_proto}")
-    order = {h.address: i for i, h in enumerate(inventory.hosts)}
-    for ip, convs in sorted(s["clients"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
-        what = ", ".join(f"{n} {proto.upper()} conversation{'s' if n != 1 else ''}"
-                         for proto, n in convs.items())
-        console.print(f"  {names.get(ip, ip)} ({ip}): {what}")
-    if s.get("spread_ms") is not None:
-        console.print(f"spread on the wire (first to last client's first packet): {s['spread_ms']:.2f} ms")
-    if s.get("open"):
-        console.print(f"[yellow]{s['open']} TCP conversation(s) had not closed when the capture stopped[/]")
-    for warning in s.get("warnings", []):
-        console.print(f"[yellow]warning: {warning}[/]")
-    if ladder and result.analysis is not None and result.analysis.packets:
-        from labctl.analyse import render_terminal
-
-        sys.stdout.flush()
-        render_terminal(result.analysis)

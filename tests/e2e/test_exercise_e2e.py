@@ -77,7 +77,8 @@ def tcpdumps_of_labctl(lab) -> list[int]:
             ns = os.stat(entry / "ns" / "net").st_ino
         except (OSError, IndexError):
             continue
-        if b"labctl-capture-" in cmd and b"tcpdump" in cmd and state != "Z" and ns == server_ns:
+        ours = b"labctl-capture-" in cmd or b"--time-stamp-precision=nano" in cmd  # -w FILE, or -w -
+        if ours and b"tcpdump" in cmd and state != "Z" and ns == server_ns:
             found.append(int(entry.name))
     return found
 
