@@ -15,7 +15,7 @@ RUN printf '%s\n' 'PermitRootLogin prohibit-password' 'PasswordAuthentication no
         'KbdInteractiveAuthentication no' 'UsePAM no' 'X11Forwarding no' 'AllowAgentForwarding no' \
         'UseDNS no' > /etc/ssh/sshd_config.d/labctl.conf
 
-COPY scripts/timeserver.py scripts/timeclient.py /opt/labctl/
+COPY scripts/timeserver.py scripts/timeserver_protocol.py scripts/timeserver_limits.py scripts/timeclient.py /opt/labctl/
 COPY provision/compose/entrypoint.sh /usr/local/sbin/labctl-entrypoint
 RUN chmod 755 /opt/labctl/*.py /usr/local/sbin/labctl-entrypoint
 
