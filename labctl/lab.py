@@ -1,4 +1,4 @@
-"""The lab as plain data: subnet, nodes, roles and ports, loaded and validated from the lab file.
+"""The lab as plain data: subnet, nodes, roles, ports and programs, loaded and validated from the lab file.
 
 Nothing here creates anything; backends realise a :class:`Lab` (Mininet's topology/realisation split).
 
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from labctl.errors import LabctlError
+from labctl.programs import ProgramError, ProgramSpec, parse_section
 
 DEFAULT_LAB_FILE = Path(__file__).resolve().parent.parent / "lab.yml"
 MAX_CLIENTS = 200
@@ -72,6 +73,7 @@ class Lab:
     clients: int = 3
     ports: Ports = field(default_factory=Ports)
     vagrant: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    programs: dict[str, ProgramSpec] = field(default_factory=dict, compare=False, hash=False)
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -210,6 +212,14 @@ def _mapping(key: str, value: Any) -> dict[str, Any]:
     return {key: dict(value)}
 
 
+def _programs_section(key: str, value: Any) -> dict[str, Any]:
+    """Servers and clients of the user's own (labctl.programs holds their parsing and checks)."""
+    try:
+        return {key: parse_section(value)}
+    except ProgramError as exc:
+        raise LabError(str(exc)) from None
+
+
 SECTIONS: dict[str, Section] = {
     "name": _as_is,
     "subnet": _as_is,
@@ -218,6 +228,7 @@ SECTIONS: dict[str, Section] = {
     "clients": _as_is,
     "ports": _ports_section,
     "vagrant": _mapping,
+    "programs": _programs_section,
 }
 REQUIRED = ("name",)
 

@@ -18,7 +18,8 @@ from labctl import __version__
 from labctl.backends import DEFAULT_BACKEND, backend_names
 from labctl.errors import LabctlError
 
-COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command")
+COMMAND_MODULES = ("lab_commands", "exercise_commands", "logs_command", "analyse_command",
+                   "inventory_command")
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
 
 
