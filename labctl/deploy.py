@@ -36,6 +36,7 @@ CLIENT_PROGRAM = "timeclient.py"
 LAUNCHER = "startat.py"
 LAUNCHER_FILES = (LAUNCHER, "startat_hold.py")
 SERVERCTL = "serverctl.py"
+SERVERCTL_FILES = (SERVERCTL, "listening.py")  # it imports listening.py (and startat.py, for its checks)
 SERVERS_DIR = "servers"
 LEGACY_PID = "timeserver.pid"  # where deploy used to record the built-in server (before serverctl)
 
@@ -143,7 +144,7 @@ def files_for(host: Host, program: Program, scripts_dir: Path | None = None) -> 
     """What a host gets: the launcher everywhere; serverctl and the server's files on the server,
     the client's files on the clients (the built-in ones from scripts/)."""
     if host.role == "server":
-        files = _scripts((SERVERCTL, *LAUNCHER_FILES), scripts_dir)
+        files = _scripts((*SERVERCTL_FILES, *LAUNCHER_FILES), scripts_dir)
         own = _scripts(SERVER_FILES, scripts_dir) if program.server is None \
             else list(program.server.local_files)
     else:

@@ -46,6 +46,8 @@ class ClientResult:
                 timings[key] = round(value, 3)
         if self.late_ms is not None:
             timings["late_ms"] = round(self.late_ms, 3)
+        if "ready" in self.timings and "execve" in self.timings:  # what exec costs: to its first network call
+            timings["startup_ms"] = round((self.timings["ready"] - self.timings["execve"]) * 1000.0, 3)
         return {"node": self.node, "address": self.address, "ok": self.ok, "reply": self.reply,
                 "stderr": self.stderr, "exit": self.exit, "timings": timings, "error": self.error}
 

@@ -38,6 +38,8 @@ import signal
 import sys
 import time
 
+from listening import holders, listening_sockets, listens, matches, parents, show, tree  # (beside this file)
+
 try:
     import startat  # beside this file on the nodes: its checks of a program (exists, machine, interpreter)
 except ImportError:
@@ -48,99 +50,6 @@ LOG_MAX = 8 << 20       # bytes of log kept on disk per server (two halves)
 KILL_GRACE = 2.0        # s between SIGTERM and SIGKILL
 TAIL_LINES = 10
 _ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-LISTEN, UNCONN = "0A", "07"
-
-
-# --- what listens: /proc/net and the processes' fds ---------------------------------------------------
-
-def listening_sockets() -> dict[int, tuple[str, int]]:
-    """inode -> (proto, port) of every listening TCP and bound UDP socket of this network namespace."""
-    found: dict[int, tuple[str, int]] = {}
-    for proto, files, state in (("tcp", ("tcp", "tcp6"), LISTEN), ("udp", ("udp", "udp6"), UNCONN)):
-        for name in files:
-            try:
-                with open(f"/proc/net/{name}") as f:
-                    lines = f.readlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                fields = line.split()
-                if len(fields) > 9 and fields[3] == state:
-                    port = int(fields[1].rsplit(":", 1)[1], 16)
-                    if port:
-                        found[int(fields[9])] = (proto, port)
-    return found
-
-
-def socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def parents() -> dict[int, int]:
-    """pid -> ppid of every live process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] not in ("Z", "X"):
-                out[int(entry)] = int(fields[1])
-    return out
-
-
-def tree(root: int, ppids: dict[int, int] | None = None) -> set[int]:
-    """``root`` and all of its live descendants."""
-    ppids = parents() if ppids is None else ppids
-    found, grew = {root} if root in ppids else set(), True
-    while grew:
-        grew = False
-        for pid, ppid in ppids.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
-
-
-def listens(pids: set[int], sockets: dict[int, tuple[str, int]] | None = None) -> set[tuple[str, int]]:
-    sockets = listening_sockets() if sockets is None else sockets
-    return {sockets[i] for pid in pids for i in socket_inodes(pid) if i in sockets}
-
-
-def holders(wanted: list[tuple[str | None, int]]) -> dict[int, set[tuple[str, int]]]:
-    """pid -> the wanted (proto, port)s it listens on, for every process of this node."""
-    sockets = {i: sp for i, sp in listening_sockets().items() if matches(sp, wanted)}
-    out: dict[int, set[tuple[str, int]]] = {}
-    if not sockets:
-        return out
-    for pid in parents():
-        held = {sockets[i] for i in socket_inodes(pid) if i in sockets}
-        if held:
-            out[pid] = held
-    return out
-
-
-def matches(sp: tuple[str, int], wanted: list[tuple[str | None, int]]) -> bool:
-    return any(port == sp[1] and proto in (None, sp[0]) for proto, port in wanted)
-
-
-def show(sps: set[tuple[str, int]]) -> list[str]:
-    return [f"{proto} {port}" for proto, port in sorted(sps, key=lambda sp: (sp[1], sp[0]))]
 
 
 # --- records -------------------------------------------------------------------------------------------

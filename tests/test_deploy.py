@@ -12,6 +12,7 @@ from labctl.deploy import (
     SERVER_FILES,
     SERVER_PROGRAM,
     SERVERCTL,
+    SERVERCTL_FILES,
     builtin_server_argv,
     file_hash,
     files_for,
@@ -39,7 +40,7 @@ def test_builtin_server_argv_binds_the_lab_address_with_the_lab_ports():
 def test_each_node_gets_the_launcher_and_its_side_of_the_program(tmp_path):
     tcp = resolve(builtin("tcp"), Ports())
     server = [f.remote for f in files_for(SERVER, tcp)]
-    assert server == [SERVERCTL, *LAUNCHER_FILES, *SERVER_FILES]
+    assert server == [*SERVERCTL_FILES, *LAUNCHER_FILES, *SERVER_FILES]
     assert [f.remote for f in files_for(CLIENT, tcp)] == [*LAUNCHER_FILES, CLIENT_PROGRAM]
     (tmp_path / "server.py").write_text("#!/usr/bin/env python3\n")
     (tmp_path / "client").write_bytes(b"\x7fELF")
@@ -55,6 +56,7 @@ def test_the_server_node_gets_every_file_the_server_imports():
                 for line in files[name].read_text().splitlines() if line.startswith("from timeserver_")}
     assert imported and imported <= set(files)  # nothing the server imports is left behind
     assert "import startat" in files[SERVERCTL].read_text() and "startat.py" in files
+    assert "from listening import" in files[SERVERCTL].read_text() and "listening.py" in files
 
 
 def test_serverctl_argv_waits_for_every_port_of_the_builtin_server():
