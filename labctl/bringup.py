@@ -41,7 +41,11 @@ def up(backend: Backend, progress: Progress | None = None) -> Inventory:
         check_ssh(inventory, backend)
 
     _prewarm_remote()
-    return backend.up(say, check)
+    inventory = backend.up(say, check)
+    from labctl import impairment
+
+    impairment.after_up(backend, say)  # the lab file's links: where they are set over SSH (VMs, hosts)
+    return inventory
 
 
 def check_ssh(inventory: Inventory, backend: Backend) -> None:

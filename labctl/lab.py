@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from labctl.errors import LabctlError
+from labctl.links import LinkError, Links, check_names, parse_links
 from labctl.programs import ProgramError, ProgramSpec, parse_section
 
 DEFAULT_LAB_FILE = Path(__file__).resolve().parent.parent / "lab.yml"
@@ -73,6 +74,7 @@ class Lab:
     clients: int = 3
     ports: Ports = field(default_factory=Ports)
     vagrant: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    links: Links = ()         # loss/delay/jitter/rate per node (labctl.links), applied by up
     programs: dict[str, ProgramSpec] = field(default_factory=dict, compare=False, hash=False)
     source: Path | None = field(default=None, compare=False)
 
@@ -136,6 +138,10 @@ def validate(lab: Lab) -> None:
     net = _subnet(lab)
     _addresses(lab, net)
     _ports(lab.ports)
+    try:
+        check_names(lab.links, [n.name for n in lab.nodes], lab.name)
+    except LinkError as exc:
+        raise LabError(str(exc)) from None
 
 
 def _subnet(lab: Lab) -> ipaddress.IPv4Network:
@@ -212,6 +218,13 @@ def _mapping(key: str, value: Any) -> dict[str, Any]:
     return {key: dict(value)}
 
 
+def _links_section(key: str, value: Any) -> dict[str, Any]:
+    try:
+        return {key: parse_links(value, "")}
+    except LinkError as exc:
+        raise LabError(str(exc)) from None
+
+
 def _programs_section(key: str, value: Any) -> dict[str, Any]:
     """Servers and clients of the user's own (labctl.programs holds their parsing and checks)."""
     try:
@@ -228,6 +241,7 @@ SECTIONS: dict[str, Section] = {
     "clients": _as_is,
     "ports": _ports_section,
     "vagrant": _mapping,
+    "links": _links_section,
     "programs": _programs_section,
 }
 REQUIRED = ("name",)
@@ -237,20 +251,20 @@ def load_lab(path: str | Path | None = None, *, clients: int | None = None) -> L
     """Read and validate a lab file (default: ``lab.yml`` beside the package); ``clients`` overrides."""
     path = Path(path) if path else DEFAULT_LAB_FILE
     raw = read_lab_file(path)
+    missing = [key for key in REQUIRED if key not in raw]
+    if missing:
+        raise LabError(f"lab file {path} has no {missing[0] + ':'!r}: a lab file must name its lab "
+                       "(e.g. name: mylab), so that no command reaches another lab")
     try:
         unknown = [key for key in raw if key not in SECTIONS]
         if unknown:
             raise LabError(f"unknown setting {str(unknown[0])!r} (known: {', '.join(sorted(SECTIONS))})")
-        missing = [key for key in REQUIRED if key not in raw]
-        if missing:
-            raise LabError(f"has no {missing[0] + ':'!r}: a lab file must name its lab (e.g. name: mylab), "
-                           "so that no command reaches another lab")
         fields: dict[str, Any] = {}
         for key, value in raw.items():
             fields.update(SECTIONS[key](key, value))
         lab = Lab(**fields, source=path)
     except LabError as exc:
-        raise LabError(f"lab file {path}{'' if str(exc).startswith('has ') else ':'} {exc}") from None
+        raise LabError(f"lab file {path}: {exc}") from None
     return lab.with_clients(clients)
 
 

@@ -16,8 +16,9 @@ the critical path, and at the instant each client costs one system call. Otherwi
 the forked child sleeps until the instant and then execs the program.
 
 The program's stdout and stderr reach the caller, held back until HOLD_OUTPUT seconds after the
-instant (printing and exiting at once would delay the clients still waking up). It runs in its own
-session and process group; when it ends, anything left in its group is killed too.
+instant (printing and exiting at once would delay the clients still waking up; with the hold, the
+program's own writes to stdout/stderr and its exit wait too). It runs in its own session and process
+group; when it ends, anything left in its group is killed too.
 
 Exit status: the program's (128+N when signal N killed it); 124 when --timeout (counted from the
 instant) killed its group (SIGTERM, then SIGKILL after KILL_GRACE s); 126 when it cannot be executed
@@ -47,6 +48,7 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # startat_hold.py beside it (even under -I)
 try:
     import startat_hold  # the hold (optional): exec early, first network call held until the instant
 except ImportError:
@@ -55,7 +57,6 @@ except ImportError:
 EXIT_TIMEOUT, EXIT_USAGE, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 124, 125, 126, 127
 HOLD_OUTPUT = 0.05  # seconds after the instant before output is passed on
 KILL_GRACE = 1.0    # seconds between SIGTERM and SIGKILL to the program's group
-REALTIME_AHEAD = 0.05  # seconds before the instant from which the launcher runs SCHED_FIFO (hold)
 MAX_AHEAD = 86400.0  # --at at most this far ahead
 
 # ELF e_machine -> the name the messages use, and the `uname -m` values that can run it
@@ -171,16 +172,6 @@ def timings(start: float, at: float, **known: object) -> dict[str, object]:
     return t
 
 
-def realtime(on: bool) -> None:
-    """For the instant only (hold: waking up and one ioctl per held call, about 0.1 ms), the launcher
-    runs SCHED_FIFO where it may (root), so that on a node whose cores are busy (every client of a
-    namespace lab shares this machine's) it wakes on time instead of after the programs already let go.
-    The program itself never runs real-time."""
-    with contextlib.suppress(AttributeError, OSError):
-        policy = os.SCHED_FIFO if on else os.SCHED_OTHER
-        os.sched_setscheduler(0, policy, os.sched_param(1 if on else 0))
-
-
 def wait_until(epoch: float) -> float:
     """Sleep until wall-clock `epoch`; return the wake time (a plain sleep: no spinning)."""
     while True:
@@ -252,6 +243,7 @@ class Launcher:
         self.kill_at: float | None = None  # monotonic time of the SIGKILL that follows a SIGTERM
         self.fallback = False  # the hold could not be set up: start again without it
         self.backlog: dict[int, bytes] = {}  # our stdout/stderr -> output our caller has not taken yet
+        self.nice: dict[int, int] = {}  # thread -> its nice value before the boost
 
     def fork(self) -> None:
         status_r, status_w = os.pipe()  # (all four are close-on-exec)
@@ -317,7 +309,7 @@ class Launcher:
                 for line in lines:
                     self.on_status(line.decode())
             elif self.holder is not None and fd == self.holder.fd:
-                self.holder.serve(self.at)
+                self.holder.serve(self.at, self.at + HOLD_OUTPUT)
             elif fd == self.pidfd:
                 self.leader_exited()
             elif fd in self.pipes:
@@ -375,7 +367,8 @@ class Launcher:
             self.let_go()
             self.until_gone()
         except Interrupted as e:
-            realtime(False)
+            if self.holder is not None:
+                startat_hold.realtime(False)
             name = signal.Signals(e.args[0]).name
             self.t["error"], self.error_code = f"got {name}: stopped the program's group", 128 + e.args[0]
             self.kill_group()
@@ -387,35 +380,41 @@ class Launcher:
 
     def until_instant(self) -> None:
         """The handshake and (hold) the program's start-up, its network calls held; then sleep."""
-        for margin in (REALTIME_AHEAD, 0.002):  # (poll's timeout is in whole milliseconds)
+        ahead = startat_hold.REALTIME_AHEAD if self.hold else 0.002
+        for margin in (ahead, 0.002):  # (then a sleep: poll's timeout is in whole milliseconds)
             while self.exited is None and not self.fallback and (self.status_r >= 0 or self.holder):
                 left = self.at - margin - time.time()
                 if left <= 0:
                     break
                 self.poll(left, relay=False)
-            if margin == REALTIME_AHEAD and self.holder is not None:
-                realtime(True)
+            if margin > 0.002 and self.holder is not None:
+                startat_hold.realtime(True)
+                self.nice = startat_hold.boost(self.pid, startat_hold.BOOST_NICE)
         if self.exited is None and not self.fallback:
             wait_until(self.at)
 
     def let_go(self) -> None:
-        """At the instant: release the held calls; then answer only those until HOLD_OUTPUT after it."""
+        """At the instant: release the held calls; until HOLD_OUTPUT after it, hold output and exit."""
         h = self.holder
         now = time.time()
+        end = self.at + HOLD_OUTPUT
         if h is not None:
-            for nid in reversed(h.held):  # newest first: a call a signal interrupted came again, anew
-                h.release(nid)
-            realtime(False)
             if h.held:
                 self.t["exec"] = now
-            h.held = []
-            h.serve(None)
-        end = self.at + HOLD_OUTPUT
-        while self.exited is None and time.time() < end:
-            if h is None:
-                time.sleep(end - time.time())
-            elif h.pending(end - time.time()):
-                h.serve(None)
+            h.let_go(h.held)
+            startat_hold.realtime(False)
+            h.serve(self.at, end)
+        try:
+            while self.exited is None and time.time() < end:
+                if h is None:
+                    time.sleep(end - time.time())
+                elif h.pending(end - time.time()):
+                    h.serve(self.at, end)
+        finally:
+            if h is not None:
+                h.let_go(h.quiet)
+            if self.nice:  # the burst is over: every thread (new ones too) back to the program's nice
+                startat_hold.boost(self.pid, self.nice.get(self.pid, 0))
 
     def until_gone(self) -> None:
         """Pass the output on until the program and all of its group are gone, or time is up."""

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its two other files (even under -I)
 from timeserver_limits import (
     ConnectionLimits,
     Log,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.lab import DEFAULT_LAB_FILE, MAX_CLIENTS, Lab, LabError, Ports, load_lab
+from labctl.lab import DEFAULT_LAB_FILE, MAX_CLIENTS, SECTIONS, Lab, LabError, Ports, load_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMED = "name: htest\n"
@@ -70,6 +70,15 @@ def test_every_setting_a_lab_file_takes(tmp_path):
     assert load_lab(write(tmp_path, "\ufeff# a BOM and CRLFs\r\nname: bom\r\n")).name == "bom"
 
 
+def test_a_new_section_is_one_parser_in_the_table(tmp_path, monkeypatch):
+    path = write(tmp_path, NAMED + "newsection: {server: my_server.py}\n")
+    with pytest.raises(LabError, match="unknown setting 'newsection'"):
+        load_lab(path)
+    seen = []
+    monkeypatch.setitem(SECTIONS, "newsection", lambda key, value: seen.append((key, value)) or {})
+    assert load_lab(path).name == "htest" and seen == [("newsection", {"server": "my_server.py"})]
+
+
 # --- refused at load, one line that names the file ---------------------------------------------------
 
 BAD_CONTENT = [
@@ -86,7 +95,7 @@ BAD_CONTENT = [
     ("name: 12\n", "name: expected text, got 12"),
     # the top level and its keys
     ("- a\n- b\n", "expected settings .key: value. at the top level, got a list"),
-    (NAMED + "colour: blue\n", r"unknown setting 'colour' \(known: clients, host_address, name"),
+    (NAMED + "colour: blue\n", r"unknown setting 'colour' \(known: clients, host_address, links, name"),
     (NAMED + "1: x\n", "unknown setting '1'"),
     (NAMED + "clients: 2\nclients: 30\n", "line 3 column 1: not valid YAML: 'clients' is set twice"),
     # YAML errors: one line with where

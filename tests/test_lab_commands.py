@@ -103,13 +103,14 @@ def test_up_prints_a_table_and_progress(backend, capsys):
 def test_up_takes_clients_which_the_context_reads(tmp_path, monkeypatch, capsys):
     made: list[FakeBackend] = []
 
-    def make_backend(name, lab, state_dir, *, inventory_file=None):
+    def make_backend(name, lab, state_dir, **options):
         made.append(FakeBackend(lab, state_dir))
         return made[-1]
 
     monkeypatch.setattr("labctl.backends.make_backend", make_backend)
+    monkeypatch.setattr("labctl.bringup.check_ssh", lambda inventory, b: b.calls.append("check_ssh"))
     assert main(["--state-dir", str(tmp_path), "up", "--clients", "7", "--json"]) == 0
-    assert [b.lab.clients for b in made] == [7] and made[0].calls == ["up"]
+    assert [b.lab.clients for b in made] == [7] and made[0].calls == ["up", "check_ssh"]
     assert [h["name"] for h in json.loads(capsys.readouterr().out)["hosts"]][-1] == "client7"
 
 

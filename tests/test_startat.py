@@ -277,3 +277,36 @@ def test_a_caller_that_stops_reading_cannot_stall_the_timeout():
         os.close(r)
     t = timings_of(err)
     assert proc.returncode == 124 and t["timed_out"] is True
+
+
+def test_the_program_gets_its_own_priority_back_after_the_burst(tmp_path):
+    script = write_script(tmp_path / "p.py", "import os, socket, sys, time\n"
+                          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                          "s.sendto(b'x', ('127.0.0.1', int(sys.argv[1])))\n"
+                          "time.sleep(0.5)\n"
+                          "print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))\n", 0o644)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        out, _ = launch(str(script), str(rx.getsockname()[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(os.getpriority(os.PRIO_PROCESS, 0)), str(os.SCHED_OTHER)]
+
+
+def test_output_and_exit_wait_until_the_burst_is_over(tmp_path):
+    """A client done at once neither prints nor exits before HOLD_OUTPUT after the instant (hold mode),
+    so its teardown does not take the CPU the clients still starting need."""
+    stamp = tmp_path / "after-print"
+    script = write_script(tmp_path / "p.py", "import json, os, socket, sys, time\n"
+                          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                          "s.sendto(b'x', ('127.0.0.1', int(sys.argv[1])))\n"
+                          "sent = time.time()\n"
+                          "os.write(1, b'reply\\n')\n"
+                          f"open({str(stamp)!r}, 'w').write(json.dumps([sent, time.time()]))\n", 0o644)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        out, t = launch(str(script), str(rx.getsockname()[1]))
+    sent, printed = json.loads(stamp.read_text())
+    assert out.returncode == 0 and out.stdout == "reply\n", out.stderr
+    assert sent >= t["at"]
+    if t["mode"] == "hold":
+        assert printed >= t["at"] + startat.HOLD_OUTPUT > sent

@@ -1,9 +1,9 @@
 """Backends realise a lab. One registry: a backend's name and where its class is.
 
-``netns`` (the embedded default), ``vagrant`` (VMs), ``ssh`` (existing hosts). Each is imported only when
-asked for, so the CLI can offer the names without loading any backend (keeps start-up fast); each class
-builds itself from the options (:meth:`~labctl.backends.base.Backend.from_options`). A new backend is
-one line here and one class.
+``netns`` (the embedded default), ``vagrant`` (VMs), ``docker`` (containers), ``ssh`` (existing hosts).
+Each is imported only when asked for, so the CLI can offer the names without loading any backend
+(keeps start-up fast); each class builds itself from the options
+(:meth:`~labctl.backends.base.Backend.from_options`). A new backend is one line here and one class.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ BACKENDS: dict[str, str] = {
     "netns": "labctl.backends.netns:NetnsBackend",
     "vagrant": "labctl.backends.vagrant:VagrantBackend",
     "ssh": "labctl.backends.ssh:SshBackend",
+    "docker": "labctl.backends.docker:DockerBackend",
 }
 DEFAULT_BACKEND = "netns"
 

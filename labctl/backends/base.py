@@ -7,16 +7,18 @@ backend is in use.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.errors import LabctlError
 from labctl.inventory import Inventory
 from labctl.lab import Lab
+from labctl.links import SETTINGS, Impairment
 
 Progress = Callable[[str], None]
 Check = Callable[[Inventory], None]   # raises if the lab's nodes do not accept SSH
+NodeScripts = Callable[[Mapping[str, str]], dict[str, str]]  # a root shell script per node -> its stdout
 
 
 class BackendError(LabctlError):
@@ -40,6 +42,31 @@ class NodeStatus:
     address: str
     up: bool | None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class LinkCapabilities:
+    """What a backend can put on a link here, and by which mechanism (detected once, at ``up``)."""
+
+    mechanisms: Mapping[str, str] = field(default_factory=dict)  # loss/delay/jitter/rate -> how
+    missing: Mapping[str, str] = field(default_factory=dict)     # setting -> why not, and what to do
+
+    def refuse_unsupported(self, wanted: Mapping[str, Impairment]) -> None:
+        """Raise :class:`BackendError` (one line) if any node asks for a setting this backend lacks."""
+        for node, imp in wanted.items():
+            for setting in SETTINGS:
+                if getattr(imp, setting) and setting in self.missing:
+                    raise BackendError(f"{node}: {setting} {self.missing[setting]}")
+
+
+@dataclass(frozen=True)
+class LinkReport:
+    """One node's link: what labctl was asked for, what the kernel really has, and what is wrong."""
+
+    node: str
+    wanted: Impairment
+    applied: tuple[str, ...] = ()    # one phrase per setting in force, with its mechanism and counters
+    problems: tuple[str, ...] = ()   # asked for but not in force (or in force but not asked for)
 
 
 class Backend(ABC):
@@ -86,4 +113,29 @@ class Backend(ABC):
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove leftovers of a crashed run; return what was removed. Default: same as down."""
         self.down(progress)
+        return []
+
+    # --- link impairment (labctl.links): loss, delay, jitter, rate per node --------------------------
+
+    shapes_over_ssh = False  # True: impair/link_reports run scripts on the nodes through ``run``
+
+    def link_capabilities(self) -> LinkCapabilities:
+        """Which settings this backend offers, by which mechanism; default: none."""
+        return LinkCapabilities(missing=dict.fromkeys(SETTINGS, f"is not offered by the {self.name} backend"))
+
+    def link_settings(self) -> dict[str, Impairment]:
+        """What each node's link was last set to (a perfect link for every node by default)."""
+        return {node.name: Impairment() for node in self.lab.nodes}
+
+    def impair(self, wanted: Mapping[str, Impairment], run: NodeScripts | None = None) -> list[LinkReport]:
+        """Make every node's link what ``wanted`` says (nodes left out: a perfect link); report them.
+
+        ``run`` (from :mod:`labctl.impairment`) runs a root shell script on each node, for backends whose
+        nodes are only reached over SSH.
+        """
+        self.link_capabilities().refuse_unsupported(wanted)
+        raise BackendError(f"the {self.name} backend cannot impair links")
+
+    def link_reports(self, run: NodeScripts | None = None) -> list[LinkReport]:
+        """What is in force on each link, read back from where it was applied; empty if nothing can be."""
         return []

@@ -10,14 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from labctl.backends.base import Backend, BackendError, BackendOptions, Check, NodeStatus, Progress
+from labctl.backends.remote_links import RemoteLinks
 from labctl.inventory import Inventory, load_inventory
 from labctl.lab import Lab
 
 
-class SshBackend(Backend):
+class SshBackend(RemoteLinks, Backend):
     """Plain SSH hosts listed in an inventory file (``--inventory FILE``)."""
 
     name = "ssh"
+    links_survive_down = True  # the hosts stay: `down` clears labctl's shaping on them first
     ssh_timeout = 10.0  # machines anywhere: a slower network than the embedded lab's
 
     def __init__(self, lab: Lab, state_dir: Path, *, inventory_file: Path | None = None) -> None:
@@ -45,7 +47,7 @@ class SshBackend(Backend):
         return inventory
 
     def down(self, progress: Progress | None = None) -> None:
-        """Nothing to remove: labctl did not make these machines."""
+        """Nothing to remove: labctl did not make these machines (labctl.impairment clears their links)."""
         if progress:
             progress(f"the ssh backend does not manage its hosts; nothing to stop ({self.inventory_file})")
 

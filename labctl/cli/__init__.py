@@ -19,7 +19,7 @@ from labctl.backends import DEFAULT_BACKEND, backend_names
 from labctl.errors import LabctlError
 
 COMMAND_MODULES = ("lab_commands", "exercise_commands", "logs_command", "analyse_command",
-                   "inventory_command")
+                   "inventory_command", "impair_command")
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
 
 
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labctl",
         description="A network lab to see what TCP and UDP put on the wire. Bring up a server and "
-                    "clients (network namespaces by default, or Vagrant VMs, or SSH hosts), deploy the "
-                    "time server and clients, trigger every client at once, capture the server's "
+                    "clients (network namespaces by default, or Vagrant VMs, containers, or SSH hosts), "
+                    "deploy the time server and clients, trigger every client at once, capture the server's "
                     "traffic with tcpdump and analyse it as ladder diagrams.",
         epilog="Typical session: labctl up; labctl run tcp; labctl capture --port 8080 --run udp; "
                "labctl analyse captures/*.pcap; labctl down. Run 'labctl COMMAND --help' for details.",

@@ -88,22 +88,28 @@ def cmd_up(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_down(args: argparse.Namespace, ctx) -> int:
+    from labctl import impairment
+
     backend = ctx.backend()
     start = time.perf_counter()
+    impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
     backend.down(lambda msg: _err(f"labctl: {msg}"))
     print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace, ctx) -> int:
-    from labctl import bringup
+    from labctl import bringup, impairment
+    from labctl.cli.impair_command import links_json, print_links
 
     backend = ctx.backend()
     nodes = bringup.status(backend)
+    links = impairment.reports(backend)
     if args.json:
         print(json.dumps({"backend": backend.name,
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
-                                     "detail": n.detail} for n in nodes]}, indent=1))
+                                     "detail": n.detail} for n in nodes],
+                          "links": links_json(links)}, indent=1))
     else:
         from rich.console import Console
         from rich.table import Table
@@ -114,6 +120,7 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
         for n in nodes:
             table.add_row(n.name, n.role, n.address, "[green]up[/]" if n.up else "[red]down[/]", n.detail)
         Console().print(table)
+        print_links(links, title="links (labctl impair)")
     return 0 if nodes and all(n.up for n in nodes) else 1
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from labctl.backends import forward_guard
 from labctl.backends.netns.probes import subnet_users
-from tests.requires import require_root, require_tool
+from tests.requires import missing, require_root, require_tool
 
 pytestmark = pytest.mark.lab
 
@@ -49,8 +49,8 @@ def ip_forward_on() -> Iterator[None]:
 @contextmanager
 def outside(lab_subnet: str) -> Iterator[str]:
     """The test's own "outside" namespace behind the host; yields its name. Removed whatever happens."""
-    if subnet_users(OUTSIDE_NET):
-        pytest.skip(f"{OUTSIDE_NET} is in use on this host")
+    if subnet_users(OUTSIDE_NET):  # skipped here, a failure under CI: the guard must be proven there
+        missing(f"a free {OUTSIDE_NET} for the outside namespace", "it is in use on this host")
     tag = secrets.token_hex(3)
     ns, host_if = f"lcfg{tag}", f"lcfg{tag}h"
     try:

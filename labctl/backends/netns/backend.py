@@ -27,6 +27,7 @@ from pathlib import Path
 
 from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.netns import links as netns_links
 from labctl.backends.netns import linux
 from labctl.backends.netns.probes import subnet_users, tcp_accepting
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
@@ -51,7 +52,7 @@ def _quiet(progress: Progress | None) -> Progress:
     return progress or (lambda _msg: None)
 
 
-class NetnsBackend(Backend):
+class NetnsBackend(netns_links.NetnsLinks, Backend):
     """The default backend: real namespaces, a real bridge and a real sshd per node, on this machine."""
 
     name = "netns"
@@ -93,6 +94,7 @@ class NetnsBackend(Backend):
                 check(inventory)
                 self.state.write_plan(_completed(wanted))
         self._spawned.clear()  # they run now; from here on down finds them by pid file and namespace
+        netns_links.on_up(self.state.read_plan(), self.state.root, self.lab)  # probe the kernel, apply links:
         return inventory
 
     def _build(self, lab_plan: LabPlan, say: Progress) -> None:
@@ -209,8 +211,9 @@ class NetnsBackend(Backend):
         with self._exclusive():
             current = self.state.read_plan()
             if current is None:
-                removed = [f"nft table inet {forward_guard.table_name(self.lab.name)}"] \
-                    if forward_guard.remove(self.lab.name) else []
+                removed = netns_links.remove(self.lab.name, self.state.root)
+                if forward_guard.remove(self.lab.name):
+                    removed.append(f"nft table inet {forward_guard.table_name(self.lab.name)}")
                 if self.state.root.exists():  # state without a manifest: only files, all ours
                     shutil.rmtree(self.state.root)
                     removed.append(f"state directory {self.state.root}")
@@ -241,7 +244,7 @@ class NetnsBackend(Backend):
         (~20 ms each). Veths still there after ``VETH_GRACE`` (a namespace kept alive from outside)
         are deleted one by one.
         """
-        removed: list[str] = []
+        removed: list[str] = netns_links.remove(lab_plan.lab, self.state.root)  # first: its sockets pin netns
         namespaces = [nsid for n in lab_plan.nodes if (nsid := linux.netns_id(n.netns)) is not None]
         pids = {pid for n in lab_plan.nodes if (pid := self._owned_sshd_pid(n)) is not None}
         pids.update(self._spawned)  # started by this run, maybe before joining their namespace

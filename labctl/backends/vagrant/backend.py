@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.remote_links import RemoteLinks
 from labctl.backends.vagrant import preflight
 from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
 from labctl.inventory import Host, Inventory, LabNotUp
@@ -86,7 +87,7 @@ def host_interface(address: str) -> str | None:
 
 # --- the backend ---------------------------------------------------------------------------------------
 
-class VagrantBackend(Backend):
+class VagrantBackend(RemoteLinks, Backend):
     """Vagrant VMs from the project's Vagrantfile, driven through python-vagrant."""
 
     name = "vagrant"
