@@ -355,9 +355,3 @@ def server_logs(conn: Connection, *, lines: int = 50, server_id: str | None = No
     """The tail of each managed server's log on ``conn``'s node (``labctl logs server``)."""
     args = ["logs", "--lines", str(int(lines))] + (["--id", server_id] if server_id else [])
     return serverctl(conn, *args, remote_dir=remote_dir).rstrip() or "no server was deployed on this node"
-
-
-def server_status(conn: Connection, remote_dir: str = REMOTE_DIR) -> list[dict]:
-    """Every managed server on the node: id, pid, alive, cmd, listening."""
-    reply = _last_json(serverctl(conn, "status", remote_dir=remote_dir)) or {}
-    return list(reply.get("servers") or [])

@@ -17,13 +17,39 @@ from collections.abc import Iterable
 
 import paramiko
 
+KEEP = 512 * 1024  # bytes of each stream kept from its start, and as many from its end
+
+
+class Output:
+    """A stream's bytes, bounded: the first KEEP and the last KEEP (a client that floods its stdout
+    cannot fill our memory, and the launcher's last stderr line, its timings, is never lost)."""
+
+    def __init__(self) -> None:
+        self.head, self.tail, self.dropped = bytearray(), bytearray(), 0
+
+    def __iadd__(self, data: bytes) -> Output:
+        room = KEEP - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > KEEP:
+                self.dropped += len(self.tail) - KEEP
+                del self.tail[:len(self.tail) - KEEP]
+        return self
+
+    def __bytes__(self) -> bytes:
+        gap = f"\n[... {self.dropped} bytes not kept ...]\n".encode() if self.dropped else b""
+        return bytes(self.head) + gap + bytes(self.tail)
+
 
 class RemoteProcess:
     """One command running on a host over its own SSH channel, output gathered as it comes."""
 
     def __init__(self, host: str, command: str, channel: paramiko.Channel) -> None:
         self.host, self.command, self.channel = host, command, channel
-        self.stdout, self.stderr = bytearray(), bytearray()
+        self.stdout, self.stderr = Output(), Output()
         self.exited: int | None = None
         self.lost: str | None = None  # why the channel failed, if it did
 

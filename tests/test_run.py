@@ -327,3 +327,15 @@ def test_the_safety_factor_can_be_raised_for_a_loaded_machine(monkeypatch):
     monkeypatch.setenv("LABCTL_LEAD_SAFETY", "fast")
     with pytest.raises(RunError, match="LABCTL_LEAD_SAFETY"):
         choose_lead([0.1])
+
+
+def test_a_flooding_client_cannot_fill_our_memory_and_its_timings_survive():
+    from labctl.remote_process import KEEP, Output
+
+    out = Output()
+    for _ in range(3 * KEEP // 1000):
+        out += b"x" * 1000
+    out += b"\n" + timings_line(10.0).encode()
+    data = bytes(out)
+    assert len(data) < 2 * KEEP + 100 and out.dropped > 0
+    assert split_launcher(data.decode())[0]["exit"] == 0  # the launcher's last line is kept
