@@ -157,6 +157,7 @@ class Prepared:
     """What :meth:`Runner.prepare` found: who is reachable, what it cost, what deploy changed."""
 
     program: str = ""
+    resolved: Program | None = None                            # what was deployed and measured
     costs: dict[str, float] = field(default_factory=dict)      # node -> seconds (exec + starts)
     python: dict[str, float] = field(default_factory=dict)     # node -> seconds of one Python start there
     offsets: dict[str, float] = field(default_factory=dict)    # node -> clock offset applied (s)
@@ -203,7 +204,7 @@ class Runner:
         """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`), then measure
         every client's start."""
         program = self.program(program)
-        prep = Prepared(program=program.name)
+        prep = Prepared(program=program.name, resolved=program)
         if self.deploy:
             report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
             prep.deployed = [n for n in report.nodes if n.ok and n.changed]
@@ -264,8 +265,7 @@ class Runner:
                            "client what it needs in its command (or input: in the lab file)")
         if program.port == 0:
             raise RunError(f"the lab turns {program.name} off (port 0 in the lab file)")
-        prep = self.prepared if self.prepared and self.prepared.program == program.name else \
-            self.prepare(program)
+        prep = self.prepared if self.prepared and self.prepared.resolved == program else self.prepare(program)
         protocol = program.spec.builtin or "tcp"
         send = DEFAULT_SEND.get(protocol, ()) if send is None and builtin else (send or ())
         names = [n for n in self.client_names if n in prep.costs]
