@@ -28,7 +28,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labctl.deploy import CLIENT_PROGRAM, LAUNCHER, REMOTE_DIR, NodeDeploy, ensure, ports_of, program_for
+from labctl.deploy import (
+    CLIENT_PROGRAM,
+    LAUNCHER,
+    PYTHON,
+    REMOTE_DIR,
+    NodeDeploy,
+    ensure,
+    ports_of,
+    program_for,
+)
 from labctl.errors import LabctlError
 from labctl.inventory import Inventory
 from labctl.programs import BUILTIN_NAMES, MAX_TIMEOUT, Program, ProgramSpec
@@ -67,15 +76,16 @@ def check_timeout(timeout: float | None) -> None:
 def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
     """What a client node runs to be measured: its clock, a start of the launcher (a Python start:
     what an interpreted client costs too), its clock again; for the built-in client also a start of it."""
-    script = f"date +%s.%N; python3 {remote_dir}/{LAUNCHER} --help > /dev/null 2>&1; date +%s.%N; "
+    py = " ".join(PYTHON)
+    script = f"date +%s.%N; {py} {remote_dir}/{LAUNCHER} --help > /dev/null 2>&1; date +%s.%N; "
     if builtin:
-        script += f"python3 {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; "
+        script += f"{py} {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; "
     return script + "true"
 
 
 def launcher_argv(argv: Sequence[str], at: float, timeout: float, node: str,
                   remote_dir: str = REMOTE_DIR) -> list[str]:
-    return ["python3", f"{remote_dir}/{LAUNCHER}", "--at", f"{at:.6f}", "--timeout", f"{timeout:g}",
+    return [*PYTHON, f"{remote_dir}/{LAUNCHER}", "--at", f"{at:.6f}", "--timeout", f"{timeout:g}",
             "--node", node, "--", *argv]
 
 
@@ -97,7 +107,7 @@ def builtin_client_argv(protocol: str, server: str, port: int, start_at: float, 
     """The built-in client's command line on a node (its own --start-at)."""
     if protocol not in PROTOCOLS:
         raise RunError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-    argv = ["python3", f"{remote_dir}/{CLIENT_PROGRAM}", protocol, server, "--port", str(port),
+    argv = [*PYTHON, f"{remote_dir}/{CLIENT_PROGRAM}", protocol, server, "--port", str(port),
             "--start-at", f"{start_at:.6f}", "--late-tolerance-ms", f"{LATE_MS:g}", "--json"]
     for line in send:
         argv += ["--send", line]

@@ -61,7 +61,7 @@ def test_the_server_node_gets_every_file_the_server_imports():
 
 def test_serverctl_argv_waits_for_every_port_of_the_builtin_server():
     argv = serverctl_argv(resolve(builtin("tcp"), Ports(time=0)), SERVER, Ports(time=0))
-    assert argv[:3] == ["python3", "labctl/serverctl.py", "--dir"] and "start" in argv
+    assert argv[:4] == ["python3", "-S", "labctl/serverctl.py", "--dir"] and "start" in argv
     own = argv[:argv.index("--")]
     ports = [own[i + 1] for i, w in enumerate(own) if w == "--port"]
     assert ports == ["8080/tcp", "8080/udp", "8081/tcp"]  # RFC 868 off: port 37 not waited for

@@ -166,7 +166,7 @@ def test_clock_offset_only_when_the_probe_can_tell_it_from_zero():
 
 def test_builtin_client_argv_quotes_and_ports():
     argv = builtin_client_argv("proto", "192.168.20.2", 8081, 1234.5, send=["GET TIME", "SAY HI"], timeout=2)
-    assert argv[:4] == ["python3", f"labctl/{CLIENT_PROGRAM}", "proto", "192.168.20.2"]
+    assert argv[:5] == ["python3", "-S", f"labctl/{CLIENT_PROGRAM}", "proto", "192.168.20.2"]
     assert argv[argv.index("--start-at") + 1] == "1234.500000"
     assert shlex.split(shlex.join(argv)).count("GET TIME") == 1
     assert [port_for(p, Ports()) for p in ("tcp", "udp", "proto", "time")] == [8080, 8080, 8081, 37]
