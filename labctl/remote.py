@@ -18,10 +18,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Generic, TypeVar, Union
 
 # paramiko imports `invoke` only for ssh_config's `Match exec`, which labctl never uses; skipping it
 # saves ~40 ms per labctl process.
@@ -32,6 +31,9 @@ import paramiko  # noqa: E402
 from labctl.errors import LabctlError  # noqa: E402
 from labctl.inventory import Host  # noqa: E402
 from labctl.safety import check_host, unsafe_hosts  # noqa: E402
+
+if TYPE_CHECKING:
+    from labctl.remote_process import RemoteProcess
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -213,6 +215,20 @@ class Connection:
         if check and not result.ok:
             raise CommandFailed(result)
         return result
+
+    def launch(self, cmd: Command, *, sudo: bool = False) -> RemoteProcess:
+        """Start a command and return at once; its stdin stays open (see :mod:`labctl.remote_process`)."""
+        from labctl.remote_process import RemoteProcess
+
+        line = command_line(cmd, sudo=sudo, user=self.host.user)
+        self.open()
+        assert self._client is not None
+        try:
+            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(line)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.host.name}: lost the connection starting `{line}`: {exc}") from None
+        return RemoteProcess(self.host.name, line, chan)
 
     def sftp(self) -> paramiko.SFTPClient:
         self.open()
@@ -421,14 +437,32 @@ class Group:
         if not self.connections:
             return outcome
 
-        def call(conn: Connection) -> None:
-            try:
-                outcome.results[conn.host.name] = fn(conn)
-            except Exception as exc:  # a failed host must not lose the others
-                outcome.failures[conn.host.name] = exc
+        todo = list(self.connections.values())
+        left = [len(todo)]
+        done = threading.Condition()
 
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            list(pool.map(call, self.connections.values()))
+        def worker() -> None:
+            while True:
+                with done:
+                    if not todo:
+                        return
+                    conn = todo.pop(0)
+                try:
+                    outcome.results[conn.host.name] = fn(conn)
+                except Exception as exc:  # a failed host must not lose the others
+                    outcome.failures[conn.host.name] = exc
+                with done:
+                    left[0] -= 1
+                    done.notify_all()
+
+        # Daemon threads, and a wait in slices: Ctrl-C reaches the caller at once instead of after
+        # every host's call has returned (a pool's exit joins its workers), and a process that exits
+        # then is not held up by calls still blocked on a dead host.
+        for _ in range(self.max_workers):
+            threading.Thread(target=worker, daemon=True, name="labctl-group").start()
+        with done:
+            while left[0]:
+                done.wait(0.2)
         order = list(self.connections)
         outcome.results = {n: outcome.results[n] for n in order if n in outcome.results}
         outcome.failures = {n: outcome.failures[n] for n in order if n in outcome.failures}

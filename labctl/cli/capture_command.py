@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from labctl.cli.exercise_commands import PROTOCOLS, _positive_float, _say, run_table
+from labctl.cli.exercise_commands import PROGRAM_HELP, _positive_float, _say, run_table
 from labctl.cli.types import path_arg
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.I)
@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "at --max-size per node (and below 90%% of the node's free space) and says so.")
     p.add_argument("--port", type=int, action="append", metavar="N",
                    help="port to capture (repeatable; default: the --run protocol's port, else 8080)")
-    p.add_argument("--run", dest="run_protocol", choices=PROTOCOLS, metavar="PROTO",
-                   help=f"trigger a run of PROTO ({', '.join(PROTOCOLS)}) while capturing")
+    p.add_argument("--run", dest="run_protocol", metavar="NAME",
+                   help=f"trigger a run of program NAME while capturing ({PROGRAM_HELP})")
     p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     p.add_argument("-o", "--output", type=_output, metavar="FILE",
                    help="where the capture goes; '-' streams it to stdout as it arrives (pcap for one "
@@ -87,8 +87,8 @@ def _nodes(args, inventory) -> list:
 def cmd_capture(args: argparse.Namespace, ctx) -> int:
     from labctl.capture import MAX_BYTES, capture
     from labctl.cli import CliError
-    from labctl.deploy import ports_of
-    from labctl.run import Runner, port_for
+    from labctl.deploy import ports_of, program_for
+    from labctl.run import Runner
 
     if args.run_protocol and args.duration:
         raise CliError("--run stops by itself once the run's conversations closed; drop --duration")
@@ -104,8 +104,8 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
     if bad:
         raise CliError(f"--port {bad[0]}: a port is 1..65535")
     inventory = ctx.backend().inventory()
-    ports_cfg = ports_of(inventory)
-    ports = args.port or [port_for(args.run_protocol, ports_cfg) if args.run_protocol else ports_cfg.tcp]
+    program = program_for(inventory, args.run_protocol) if args.run_protocol else None
+    ports = args.port or [program.port if program is not None else ports_of(inventory).tcp]
     hosts = _nodes(args, inventory)
     output = None if to_stdout or args.output is None else Path(args.output)
     say = _say
@@ -119,9 +119,9 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
     stream = sys.stdout.buffer if to_stdout else None
     with Runner(inventory, deploy=True, progress=say) as runner:
         during = prepare = None
-        if args.run_protocol:  # deploy and the lead while tcpdump is armed; the run once both are done
-            prepare = runner.prepare
-            during = lambda: runner.trigger(args.run_protocol)  # noqa: E731
+        if program is not None:  # deploy and the lead while tcpdump is armed; the run once both are done
+            prepare = lambda: runner.prepare(program)  # noqa: E731
+            during = lambda: runner.trigger(program)  # noqa: E731
         conns = [runner.connection(h.name) for h in hosts]
         what = " or ".join(f"port {p}" for p in ports)
         until = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
