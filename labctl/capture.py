@@ -410,33 +410,3 @@ def _tail_in_ring(stats: TcpdumpStats, stopped_by: str) -> bool:
     return (stopped_by in ("size", "ctrl-c", "reader") and stats.dropped == 0
             and stats.received > stats.captured)
 
-
-def summarise(path: Path) -> tuple[object, dict]:
-    """Read the capture back with :mod:`labctl.analyse`; packets per protocol, conversations per client.
-
-    ``spread_ms``: first to last client's first packet (its SYN, or its first datagram): the spread
-    of a triggered run as the wire saw it. ``open``: TCP conversations that did not close.
-    """
-    from labctl.analyse import analyse_file
-
-    analysis = analyse_file(path)
-    protocols: dict[str, int] = {}
-    clients: dict[str, dict[str, int]] = {}
-    first: dict[str, float] = {}
-    still_open = 0
-    for conv in analysis.conversations():
-        protocols[conv.proto] = protocols.get(conv.proto, 0) + conv.packets
-        ip = conv.client.rsplit(":", 1)[0].strip("[]")
-        per = clients.setdefault(ip, {})
-        per[conv.proto] = per.get(conv.proto, 0) + 1
-        first[ip] = min(first.get(ip, conv.start), conv.start)
-        if conv.proto == "tcp" and conv.closed_by is None:
-            still_open += 1
-    other = analysis.packets - sum(protocols.values())
-    if other:
-        protocols["other"] = other
-    spread = (max(first.values()) - min(first.values())) * 1000.0 if len(first) > 1 else None
-    summary = {"packets": analysis.packets, "protocols": protocols, "clients": clients,
-               "spread_ms": None if spread is None else round(spread, 3), "open": still_open,
-               "warnings": list(analysis.warnings)}
-    return analysis, summary

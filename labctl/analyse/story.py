@@ -2,8 +2,7 @@
 numbers of *this* capture (shared by the terminal report and the HTML report)."""
 from __future__ import annotations
 
-from labctl.analyse.model import Analysis
-from labctl.analyse.report import ProtoSummary
+from labctl.analyse.summary import ProtoSummary
 
 
 def _ms(x: float | None) -> str:
@@ -43,7 +42,7 @@ def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], li
     return ["", "TCP", "UDP"], rows
 
 
-def findings(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
+def findings(tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
     """Short sentences stating what this capture shows."""
     out: list[str] = []
     if tcp.conversations:
@@ -84,7 +83,7 @@ def findings(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[s
     return out
 
 
-def reflection(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str]]]:
+def reflection(tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str]]]:
     """The exercise's three reflection questions, answered with this capture's numbers."""
     t_per = tcp.packets / tcp.conversations if tcp.conversations else None
     u_per = udp.packets / udp.requests if udp.requests else None
