@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.analyse import CaptureFileError, analyse_file, render_terminal
-from labctl.analyse import conversations as cv
+from labctl.analyse import CaptureFileError, analyse_file, decode, render_terminal
+from labctl.analyse import tcp as tcp_state
 from labctl.analyse.pcapwrite import (
     eth,
     global_header,
@@ -177,7 +177,7 @@ def test_snaplen_cut_packets(tmp_path):
     (t,) = list(a.tcp())
     assert t.payload_bytes == 21          # from the IP length, not from the cut frame
     assert t.bytes == 8 * 54 + 21          # frame lengths on the wire
-    assert a.builder.skipped == {cv.dec.SKIP_CUT: 1}
+    assert a.builder.skipped == {decode.SKIP_CUT: 1}
     assert any("snapshot length 60" in w for w in a.warnings)
 
 
@@ -347,16 +347,16 @@ def test_refused_connection(tmp_path):
 
 def test_fold_and_unfold_keep_everything(tmp_path, monkeypatch):
     """Closed conversations are folded into bytes; a late packet unfolds them and carries on."""
-    monkeypatch.setattr(cv, "FOLD_AFTER", 0)
+    monkeypatch.setattr(tcp_state, "FOLD_AFTER", 0)
     frames = tcp_daytime(C, 40000, S, 8080, 10.0)
     frames.append((12.0, tcp_frame(S, 8080, C, 40000, 5000 + 22, 1002, 0x11)))  # late FIN again
     a = analyse_file(write_pcap(tmp_path / "late.pcap", frames), detail=0)
     (t,) = list(a.tcp())
     assert t.packets == 9 and t.retransmissions == 1
     b = analyse_file(write_pcap(tmp_path / "d.pcap", tcp_daytime(C, 40000, S, 8080, 10.0)), detail=0)
-    assert type(b.builder.tcp[0]) is not list     # folded
+    assert type(b.builder.tcp.convs[0]) is not list     # folded
     c = analyse_file(write_pcap(tmp_path / "e.pcap", tcp_daytime(C, 40000, S, 8080, 10.0)), detail=5)
-    assert type(c.builder.tcp[0]) is list         # kept for its ladder
+    assert type(c.builder.tcp.convs[0]) is list         # kept for its ladder
     assert next(b.tcp()).as_dict() == next(c.tcp()).as_dict()
 
 
@@ -417,7 +417,7 @@ def test_fast_json_text_equals_the_float_path(tmp_path):
         a = analyse_file(p)
         fast, slow = io.StringIO(), io.StringIO()
         write_json_fast(a, fast)
-        a.builder.units = 0          # not microseconds: the float path
+        a.builder.clock.units = 0          # not microseconds: the float path
         write_json_fast(a, slow)
         assert fast.getvalue() == slow.getvalue(), p
 
@@ -427,11 +427,39 @@ def test_folding_early_changes_nothing(tmp_path, monkeypatch):
     for p in _stories(tmp_path):
         plain = io.StringIO()
         write_json_fast(analyse_file(p, detail=0), plain)
-        monkeypatch.setattr(cv, "FOLD_FROM", 0)
+        monkeypatch.setattr(tcp_state, "FOLD_FROM", 0)
         folded = io.StringIO()
         write_json_fast(analyse_file(p, detail=0), folded)
         monkeypatch.undo()
         assert folded.getvalue() == plain.getvalue(), p
+
+
+def _big_endian_copy(src: Path, dst: Path) -> Path:
+    """The same capture with big-endian headers: the fast path does not read those."""
+    data = src.read_bytes()
+    magic, vmaj, vmin, tz, sig, snaplen, network = struct.unpack_from("<IHHiIII", data)
+    out = [struct.pack(">IHHiIII", magic, vmaj, vmin, tz, sig, snaplen, network)]
+    o = 24
+    while o < len(data):
+        sec, frac, incl, orig = struct.unpack_from("<IIII", data, o)
+        out.append(struct.pack(">IIII", sec, frac, incl, orig) + data[o + 16:o + 16 + incl])
+        o += 16 + incl
+    dst.write_bytes(b"".join(out))
+    return dst
+
+
+@pytest.mark.parametrize("detail", [0, 8])
+def test_fast_path_equals_general_path(tmp_path, detail):
+    """Every packet through the general analysis gives the state the fast path's short cuts give."""
+    for p in _stories(tmp_path):
+        general = analyse_file(_big_endian_copy(p, tmp_path / "be.pcap"), detail=detail).builder
+        fast = analyse_file(p, detail=detail).builder
+        assert fast.tcp.keys == general.tcp.keys and len(fast.tcp) == len(general.tcp), p
+        for i in range(len(fast.tcp)):
+            assert list(fast.tcp.flat(i)) == list(general.tcp.flat(i)), (p, i)
+            assert fast.tcp.detail_of(i) == general.tcp.detail_of(i), (p, i)
+        assert fast.udp.convs == general.udp.convs and fast.udp.icmp == general.udp.icmp, p
+        assert (fast.packets, fast.bytes, fast.skipped) == (general.packets, general.bytes, general.skipped)
 
 
 def test_json_cli_on_bench_capture(tmp_path):

@@ -23,9 +23,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from labctl.analyse import conversations as cv
-from labctl.analyse.conversations import HALF, M32
+from labctl.analyse import tcp as cv
+from labctl.analyse import udp
 from labctl.analyse.report import BATCH, ProtoSummary, _Endpoints
+from labctl.analyse.wire import HALF, M32
 
 CACHE_MAX = 16384
 
@@ -183,13 +184,14 @@ def _tcp_flush(cache: dict, tot: _Totals) -> None:
 
 
 def _tcp_rows(b, batch: Callable[[list[str]], None], tot: _Totals) -> None:
+    ticks = b.clock.ticks
     eps = _Endpoints()
     ips = eps.ips
     cache: dict[tuple, list] = {}
     lines: list[str] = []
     add = lines.append
-    keys = b.tcp_keys
-    for idx, c in enumerate(b.tcp):
+    keys = b.tcp.keys
+    for idx, c in enumerate(b.tcp.convs):
         f = c if type(c) is not list else c[4:16] + c[1][4:16] + c[17:]
         key = keys[idx]
         if len(key) == 12:
@@ -220,7 +222,7 @@ def _tcp_rows(b, batch: Callable[[list[str]], None], tot: _Totals) -> None:
         if fin0 < 0 or fin1 < 0:
             fin_order = True
         elif (fin0 ^ fin1) & M32:     # different seconds
-            fin_order = b.ticks(fin1) <= b.ticks(fin0) if cd else b.ticks(fin0) <= b.ticks(fin1)
+            fin_order = ticks(fin1) <= ticks(fin0) if cd else ticks(fin0) <= ticks(fin1)
         else:
             fin_order = fin1 <= fin0 if cd else fin0 <= fin1
         if n == 42:     # one burst: flattened into the key (see _tcp_key)
@@ -317,8 +319,8 @@ def _udp_rows(b, batch: Callable[[list[str]], None], tot: _Totals) -> None:
     cache: dict[tuple, list] = {}
     lines: list[str] = []
     add = lines.append
-    icmp = b.icmp
-    for c in b.udp:
+    icmp = b.udp.icmp
+    for c in b.udp.convs:
         key = c[6]
         if len(key) == 12:
             ip_a, ip_b, port_a, port_b = _V4(key)
@@ -397,8 +399,8 @@ def _tcp_floats(b, metric: str) -> Callable[[int, int], tuple[float, float]]:
 
     def extremes(lo: int, hi: int) -> tuple[float, float]:
         x_lo = x_hi = None
-        for i in range(len(b.tcp)):
-            f = b.tcp_flat(i)
+        for i in range(len(b.tcp.convs)):
+            f = b.tcp.flat(i)
             t0 = f[cv.F_FIRST]
             if metric == "rtt":
                 if f[cv.F_IRTT] < 0:
@@ -413,7 +415,7 @@ def _tcp_floats(b, metric: str) -> Callable[[int, int], tuple[float, float]]:
                 elif f[cv.F_SYNACK] or f[cv.F_SYNACK + 12]:
                     cd = 1 if f[cv.F_SYNACK] else 0
                 else:
-                    key = b.tcp_keys[i]
+                    key = b.tcp.keys[i]
                     n = (len(key) - 4) // 2
                     cd = 0 if key[2 * n:2 * n + 2] >= key[2 * n + 2:] else 1
                 a = next((f[j + 1] for j in range(cv.F_SIZE, len(f), 3) if f[j] != cd), None)
@@ -433,14 +435,14 @@ def _udp_floats(b, metric: str) -> Callable[[int, int], tuple[float, float]]:
 
     def extremes(lo: int, hi: int) -> tuple[float, float]:
         x_lo = x_hi = None
-        for c in b.udp:
+        for c in b.udp.convs:
             t0 = c[0]
             if metric == "dur":
                 k = us(c[1] - t0)
                 if k in (lo, hi):
                     x_lo, x_hi = _keep(k, (secs(c[1]) - secs(t0)) * 1000.0, lo, x_lo, x_hi)
                 continue
-            for i in range(cv.U_SIZE, len(c), 5):
+            for i in range(udp.U_SIZE, len(c), 5):
                 rq, rp = c[i], c[i + 2]
                 if metric == "rtt" and rq >= 0 and rp >= 0:
                     k = us(rp - rq)

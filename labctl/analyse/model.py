@@ -10,15 +10,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from labctl.analyse import conversations as cv
+from labctl.analyse import decode as dec
+from labctl.analyse import tcp as T
+from labctl.analyse import udp as U
+from labctl.analyse import wire
 from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
 
-FLAG_NAMES = ((cv.SYN, "SYN"), (cv.FIN, "FIN"), (cv.RST, "RST"), (cv.PSH, "PSH"), (cv.ACK, "ACK"))
+FLAG_NAMES = ((wire.SYN, "SYN"), (wire.FIN, "FIN"), (wire.RST, "RST"), (wire.PSH, "PSH"), (wire.ACK, "ACK"))
 
 
 def flag_text(flags: int) -> str:
     """Wireshark-style flag label: SYN, SYN-ACK, ACK, PSH-ACK, FIN-ACK, RST, RST-ACK."""
     names = [n for bit, n in FLAG_NAMES if flags & bit]
-    if flags & cv.SYN and flags & cv.ACK:
+    if flags & wire.SYN and flags & wire.ACK:
         return "SYN-ACK"
     return "-".join(names) if names else "(none)"
 
@@ -175,10 +179,10 @@ class Analysis:
     def warnings(self) -> list[str]:
         w = list(self.info.warnings)
         for reason, n in sorted(self.builder.skipped.items()):
-            if reason in (cv.dec.SKIP_CUT, cv.dec.SKIP_BAD):
+            if reason in (dec.SKIP_CUT, dec.SKIP_BAD):
                 w.append(f"{n} packet(s) {reason}: not analysed" + (
                     f" (snapshot length {self.info.snaplen}; capture with -s 0)"
-                    if reason == cv.dec.SKIP_CUT else ""))
+                    if reason == dec.SKIP_CUT else ""))
         return w
 
     @property
@@ -187,21 +191,21 @@ class Analysis:
 
     @property
     def tcp_count(self) -> int:
-        return len(self.builder.tcp)
+        return len(self.builder.tcp.convs)
 
     @property
     def udp_count(self) -> int:
-        return len(self.builder.udp)
+        return len(self.builder.udp.convs)
 
     def tcp(self) -> Iterator[Conversation]:
         b = self.builder
-        for i in range(len(b.tcp)):
-            yield tcp_conversation(i, b.tcp_flat(i), b.tcp_keys[i], b.tcp_detail(i), b.seconds)
+        for i in range(len(b.tcp.convs)):
+            yield tcp_conversation(i, b.tcp.flat(i), b.tcp.keys[i], b.tcp.detail_of(i), b.seconds)
 
     def udp(self) -> Iterator[Conversation]:
         b = self.builder
-        for i, c in enumerate(b.udp):
-            yield udp_conversation(i, c, b.icmp.get(c[cv.U_KEY]), b.seconds)
+        for i, c in enumerate(b.udp.convs):
+            yield udp_conversation(i, c, b.udp.icmp.get(c[U.U_KEY]), b.seconds)
 
     def conversations(self) -> Iterator[Conversation]:
         yield from self.tcp()
@@ -224,20 +228,20 @@ def _unusual(c: Conversation) -> bool:
 
 def tcp_conversation(index: int, f, key: bytes, detail: list | None, seconds: Callable[[int], float]
                      ) -> Conversation:
-    """A TCP conversation from its flat state ``f`` (see ``conversations.F_*``); times via ``seconds``."""
+    """A TCP conversation from its flat state ``f`` (see ``tcp.F_*``); times via ``seconds``."""
     a, b = split_key(key)
     # who is the client: whoever sent the SYN; without one, the side with the higher port
-    syn_a, syn_b = f[cv.F_SYN], f[cv.F_SYN + 12]
+    syn_a, syn_b = f[T.F_SYN], f[T.F_SYN + 12]
     if syn_a or syn_b:
         cd = 0 if syn_a >= syn_b else 1
-    elif f[cv.F_SYNACK] or f[cv.F_SYNACK + 12]:
-        cd = 1 if f[cv.F_SYNACK] else 0
+    elif f[T.F_SYNACK] or f[T.F_SYNACK + 12]:
+        cd = 1 if f[T.F_SYNACK] else 0
     else:
         cd = 0 if _port(a) >= _port(b) else 1
     sd = 1 - cd
     c_, s_ = 12 * cd, 12 * sd
-    t0 = seconds(f[cv.F_FIRST])
-    bursts = [(f[i], seconds(f[i + 1]), f[i + 2]) for i in range(cv.F_SIZE, len(f), 3)]
+    t0 = seconds(f[T.F_FIRST])
+    bursts = [(f[i], seconds(f[i + 1]), f[i + 2]) for i in range(T.F_SIZE, len(f), 3)]
     exchanges: list[Exchange] = []
     for d, first, nbytes in bursts:
         if d == cd:
@@ -249,32 +253,32 @@ def tcp_conversation(index: int, f, key: bytes, detail: list | None, seconds: Ca
         else:
             exchanges.append(Exchange(None, 0, _ms(first, t0), nbytes, 1))
     first_server = next((first for d, first, _ in bursts if d == sd), None)
-    fin_c, fin_s = f[cv.F_FIN + c_], f[cv.F_FIN + s_]
+    fin_c, fin_s = f[T.F_FIN + c_], f[T.F_FIN + s_]
     fin_c = None if fin_c < 0 else seconds(fin_c)
     fin_s = None if fin_s < 0 else seconds(fin_s)
-    rst_c, rst_s = f[cv.F_RST + c_], f[cv.F_RST + s_]
+    rst_c, rst_s = f[T.F_RST + c_], f[T.F_RST + s_]
     closed_by = None
     if fin_c is not None or fin_s is not None:
         closed_by = "client" if fin_s is None or (fin_c is not None and fin_c <= fin_s) else "server"
     elif rst_c or rst_s:
         closed_by = "client (RST)" if rst_c and not rst_s else "server (RST)"
-    refused = bool(rst_s) and not (f[cv.F_SYNACK + s_]) and bool(f[cv.F_SYN + c_])
-    irtt = None if f[cv.F_IRTT] < 0 else seconds(f[cv.F_IRTT]) - seconds(f[cv.F_IRTT0])
-    handshake = bool(f[cv.F_SYN + c_] and f[cv.F_SYNACK + s_] and irtt is not None)
+    refused = bool(rst_s) and not (f[T.F_SYNACK + s_]) and bool(f[T.F_SYN + c_])
+    irtt = None if f[T.F_IRTT] < 0 else seconds(f[T.F_IRTT]) - seconds(f[T.F_IRTT0])
+    handshake = bool(f[T.F_SYN + c_] and f[T.F_SYNACK + s_] and irtt is not None)
     conv = Conversation(
         proto="tcp", index=index, client=(a, b)[cd], server=(a, b)[sd], start=t0,
-        packets=f[cv.F_PKTS], bytes=f[cv.F_BYTES], payload_bytes=f[cv.F_PAY] + f[cv.F_PAY + 12],
-        client_payload=f[cv.F_PAY + c_], server_payload=f[cv.F_PAY + s_],
-        duration_ms=(seconds(f[cv.F_LAST]) - t0) * 1000.0,
+        packets=f[T.F_PKTS], bytes=f[T.F_BYTES], payload_bytes=f[T.F_PAY] + f[T.F_PAY + 12],
+        client_payload=f[T.F_PAY + c_], server_payload=f[T.F_PAY + s_],
+        duration_ms=(seconds(f[T.F_LAST]) - t0) * 1000.0,
         rtt_ms=None if irtt is None else irtt * 1000.0,
-        ttfb_ms=_ms(first_server, t0), retransmissions=f[cv.F_RETRANS],
-        fast_retransmissions=f[cv.F_FASTRT], spurious_retransmissions=f[cv.F_SPURIOUS],
-        out_of_order=f[cv.F_OOO], dup_acks=f[cv.F_DUPACK], syn=syn_a + syn_b,
-        synack=f[cv.F_SYNACK] + f[cv.F_SYNACK + 12],
+        ttfb_ms=_ms(first_server, t0), retransmissions=f[T.F_RETRANS],
+        fast_retransmissions=f[T.F_FASTRT], spurious_retransmissions=f[T.F_SPURIOUS],
+        out_of_order=f[T.F_OOO], dup_acks=f[T.F_DUPACK], syn=syn_a + syn_b,
+        synack=f[T.F_SYNACK] + f[T.F_SYNACK + 12],
         fin=(fin_c is not None) + (fin_s is not None), rst=rst_c + rst_s, closed_by=closed_by,
         refused=refused, handshake=handshake, exchanges=exchanges)
     if detail is not None:
-        conv.ladder = _tcp_ladder(detail, [f[cv.F_ISN], f[cv.F_ISN + 12]], cd, t0, seconds)
+        conv.ladder = _tcp_ladder(detail, [f[T.F_ISN], f[T.F_ISN + 12]], cd, t0, seconds)
     return conv
 
 
@@ -294,15 +298,15 @@ def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: float, seconds: Call
         t, d, flags, seq, ack_sw, plen, orig, _win = rec
         base = isn[d]
         if base is None:   # no SYN seen in this direction: count from the first sequence number
-            base = isn[d] = (seq - 1) & cv.M32 if not flags & cv.SYN else seq
-        rseq = (seq - base) & cv.M32
+            base = isn[d] = (seq - 1) & wire.M32 if not flags & wire.SYN else seq
+        rseq = (seq - base) & wire.M32
         rack = None
-        if flags & cv.ACK:
-            ack = cv.swap32(ack_sw)
+        if flags & wire.ACK:
+            ack = wire.swap32(ack_sw)
             obase = isn[1 - d]
             if obase is None:
-                obase = isn[1 - d] = (ack - 1) & cv.M32
-            rack = (ack - obase) & cv.M32
+                obase = isn[1 - d] = (ack - 1) & wire.M32
+            rack = (ack - obase) & wire.M32
         out.append(Packet((seconds(t) - t0) * 1000.0, d == cd, flag_text(flags), rseq, rack, plen, orig))
     # point at the original of each retransmission: the picture then tells its story
     for i, p in enumerate(out):
@@ -317,10 +321,10 @@ def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: float, seconds: Call
 
 def udp_conversation(index: int, c: list, icmp: list | None, seconds: Callable[[int], float]
                      ) -> Conversation:
-    a, b = split_key(c[cv.U_KEY])
-    t0 = seconds(c[cv.U_FIRST])
+    a, b = split_key(c[U.U_KEY])
+    t0 = seconds(c[U.U_FIRST])
     exchanges = []
-    for i in range(cv.U_SIZE, len(c), 5):
+    for i in range(U.U_SIZE, len(c), 5):
         rq, rqb, rp, rpb, n = c[i:i + 5]
         exchanges.append(Exchange(None if rq < 0 else _ms(seconds(rq), t0), rqb,
                                   None if rp < 0 else _ms(seconds(rp), t0), rpb, n))
@@ -331,13 +335,13 @@ def udp_conversation(index: int, c: list, icmp: list | None, seconds: Callable[[
     rtt = next((e.reply_ms - e.request_ms for e in exchanges
                 if e.reply_ms is not None and e.request_ms is not None), None)
     conv = Conversation(
-        proto="udp", index=index, client=a, server=b, start=t0, packets=c[cv.U_PKTS],
-        bytes=c[cv.U_BYTES], payload_bytes=c[cv.U_PAY] + c[cv.U_PAY + 1], client_payload=c[cv.U_PAY],
-        server_payload=c[cv.U_PAY + 1], duration_ms=(seconds(c[cv.U_LAST]) - t0) * 1000.0, rtt_ms=rtt,
+        proto="udp", index=index, client=a, server=b, start=t0, packets=c[U.U_PKTS],
+        bytes=c[U.U_BYTES], payload_bytes=c[U.U_PAY] + c[U.U_PAY + 1], client_payload=c[U.U_PAY],
+        server_payload=c[U.U_PAY + 1], duration_ms=(seconds(c[U.U_LAST]) - t0) * 1000.0, rtt_ms=rtt,
         ttfb_ms=first_reply, exchanges=exchanges)
-    if c[cv.U_DETAIL] is not None:
+    if c[U.U_DETAIL] is not None:
         lad: list[Packet] = []
-        for t, d, kind, _s, _a, plen, orig, text in c[cv.U_DETAIL]:
+        for t, d, kind, _s, _a, plen, orig, text in c[U.U_DETAIL]:
             if kind == -1:
                 lad.append(Packet((seconds(t) - t0) * 1000.0, False, "ICMP", None, None, 0, orig, [text]))
             else:

@@ -42,7 +42,7 @@ def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
             "bytes": b.bytes, "skipped": b.skipped, "skipped_bytes": b.skipped_bytes, "ipv6": b.ipv6,
             "first_ts": b.first_ts,
             "last_ts": b.last_ts}
-    return {"partial": partial, "tcp_frame": b.tcp_frame, "udp_frame": b.udp_frame,
+    return {"partial": partial, "tcp_frame": b.tcp.frames, "udp_frame": b.udp.frames,
             "files": {k: str(v) for k, v in files.items()}, "info": info, "meta": meta}
 
 

@@ -215,7 +215,7 @@ BATCH = 4096
 def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
     """Walk the builder's conversations: add them up, and hand their JSON texts, a list at a time,
     to ``tcp_batch``/``udp_batch`` when given (no formatting at all otherwise)."""
-    from labctl.analyse import conversations as cv
+    from labctl.analyse import tcp as cv
 
     lines: list[str] = []
     tcp_line = lines.append if tcp_batch is not None else None
@@ -228,9 +228,9 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
     fmt = tcp_line is not None
     n_conv = n_pkts = n_bytes = n_pay = n_retr = n_ooo = n_dup = n_ans = n_ref = 0
     secs = b.seconds
-    keys = b.tcp_keys
-    for idx in range(len(b.tcp)):
-        c = b.tcp_flat(idx)
+    keys = b.tcp.keys
+    for idx in range(len(b.tcp.convs)):
+        c = b.tcp.flat(idx)
         key = keys[idx]
         syn_a, syn_b = c[cv.F_SYN], c[cv.F_SYN + 12]
         if syn_a or syn_b:
@@ -318,11 +318,11 @@ def emit_rows(b, tcp_batch=None, udp_batch=None) -> Partial:
     fmt = udp_batch is not None
     udp_line = lines.append
     n_conv = n_pkts = n_bytes = n_pay = n_req = n_ans = 0
-    for c in b.udp:
+    for c in b.udp.convs:
         t0 = secs(c[0])
         notes = None
-        if b.icmp:
-            icmp = b.icmp.get(c[6])
+        if b.udp.icmp:
+            icmp = b.udp.icmp.get(c[6])
             notes = {n: t for n, _, t in icmp} if icmp else None
         exs = []
         rtt = ttfb = None
@@ -393,7 +393,7 @@ def write_json_fast(analysis: Analysis, out: TextIO) -> None:
     was = gc.isenabled()
     gc.disable()     # many short-lived tuples and strings, no cycles: no need to look for any
     try:
-        if b.units == 1_000_000:
+        if b.clock.units == 1_000_000:
             from labctl.analyse.fastjson import emit_rows_us
 
             tcp, udp = emit_rows_us(b, batch, batch)
