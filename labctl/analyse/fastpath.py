@@ -24,6 +24,7 @@ from itertools import count
 from labctl.analyse import tcp as T
 from labctl.analyse import udp as U
 from labctl.analyse.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, Chunk
+from labctl.analyse.tunnels import UDP_TUNNEL_PORTS
 from labctl.analyse.wire import M32, reverse_key4_parts
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
@@ -45,11 +46,14 @@ _IP_TCP_HEADERS = [20 + ((o >> 4) << 2) if o >> 4 >= 5 else 1 << 20 for o in ran
 
 
 def _ip_lengths() -> list[int]:
-    """The IP total length by its two bytes read little-endian: the table that swaps them back."""
+    """The IP total length by its two bytes read little-endian: the table that swaps them back.
+    Length 0 (TSO) maps to a length no frame has, so such a packet goes the general way."""
     pairs = bytearray(131072)
     pairs[0::2] = b"".join(bytes([hi]) * 256 for hi in range(256))
     pairs[1::2] = bytes(range(256)) * 256
-    return list(struct.unpack("<65536H", pairs))
+    lengths = list(struct.unpack("<65536H", pairs))
+    lengths[0] = 1 << 20
+    return lengths
 
 
 _IP_LENGTH = _ip_lengths()
@@ -94,12 +98,12 @@ def feed(b: Builder, chunk: Chunk) -> int:
     fwd_get, rev_get = udp_fwd.get, udp_rev.get
     udp_slow_fwd, udp_slow_rev = udps.slow_fwd, udps.slow_rev
     udp_frame_append = udps.frames.append
-    udp_packet = udps.packet
     detail = b.detail
     rk_split, rk_order, rk_join = reverse_key4_parts()
     ip_length = _IP_LENGTH
     ip_tcp_headers = _IP_TCP_HEADERS
     l2_udp = l2 + 28
+    tunnel_ports = UDP_TUNNEL_PORTS
     from_bytes = int.from_bytes
     split = b.parts > 1
     part, parts = b.part, b.parts
@@ -116,18 +120,16 @@ def feed(b: Builder, chunk: Chunk) -> int:
         if o > end:
             o -= incl + 16
             break
-        if et != 8 or vihl != 0x45 or frag & 0xFF3F or not totlen:
-            pass                        # not IPv4 without options, a fragment, or TSO: the general way
+        if et != 8 or vihl != 0x45 or frag & 0xFF3F or (iplen := ip_length[totlen]) > orig - l2:
+            pass    # not IPv4 without options, a fragment, TSO or a length beyond the frame: the general way
         elif split and (proto == 6 or proto == 17) and incl >= l2_udp and (
                 key[9] ^ key[11]) % parts != part:
             other_bytes += orig         # another worker's conversation
             continue
         elif proto == 6:
             headers = ip_tcp_headers[off]
-            if incl >= l2 + headers:
-                plen = ip_length[totlen] - headers
-                if plen < 0:
-                    plen = 0
+            if incl >= l2 + headers and iplen >= headers:     # (else a malformed header: the general way)
+                plen = iplen - headers
                 s = live_get(key)
                 if s is None:
                     if (flags & 23 == 2 and not plen and len(tcp) >= detail and key not in tcp_slow
@@ -212,8 +214,8 @@ def feed(b: Builder, chunk: Chunk) -> int:
                 if c[C_CLOSING] and len(tcp) >= fold_from:
                     retire(c)
                 continue
-        elif proto == 17 and incl >= l2_udp:
-            plen = ip_length[totlen] - 28
+        elif proto == 17 and incl >= l2_udp and iplen >= 28:
+            plen = iplen - 28
             c = fwd_get(key)
             if c is not None:                    # a request
                 c[U_LAST] = t
@@ -236,8 +238,11 @@ def feed(b: Builder, chunk: Chunk) -> int:
                     c[-2] += plen
                     c[-1] += 1
                 continue
-            if len(udp) < detail or key in udp_slow_fwd or key in udp_slow_rev:
-                udp_packet(key, t, orig, plen, n)
+            if (len(udp) < detail or key in udp_slow_fwd or key in udp_slow_rev or key[8:10] in tunnel_ports
+                    or key[10:12] in tunnel_ports):    # kept for a ladder, or a tunnel: the general way
+                r = b.general(chunk.linktype, buf, o - incl, incl, orig, t)
+                if r is not None:
+                    b.dispatch(r, t, orig, n)
                 continue
             c = [t, t, 1, orig, plen, 0, key, None, t, plen, -1, 0, 0]   # a new one (UdpConversations.new)
             udp.append(c)
@@ -249,6 +254,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
         if r is not None:
             b.dispatch(r, t, orig, n)
     chunk.consumed = o
+    chunk.records = n - 1 - base
     b.packets = n - 1
     b.other_bytes += other_bytes
     if t >= 0:

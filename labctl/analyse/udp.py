@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 
+from labctl.analyse.tunnels import carries_tunnel
 from labctl.analyse.wire import reverse_key
 
 U_FIRST, U_LAST, U_PKTS, U_BYTES = 0, 1, 2, 3
@@ -42,8 +43,10 @@ class UdpConversations:
         """Start a conversation with its first datagram (a request)."""
         self.frames.append(frame)
         c = [t, t, 1, orig, plen, 0, key, None, t, plen, -1, 0, 0]
-        if len(self.convs) < self.detail:
-            c[U_DETAIL] = [(t, 0, 0, 0, 0, plen, orig, 0)]
+        ladder = len(self.convs) < self.detail
+        if ladder or carries_tunnel(key):      # (a tunnel's datagrams must all be decoded: not fast)
+            if ladder:
+                c[U_DETAIL] = [(t, 0, 0, 0, 0, plen, orig, 0)]
             self.slow_fwd[key] = c
             self.slow_rev[reverse_key(key)] = c
         else:
