@@ -78,7 +78,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     S_DUPRUN, S_ACKTIME, S_PAY, S_SYN = T.S_DUPRUN, T.S_ACKTIME, T.S_PAY, T.S_SYN
     S_SYNACK, S_FIN, S_ISN = T.S_SYNACK, T.S_FIN, T.S_ISN
     C_FIRST, C_LAST, C_PKTS, C_BYTES, C_EXDIR = T.C_FIRST, T.C_LAST, T.C_PKTS, T.C_BYTES, T.C_EXDIR
-    C_IRTT, C_IRTT0, C_MRUSYN, C_DUPACK = T.C_IRTT, T.C_IRTT0, T.C_MRUSYN, T.C_DUPACK
+    C_IRTT, C_IRTT0, C_MRUSYN = T.C_IRTT, T.C_IRTT0, T.C_MRUSYN
     C_CLOSING, C_IDX = T.C_CLOSING, T.C_IDX
     U_LAST, U_PKTS, U_BYTES, U_PAY_C, U_PAY_S = U.U_LAST, U.U_PKTS, U.U_BYTES, U.U_PAY, U.U_PAY + 1
     new_s0, new_s1 = T.NEW_S0, T.NEW_S1
@@ -92,6 +92,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     tcp_keys_append = tcps.keys.append
     tcp_frame_append = tcps.frames.append
     tcp_packet, tcp_sequence, retire = tcps.packet, tcps.sequence, tcps.retire
+    tcp_repeated = tcps.repeated_ack
     fold_from = tcps.fold_from
     udp = udps.convs
     udp_fwd, udp_rev = udps.fwd, udps.rev
@@ -206,9 +207,11 @@ def feed(b: Builder, chunk: Chunk) -> int:
                         if c[C_IRTT] < 0 and c[C_MRUSYN] >= 0:
                             c[C_IRTT] = t
                             c[C_IRTT0] = c[C_MRUSYN]
-                    elif win and win == s[S_WIN] and from_bytes(seqb, "big") == s[S_NEXTSEQ]:
-                        s[S_DUPRUN] += 1                 # a duplicate ACK
-                        c[C_DUPACK] += 1
+                        if s[S_NEXTSEQ] < 0:             # the first segment this way (mid-flow)
+                            s[S_NEXTSEQ] = from_bytes(seqb, "big")
+                            s[S_NSTIME] = t
+                    else:                                # keep-alive, its ACK, a duplicate ACK?
+                        tcp_repeated(c, s, t, from_bytes(seqb, "big"), win)
                     s[S_ACKTIME] = t
                     s[S_WIN] = win
                 if c[C_CLOSING] and len(tcp) >= fold_from:
