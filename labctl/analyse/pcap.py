@@ -151,7 +151,7 @@ def _open_fifo(p: Path, on_wait: Callable[[str], None] | None) -> BinaryIO:
         poll.register(fd, select.POLLIN | select.POLLHUP)
         if not poll.poll(200) and on_wait is not None:
             on_wait(f"{p} is a FIFO with nothing written into it yet: waiting for a writer "
-                    "(e.g. tcpdump -w {p}); Ctrl-C to stop")
+                    f"(e.g. tcpdump -w {p}); Ctrl-C to stop")
             while not poll.poll(1000):
                 pass
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)

@@ -17,7 +17,9 @@ def register(subparsers) -> None:
         epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("file", type=Path, metavar="FILE", help="capture file (.pcap or .pcapng)")
+    p.add_argument("file", type=Path, metavar="FILE",
+                   help="capture file (.pcap or .pcapng), a FIFO, or - for standard input "
+                        "(labctl capture -o - | labctl analyse -)")
     p.add_argument("--json", action="store_true",
                    help="print every conversation and the summary as JSON (for scripts) instead of text")
     p.add_argument("--svg", type=Path, metavar="DIR",
@@ -50,22 +52,25 @@ def run_analyse(args: argparse.Namespace, ctx) -> int:
 def _run(args: argparse.Namespace) -> int:
     from labctl.analyse import analyse_file
     from labctl.analyse.conversations import DEFAULT_DETAIL
+    from labctl.analyse.pcap import open_source
 
     if args.ladders < 0:
         from labctl.cli import CliError
         raise CliError("--ladders must be 0 or more")
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
-    if args.json and not args.svg and not args.html:
+    source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
+    if args.json and not args.svg and not args.html and not source.stream:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
         jobs = args.jobs if args.jobs is not None else default_jobs(args.file)
-        if jobs > 1:
+        if jobs > 1:      # (each worker reads the file: a stream is read once, by one process)
+            source.close()
             analysis = write_json_parallel(args.file, sys.stdout, jobs)
             sys.stdout.flush()
             for w in analysis.warnings:
                 print(f"labctl: warning: {w}", file=sys.stderr)
             return 0
-    analysis = analyse_file(args.file, detail=detail)
+    analysis = analyse_file(source, detail=detail)
     if args.json:
         from labctl.analyse.report import write_json_fast
 
