@@ -185,6 +185,10 @@ class Analysis:
                     if reason == dec.SKIP_CUT else ""))
         return w + list(self.builder.notes)
 
+    def tcp_spurious_retransmissions(self) -> int:
+        """Retransmissions of data the other side had already acknowledged (no loss behind them)."""
+        return sum(c[T.C_SPURIOUS] if type(c) is list else c[T.F_SPURIOUS] for c in self.builder.tcp.convs)
+
     @property
     def linktype_names(self) -> list[str]:
         return [LINKTYPE_NAMES.get(lt, str(lt)) for lt in self.info.linktypes]
