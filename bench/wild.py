@@ -14,7 +14,10 @@ traceback is seen as the user would see it) and ``tshark -n -r FILE -q -z conv,t
   tshark rounds them) equals tshark's, and of analysed files with TCP whose retransmission count
   equals tshark's;
 - impossible numbers: a conversation with payload above its bytes, a negative count, overhead outside
-  0-100 %, the sides' payloads not adding up.
+  0-100 %, the sides' payloads not adding up (and, apart, negative durations: a capture whose clock
+  runs backwards, reported as recorded);
+- how many of the differing files carry labctl's own account of why (a warning, or frames it says it
+  did not analyse and why).
 
 ``-v`` lists every file that differs with the difference and labctl's own account (its warnings and
 what it did not analyse), so each remaining difference can be checked for being explained. ``--save``
@@ -173,8 +176,6 @@ def impossible(conv: dict) -> list[str]:
         bad.append(f"overhead {conv['overhead_pct']} %")
     if conv.get("retransmissions", 0) > conv["packets"]:
         bad.append(f"{conv['retransmissions']} retransmissions > {conv['packets']} packets")
-    if conv.get("duration_ms") is not None and conv["duration_ms"] < 0:
-        bad.append(f"duration {conv['duration_ms']} ms")
     return bad
 
 
@@ -190,16 +191,19 @@ def compare(path: Path, version: str) -> dict:
     ours = Counter()
     retrans = 0
     bad = []
+    backwards = []    # negative durations: the capture's clock ran backwards (times as recorded)
     for c in doc["conversations"]:
         a, b = sorted((_endpoint(c["client"]), _endpoint(c["server"])))
         ours[(c["proto"], a, b, c["packets"], tshark_bytes(c["bytes"]))] += 1
         retrans += c.get("retransmissions", 0)
         bad += [f"{c['proto']} {c['client']} {c['server']}: {x}" for x in impossible(c)]
+        if c.get("duration_ms") is not None and c["duration_ms"] < 0:
+            backwards.append(f"{c['proto']} {c['client']} {c['server']}: duration {c['duration_ms']} ms")
     theirs = Counter(tuple(x) for x in shark["convs"])
     has_tcp = any(k[0] == "tcp" for k in theirs) or any(k[0] == "tcp" for k in ours)
     res.update(conv_equal=ours == theirs, has_tcp=has_tcp, retrans=retrans,
                tshark_retrans=shark["retrans"], retrans_equal=retrans == shark["retrans"],
-               impossible=bad, rss_mb=round(mine["rss_mb"], 1))
+               impossible=bad, backwards=backwards, rss_mb=round(mine["rss_mb"], 1))
     if ours != theirs:
         res["only_labctl"] = [list(k) for k in (ours - theirs).elements()][:8]
         res["only_tshark"] = [list(k) for k in (theirs - ours).elements()][:8]
@@ -230,7 +234,8 @@ def report(results: list[dict], verbose: bool) -> dict:
                "conv_equal_pct": round(100.0 * len(eq) / len(ok), 2) if ok else None,
                "files_with_tcp": len(tcp),
                "retrans_equal_pct": round(100.0 * len(req) / len(tcp), 2) if tcp else None,
-               "impossible_conversations": sum(len(r["impossible"]) for r in bad)}
+               "impossible_conversations": sum(len(r["impossible"]) for r in bad),
+               "negative_durations": sum(len(r.get("backwards", [])) for r in ok)}
     if verbose:
         for r in tb + to:
             print(f"\n== {r['status'].upper()} {r['file']}\n{r.get('error', '')}")
@@ -259,7 +264,13 @@ def report(results: list[dict], verbose: bool) -> dict:
           f"{figures['timeouts']}")
     print(f"conversation tables equal to tshark's: {len(eq)}/{len(ok)} = {pct(len(eq), len(ok))}")
     print(f"retransmission counts equal (files with TCP): {len(req)}/{len(tcp)} = {pct(len(req), len(tcp))}")
-    print(f"impossible numbers: {figures['impossible_conversations']} in {len(bad)} files")
+    print(f"impossible numbers: {figures['impossible_conversations']} in {len(bad)} files (payload above the "
+          f"bytes, negative counts, overhead outside 0-100 %); negative durations (the capture's clock "
+          f"runs backwards): {figures['negative_durations']}")
+    explained = [r for r in ok if not r["conv_equal"]
+                 and (r["says"]["warnings"] or r["says"]["not_analysed"])]
+    print(f"tables that differ with labctl saying why (warnings or what it did not analyse): "
+          f"{len(explained)} of {len(ok) - len(eq)}")
     slow = max(ok, key=lambda r: r["seconds"], default=None)
     if slow:
         big = max(ok, key=lambda r: r.get("rss_mb", 0))

@@ -70,6 +70,11 @@ class Builder:
             self.skipped_bytes += frags.lost_bytes
         self.notes = [f"{n} packet(s): {what}" for what, n in sorted(self.decoder.malformed.items())]
         self.notes += frags.notes()
+        snmp = self.udp.snmp_conversations()
+        if snmp:
+            self.notes.append(f"{snmp} SNMP conversation(s): Wireshark's table shows each as two (its SNMP "
+                              "dissector starts a new conversation for what follows the first request); "
+                              "here a request and its reply stay one conversation")
 
     def feed(self, chunk: Chunk) -> int:
         """Account every complete record in ``chunk``; set and return ``chunk.consumed``."""

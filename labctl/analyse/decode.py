@@ -102,8 +102,10 @@ class Decoder:
             r = f(buf, o, end)
             if type(r) is str:
                 return r
-            et, o2 = r
+            et, o2 = r[0], r[1]
             wire -= o2 - o
+            if len(r) > 2 and r[2] < wire:
+                wire = r[2]
             o = o2
         return SKIP_DEEP
 
@@ -235,7 +237,10 @@ class Decoder:
             data = _inflate(buf[o + 4:end])
             if data is None:
                 return "IPComp payload not DEFLATE: not decoded"
-            return self.transport(buf[o], src, dst, data, 0, len(data), len(data), orig, now, depth + 1)
+            r = self.transport(buf[o], src, dst, data, 0, len(data), len(data), orig, now, depth + 1)
+            if type(r) is tuple and r[0] in (TCP, UDP) and r[6] > l4len - 4:
+                r = (*r[:6], max(0, l4len - 4), r[7])   # payload: what the wire carried, compressed
+            return r
         if proto in (ICMP, ICMP6) and end - o >= 8:
             return _icmp_error(proto, buf, o, end) or tun.proto_reason(proto)
         return tun.proto_reason(proto)

@@ -92,7 +92,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     tcp_keys_append = tcps.keys.append
     tcp_frame_append = tcps.frames.append
     tcp_packet, tcp_sequence, retire = tcps.packet, tcps.sequence, tcps.retire
-    tcp_repeated = tcps.repeated_ack
+    tcp_repeated, tcp_advance = tcps.repeated_ack, T.advance
     fold_from = tcps.fold_from
     udp = udps.convs
     udp_fwd, udp_rev = udps.fwd, udps.rev
@@ -177,7 +177,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
                         if s[S_OTHER][S_FIN] >= 0:
                             c[C_CLOSING] = 1
                     ns = s[S_NEXTSEQ]
-                    if seq == ns or ns < 0:          # in order, or the first segment this way
+                    if seq == ns:                    # in order (the first segment this way: general)
                         s[S_NEXTSEQ] = (seq + plen + (1 if flags & 3 else 0)) & m32
                         s[S_NSTIME] = t
                         if plen:
@@ -207,9 +207,9 @@ def feed(b: Builder, chunk: Chunk) -> int:
                         if c[C_IRTT] < 0 and c[C_MRUSYN] >= 0:
                             c[C_IRTT] = t
                             c[C_IRTT0] = c[C_MRUSYN]
-                        if s[S_NEXTSEQ] < 0:             # the first segment this way (mid-flow)
-                            s[S_NEXTSEQ] = from_bytes(seqb, "big")
-                            s[S_NSTIME] = t
+                        seq = from_bytes(seqb, "big")
+                        if seq != s[S_NEXTSEQ]:          # mid-flow, or after segments not captured
+                            tcp_advance(s, t, seq)
                     else:                                # keep-alive, its ACK, a duplicate ACK?
                         tcp_repeated(c, s, t, from_bytes(seqb, "big"), win)
                     s[S_ACKTIME] = t

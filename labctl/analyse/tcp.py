@@ -236,9 +236,8 @@ class TcpConversations:
         elif flags & ACK and not flags & RST:
             if ack == s[S_LASTACK]:
                 self.repeated_ack(c, s, t, seq, win)
-            elif s[S_NEXTSEQ] < 0:
-                s[S_NEXTSEQ] = seq       # the first segment this way: mid-flow, from an ACK
-                s[S_NSTIME] = t
+            elif seq != s[S_NEXTSEQ]:
+                advance(s, t, seq)
         if flags & ACK:
             if ack != s[S_LASTACK]:
                 s[S_LASTACK] = ack
@@ -256,8 +255,7 @@ class TcpConversations:
         byte-swapped): a keep-alive, the ACK of one, a duplicate ACK, or a window update."""
         ns = s[S_NEXTSEQ]
         if ns < 0:
-            s[S_NEXTSEQ] = seq
-            s[S_NSTIME] = t
+            advance(s, t, seq)
         elif seq == (ns - 1) & M32:
             s[S_OTHER][S_DUPRUN] |= KEEPALIVE_SEEN   # a keep-alive
             _note(c, "keep-alive")
@@ -269,12 +267,14 @@ class TcpConversations:
                 s[S_DUPRUN] += 1
                 c[C_DUPACK] += 1
                 _note(c, "duplicate ACK")
+        elif seq != ns:
+            advance(s, t, seq)
 
     def sequence(self, c: list, s: list, t: int, seq: int, plen: int, flags: int) -> None:
         """Sequence analysis of a segment with data, SYN or FIN."""
         ns = s[S_NEXTSEQ]
-        if ns >= 0 and ns != seq:
-            if ((ns - seq) & M32) < HALF:
+        if ns != seq:
+            if ns >= 0 and ((ns - seq) & M32) < HALF:
                 self.old_segment(c, s, t, seq, plen, flags)
                 return
             if plen and self.acknowledged(s, seq, plen):   # new to us, yet already acknowledged
@@ -363,6 +363,16 @@ class TcpConversations:
             return
         c[C_RETRANS] += 1
         _note(c, "retransmission")
+
+
+def advance(s: list, t: int, seq: int) -> None:
+    """A segment without data at ``seq``: like Wireshark, it sets the next sequence number of its
+    direction when there is none yet (a capture that starts mid-flow) or when it is beyond it (the
+    segments before it were not captured)."""
+    ns = s[S_NEXTSEQ]
+    if ns < 0 or seq_lt(ns, seq):
+        s[S_NEXTSEQ] = seq
+        s[S_NSTIME] = t
 
 
 def _note(c: list, what: str) -> None:

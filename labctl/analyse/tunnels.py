@@ -2,7 +2,8 @@
 another (GRE, UDP tunnels), decoded to what they carry.
 
 Each function takes the buffer and the offset of its header and returns ``(ethertype, offset of what
-follows)`` or a string naming what is not analysed. Only what tshark decodes by default is decoded
+follows)`` (and, where the header says how long its payload is, that length) or a string naming what
+is not analysed. Only what tshark decodes by default is decoded
 (so both count the same conversations): 802.1Q/802.1ad VLAN stacks, 802.1ah, PPPoE sessions, MPLS
 label stacks (with a pseudowire control word before Ethernet), 802.2 LLC/SNAP, GRE (with ERSPAN,
 NVGRE, PPTP's enhanced GRE), and over UDP: VXLAN (4789), VXLAN-GPE (4790), Geneve (6081), GTP-U
@@ -79,7 +80,8 @@ def pppoe(buf: bytes, o: int, end: int):
     if buf[o + 1] != 0:
         return "not IP: PPPoE control"
     et = ppp_carries(_U16(buf, o + 6)[0])
-    return et if type(et) is str else (et, o + 8)
+    # (a third item: how many bytes the PPPoE length says follow, as tshark bounds the packet by it)
+    return et if type(et) is str else (et, o + 8, _U16(buf, o + 4)[0] - 2)
 
 
 def macsec(buf: bytes, o: int, end: int):
