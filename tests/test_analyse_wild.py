@@ -244,6 +244,16 @@ def test_a_record_claiming_4_gb_is_refused_at_once():
     assert read <= 24 + BLOCK     # one block: nothing was buffered waiting for the 4 GB
 
 
+def test_a_record_longer_than_any_tool_writes_is_refused_where_it_is(tmp_path):
+    recs = [struct.pack("<IIII", 1, 0, len(fr), len(fr)) + fr for _, fr in exchange(1.0)]
+    bad = struct.pack("<IIII", 1, 0, 300_000, 300_000) + bytes(300_000)     # fits the block, not the file
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    p = tmp_path / "mid.pcap"
+    p.write_bytes(header + b"".join(recs[:4]) + bad + b"".join(recs[4:]))
+    with pytest.raises(CaptureFileError, match="packet 5 claims 300,000 captured bytes"):
+        analyse_file(p)
+
+
 def test_pcapng_blocks_that_lie_about_their_length_are_refused():
     from frames import _block
 

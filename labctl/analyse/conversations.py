@@ -99,7 +99,7 @@ class Builder:
         while o + 16 <= end:
             ts_s, ts_f, incl, orig = hdr(buf, o)
             p = o + 16
-            if p + incl > end:
+            if p + incl > end or incl > chunk.limit:
                 break
             o = p + incl
             n += 1

@@ -70,6 +70,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     unpack = record.unpack_from
     buf = chunk.data
     end = chunk.end
+    limit = chunk.limit
     if b.first_ts is None and end >= 16:
         b.first_ts = b.clock.seconds(struct.unpack_from("<Q", buf, 0)[0])
     # the slots (tcp.py, udp.py), as locals
@@ -118,7 +119,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     for n in count(base + 1):   # n: the frame number
         t, incl, orig, et, vihl, totlen, frag, proto, key, seqb, ack, off, flags, win = unpack(buf, o)
         o += incl + 16
-        if o > end:
+        if o > end or incl > limit:          # (a record too long for the file: the reader refuses it)
             o -= incl + 16
             break
         if et != 8 or vihl != 0x45 or frag & 0xFF3F or (iplen := ip_length[totlen]) > orig - l2:

@@ -58,9 +58,10 @@ class Chunk:
     """A run of pcap-format records in ``data[0:end]`` (then ``PAD`` zero bytes).
 
     The last record may be incomplete: whoever walks the chunk sets ``consumed`` to the offset of the
-    first record it could not finish (and ``records`` to how many it walked), and the reader carries
-    the rest over into the next chunk. A record's seconds count from ``epoch`` (0 for pcap files and
-    for any pcapng file whose times lie between 1970 and 2106).
+    first record it could not finish, or of one longer than ``limit`` (and ``records`` to how many it
+    walked), and the reader carries the rest over into the next chunk (or refuses the long record).
+    A record's seconds count from ``epoch`` (0 for pcap files and for any pcapng file whose times lie
+    between 1970 and 2106).
     """
 
     data: bytes
@@ -71,6 +72,7 @@ class Chunk:
     consumed: int = 0
     epoch: int = 0
     records: int = 0
+    limit: int = 1 << 62  # a record longer than this stops the walk there (the reader then refuses it)
 
 
 @dataclass
@@ -238,7 +240,7 @@ def _chunks(f: BinaryIO, path: str, info: ReadInfo) -> Iterator[Chunk]:
         if not block:
             break
         buf = b"".join((leftover, block, pad))    # one copy
-        chunk = Chunk(buf, len(buf) - PAD, linktype, big, scale)
+        chunk = Chunk(buf, len(buf) - PAD, linktype, big, scale, limit=limit)
         yield chunk
         records += chunk.records
         leftover = buf[chunk.consumed:chunk.end]
