@@ -291,11 +291,14 @@ def _v6_extensions(nh: int, buf: bytes, p: int, end: int):
         size = (hl + 2) * 4 if nh == 51 else (hl + 1) * 8
         if end - p < size:
             return CUT
-        if nh == 0:
-            jumbo = _option(buf, p + 2, p + size, 0xC2, 4)
-            jumbo = None if jumbo is None else _U32(jumbo, 0)[0]
-        elif nh == 60:
-            home = _option(buf, p + 2, p + size, 0xC9, 16)
+        if nh in (0, 60):
+            opts = _options(buf, p + 2, p + size)
+            if opts is None:
+                return SKIP_BAD       # an option runs past its header: Wireshark stops there too
+            if nh == 0 and len(opts.get(0xC2, b"")) == 4:
+                jumbo = _U32(opts[0xC2], 0)[0]
+            elif nh == 60 and len(opts.get(0xC9, b"")) == 16:
+                home = opts[0xC9]
         elif nh == 43 and buf[p + 3]:        # segments left: the destination is not the last hop
             rtype = buf[p + 2]
             if rtype in (0, 2) and hl >= 2:
@@ -307,21 +310,21 @@ def _v6_extensions(nh: int, buf: bytes, p: int, end: int):
     return nh, p, jumbo, final, frag, home
 
 
-def _option(buf: bytes, o: int, end: int, want: int, size: int) -> bytes | None:
-    """The value of option ``want`` (of ``size`` bytes) among IPv6 hop-by-hop or destination options:
-    the Jumbo Payload length (RFC 2675), the Home Address (RFC 6275)."""
+def _options(buf: bytes, o: int, end: int) -> dict[int, bytes] | None:
+    """IPv6 hop-by-hop or destination options by type (the first of each: the Jumbo Payload length
+    of RFC 2675, the Home Address of RFC 6275 are read from them), or None if one runs past the end."""
+    found: dict[int, bytes] = {}
     while o < end:
         typ = buf[o]
         if typ == 0:              # Pad1
             o += 1
             continue
-        if o + 2 > end:
+        if o + 2 > end or o + 2 + buf[o + 1] > end:
             return None
         n = buf[o + 1]
-        if typ == want and n == size and o + 2 + n <= end:
-            return buf[o + 2:o + 2 + n]
+        found.setdefault(typ, buf[o + 2:o + 2 + n])
         o += 2 + n
-    return None
+    return found
 
 
 def _inflate(data: bytes) -> bytes | None:
