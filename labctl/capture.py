@@ -23,10 +23,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labctl.backends.base import Host
 from labctl.errors import LabctlError
 from labctl.remote import Connection
+
+if TYPE_CHECKING:
+    from labctl.analyse.model import Analysis
+    from labctl.run import RunResult
 
 LOCAL_DIR = Path("captures")
 REMOTE_TMP = "/tmp"       # the node's /tmp (each namespace node has its own): pcap and log while capturing
@@ -202,8 +207,8 @@ class CaptureResult:
     stats: TcpdumpStats
     seconds: float
     interrupted: bool = False
-    run: object | None = None            # labctl.run.RunResult when --run
-    analysis: object | None = None       # what labctl.analyse made of the file
+    run: RunResult | None = None         # when --run
+    analysis: Analysis | None = None     # what labctl.analyse made of the file
     summary: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -219,7 +224,7 @@ def capture(conn: Connection, ports: Sequence[int], *, output: Path | None = Non
             duration: float | None = None, during: Callable[[], object] | None = None,
             settle: float = SETTLE, remote_dir: str = REMOTE_TMP,
             on_listening: Callable[[Tcpdump], None] | None = None,
-            analyse: Callable[[Path], tuple[object, dict]] | None = None) -> CaptureResult:
+            analyse: Callable[[Path], tuple[Analysis, dict]] | None = None) -> CaptureResult:
     """Capture ``ports`` on ``conn``'s node until ``during()`` returns (+ ``settle``), ``duration``
     elapses, or Ctrl-C; bring the pcap home to ``output``; fail loudly if tcpdump lost anything.
 
@@ -288,34 +293,3 @@ def capture(conn: Connection, ports: Sequence[int], *, output: Path | None = Non
         if packets is not None and packets != stats.captured:
             raise CaptureError(f"{output} holds {packets} packets but tcpdump captured {stats.captured}")
     return result
-
-
-def summarise(path: Path) -> tuple[object, dict]:
-    """Read the pcap back with :mod:`labctl.analyse`; packets per protocol, conversations per client.
-
-    ``spread_ms``: first to last client's first packet (its SYN, or its first datagram): the spread
-    of a triggered run as the wire saw it. ``open``: TCP conversations that did not close.
-    """
-    from labctl.analyse import analyse_file
-
-    analysis = analyse_file(path)
-    protocols: dict[str, int] = {}
-    clients: dict[str, dict[str, int]] = {}
-    first: dict[str, float] = {}
-    still_open = 0
-    for conv in analysis.conversations():
-        protocols[conv.proto] = protocols.get(conv.proto, 0) + conv.packets
-        ip = conv.client.rsplit(":", 1)[0].strip("[]")
-        per = clients.setdefault(ip, {})
-        per[conv.proto] = per.get(conv.proto, 0) + 1
-        first[ip] = min(first.get(ip, conv.start), conv.start)
-        if conv.proto == "tcp" and conv.closed_by is None:
-            still_open += 1
-    other = analysis.packets - sum(protocols.values())
-    if other:
-        protocols["other"] = other
-    spread = (max(first.values()) - min(first.values())) * 1000.0 if len(first) > 1 else None
-    summary = {"packets": analysis.packets, "protocols": protocols, "clients": clients,
-               "spread_ms": None if spread is None else round(spread, 3), "open": still_open,
-               "warnings": list(analysis.warnings)}
-    return analysis, summary

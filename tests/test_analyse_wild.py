@@ -130,15 +130,15 @@ def test_duplicate_acks_of_a_capture_that_starts_mid_flow():
 
 
 def test_summary_does_not_call_spurious_retransmissions_missing(tmp_path):
-    from labctl.analyse.report import summaries
     from labctl.analyse.story import findings
+    from labctl.analyse.summary import totals
 
     s = 40100
     seg = ip4(B, A, 6, tcp(80, s, 5001, 1001, PSH | ACK, b"d" * 100))
     ack = ip4(A, B, 6, tcp(s, 80, 1001, 5101, ACK))
     frames = [*exchange(1.0, s)[:3], (1.01, eth(seg)), (1.011, eth(ack)), (1.05, eth(seg))]
     a = analyse_file(write_pcap(tmp_path / "sp.pcap", frames))
-    text = " ".join(findings(a, *summaries(a)))
+    text = " ".join(findings(*totals(a.builder)))
     assert "went missing" not in text and "spurious" in text
 
 

@@ -25,6 +25,7 @@ is an int, so a closed conversation folds into an ``array``).
 """
 from __future__ import annotations
 
+import struct
 from array import array
 
 from labctl.analyse.wire import ACK, FIN, HALF, M32, RST, SYN, Clock, reverse_key, seq_lt, swap32
@@ -80,6 +81,7 @@ DUPS = KEEPALIVE_SEEN - 1
 NEW_S0 = [None, None, None, 0, -1, -1, -1, -1, 0, -1, 0, 0, 0, -1, 0, -1,
           None, 0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0]
 NEW_S1 = [None, None, None, 1, -1, -1, -1, -1, 0, -1, 0, 0, 0, -1, 0, -1]
+_PACK: dict[int, object] = {}    # flat form's length -> struct.pack of that many int64
 
 
 class TcpConversations:
@@ -177,7 +179,12 @@ class TcpConversations:
         del live[s1[S_KEY]]
         idx = c[C_IDX]
         self.closed[key] = idx
-        f = array("q", c[S_NEXTSEQ:S_SIZE] + s1[S_NEXTSEQ:S_SIZE] + c[C_FIRST:])
+        n = 2 * (S_SIZE - S_NEXTSEQ) + len(c) - C_FIRST
+        pack = _PACK.get(n)
+        if pack is None:
+            pack = _PACK[n] = struct.Struct(f"{n}q").pack
+        # (array() of a list converts each int on its own; struct.pack, then one copy, is twice as fast)
+        f = array("q", pack(*c[S_NEXTSEQ:S_SIZE], *s1[S_NEXTSEQ:S_SIZE], *c[C_FIRST:]))
         if len(self.convs) >= self.fold_after:
             f[F_CLOSING] = 2
         self.convs[idx] = f

@@ -43,6 +43,10 @@ class UdpConversations:
         """Conversations of more than one datagram to or from the SNMP port (161)."""
         return sum(1 for c in self.convs if c[U_PKTS] > 1 and b"\x00\xa1" in (c[U_KEY][-4:-2], c[U_KEY][-2:]))
 
+    def detail_of(self, i: int) -> list | None:
+        """The packets kept for the i-th conversation's ladder, or None."""
+        return self.convs[i][U_DETAIL]
+
     def new(self, key: bytes, t: int, frame: int, orig: int, plen: int) -> list:
         """Start a conversation with its first datagram (a request)."""
         self.frames.append(frame)

@@ -72,23 +72,30 @@ def _run(args: argparse.Namespace) -> int:
             return 0
     analysis = analyse_file(source, detail=detail)
     if args.json:
-        from labctl.analyse.report import write_json_fast
+        from labctl.analyse.json_report import write_json
 
-        write_json_fast(analysis, sys.stdout)
+        write_json(analysis, sys.stdout)
         sys.stdout.flush()
-    else:
-        from labctl.analyse import render_terminal
-
-        render_terminal(analysis, ladders=args.ladders)
     written = []
-    if args.svg:
-        from labctl.analyse.svg import write_svgs
+    if not args.json or args.svg or args.html:
+        from labctl.analyse import summarise
 
-        written += write_svgs(analysis, args.svg, per_proto=max(args.ladders, 2))
-    if args.html:
-        from labctl.analyse.html import write_html
+        listed = 0
+        if args.html:
+            from labctl.analyse.html import LISTED as listed
+        summary = summarise(analysis, listed=listed)
+        if not args.json:
+            from labctl.analyse import terminal
 
-        written.append(write_html(analysis, args.html))
+            terminal.render(summary, ladders=args.ladders)
+        if args.svg:
+            from labctl.analyse.svg import write_svgs
+
+            written += write_svgs(summary, args.svg, per_proto=max(args.ladders, 2))
+        if args.html:
+            from labctl.analyse.html import write_html
+
+            written.append(write_html(summary, args.html))
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     for w in analysis.warnings:

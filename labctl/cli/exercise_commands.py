@@ -215,9 +215,9 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
 
 
 def _analyse(path: Path):
-    from labctl.capture import summarise
+    from labctl.analyse.readback import read_back
 
-    return summarise(path)
+    return read_back(path)
 
 
 def _print_capture(console, result, inventory, *, ladder: bool) -> None:
