@@ -17,10 +17,15 @@ dev=0
 packages=(python3 python3-venv python3-pip openssh-server openssh-client tcpdump tshark iproute2
           nftables ethtool procps util-linux rdate ca-certificates)
 if [ "$dev" = 1 ]; then
-  # tests: the HTML report in a real browser, shellcheck on the provisioners, and the Vagrant VM test
-  # (vagrant-libvirt on QEMU/TCG; a local Debian box built with debootstrap)
-  packages+=(chromium shellcheck git qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
-             vagrant vagrant-libvirt debootstrap dnsmasq-base)
+  # tests: the HTML report in a real browser, shellcheck on the provisioners, ruby for the Vagrantfile
+  # (HashiCorp's vagrant package puts none on PATH), the Vagrant VM test (vagrant-libvirt on
+  # QEMU/TCG; a local Debian box built with debootstrap and mke2fs), and the docker backend's tests (a
+  # private dockerd, Debian's docker-compose; the node image is built with mmdebstrap). tshark
+  # brings editcap. Every tool a test needs is required by tests/requires.py: under CI=true a missing
+  # one fails.
+  packages+=(chromium shellcheck git ruby qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
+             vagrant vagrant-libvirt debootstrap e2fsprogs dnsmasq-base docker.io docker-compose
+             mmdebstrap)
 fi
 
 missing=()

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from labctl.capture import capture, summarise  # noqa: E402
-from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, deploy, ports_of  # noqa: E402
+from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of  # noqa: E402
 from labctl.remote import Connection, Group  # noqa: E402
 from labctl.run import Runner  # noqa: E402
 
@@ -159,7 +159,7 @@ def main() -> int:
 
                 inventory = NetnsBackend(load_lab(lab), STATE_ROOT / f"bench{n}").inventory()
                 with Group(inventory.hosts) as g:
-                    report = deploy(g, ports_of(inventory))
+                    report = ensure(g, ports_of(inventory))
                     if not report.ok:
                         raise SystemExit(f"deploy failed: {report.to_json()}")
                 spreads = bench_spreads(inventory, args.runs, workdir)

@@ -25,11 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl.backends.base import Host
 from labctl.errors import LabctlError
+from labctl.inventory import Host
 from labctl.remote import Connection
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: capture runs what it is handed, it imports neither
     from labctl.analyse.model import Analysis
     from labctl.run import RunResult
 
@@ -207,8 +207,8 @@ class CaptureResult:
     stats: TcpdumpStats
     seconds: float
     interrupted: bool = False
-    run: RunResult | None = None         # when --run
-    analysis: Analysis | None = None     # what labctl.analyse made of the file
+    run: RunResult | None = None         # what ``during`` returned: the triggered run (capture --run)
+    analysis: Analysis | None = None     # what ``analyse`` made of the file
     summary: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -221,7 +221,7 @@ class CaptureResult:
 
 
 def capture(conn: Connection, ports: Sequence[int], *, output: Path | None = None,
-            duration: float | None = None, during: Callable[[], object] | None = None,
+            duration: float | None = None, during: Callable[[], RunResult | None] | None = None,
             settle: float = SETTLE, remote_dir: str = REMOTE_TMP,
             on_listening: Callable[[Tcpdump], None] | None = None,
             analyse: Callable[[Path], tuple[Analysis, dict]] | None = None) -> CaptureResult:

@@ -1,11 +1,14 @@
 """Deploy: the time server to the server node, the time client to every client node.
 
 Written against :class:`~labctl.remote.Group` and the inventory only: it works the same on network
-namespaces, VMs and plain SSH hosts. Files go to ``~/labctl/`` on each node (SFTP and ``ssh`` commands
-start in the remote user's home, so a relative path is that). Only files whose SHA-256 differs are
-copied. The server runs as a managed process: its PID and exact command line are kept beside it
-(``timeserver.pid``, ``timeserver.cmd``), so a later deploy knows whether it is running the current
-program with the current ports, and restarts it only when not.
+namespaces, VMs and plain SSH hosts. :func:`ensure` is the one way to bring nodes up to date: ``labctl
+deploy`` calls it, and so does ``labctl run`` before it triggers the clients.
+
+Files go to ``~/labctl/`` on each node (SFTP and ``ssh`` commands start in the remote user's home, so
+a relative path is that). Only files whose SHA-256 differs are copied. The server runs as a managed
+process: its PID and exact command line are kept beside it (``timeserver.pid``, ``timeserver.cmd``),
+so a later deploy knows whether it is running the current program with the current ports, and
+restarts it only when not.
 """
 from __future__ import annotations
 
@@ -16,10 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labctl.backends.base import Host, Inventory
 from labctl.errors import LabctlError
+from labctl.inventory import Host, Inventory
 from labctl.lab import Ports
-from labctl.remote import Connection, Group
+from labctl.remote import Connection, Group, reason
 
 REMOTE_DIR = "labctl"  # relative: under the remote user's home (each netns node has its own /root)
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
@@ -36,13 +39,11 @@ class DeployError(LabctlError):
 
 @dataclass
 class NodeState:
-    """What a probe found on one node: file hashes, whether the server runs, and the probe's cost."""
+    """What a probe found on one node: file hashes, and whether (and how) the managed server runs."""
 
     hashes: dict[str, str] = field(default_factory=dict)
     server_pid: int | None = None
     server_cmd: str = ""  # the command line the running server was started with
-    round_trip: float = 0.0  # seconds for the probe command, over an open connection
-    stdout: str = ""         # the probe's whole output (run reads its extra command's output from it)
 
 
 @dataclass
@@ -60,6 +61,11 @@ class NodeDeploy:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        """True when deploy copied a file or (re)started the server here."""
+        return bool(self.copied) or self.server.startswith(("started", "restarted"))
 
     def summary(self) -> str:
         if self.error:
@@ -117,11 +123,11 @@ def server_argv(address: str, ports: Ports, remote_dir: str = REMOTE_DIR) -> lis
             "--proto-port", str(ports.proto), "--time-port", str(ports.time), "--quiet"]
 
 
-def probe_script(host: Host, names: Iterable[str], remote_dir: str, extra: str = "") -> str:
+def probe_script(host: Host, names: Iterable[str], remote_dir: str) -> str:
     """One shell line that reports the files' hashes and (on the server) the managed server's PID.
 
     Output lines: ``HASH  NAME`` (sha256sum), then ``SERVER PID CMDLINE-MATCHES`` when a server is
-    recorded and alive. ``extra`` is appended (run uses it to time a Python start in the same trip).
+    recorded and alive.
     """
     d = shlex.quote(remote_dir)
     files = " ".join(shlex.quote(n) for n in names)
@@ -131,10 +137,7 @@ def probe_script(host: Host, names: Iterable[str], remote_dir: str, extra: str =
         script += (f"p=$(cat {SERVER_PID} 2>/dev/null); "
                    f"if [ -n \"$p\" ] && tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null "
                    f"| grep -q {SERVER_PROGRAM}; then echo SERVER $p $(cat {SERVER_CMD}); fi; ")
-    script += "true; }"
-    if extra:
-        script += f" && {extra}"
-    return script
+    return script + "true; }"
 
 
 def parse_probe(stdout: str) -> NodeState:
@@ -149,28 +152,10 @@ def parse_probe(stdout: str) -> NodeState:
     return state
 
 
-def probe(conn: Connection, remote_dir: str = REMOTE_DIR, extra: str = "",
-          scripts_dir: Path | None = None) -> NodeState:
-    """Look at one node in one round trip; time that trip."""
+def probe(conn: Connection, remote_dir: str = REMOTE_DIR, scripts_dir: Path | None = None) -> NodeState:
+    """Look at one node in one round trip."""
     names = list(programs_for(conn.host, scripts_dir))
-    t0 = time.perf_counter()
-    result = conn.run(probe_script(conn.host, names, remote_dir, extra), timeout=30)
-    state = parse_probe(result.stdout)
-    state.stdout = result.stdout
-    state.round_trip = time.perf_counter() - t0
-    return state
-
-
-def is_current(host: Host, state: NodeState, ports: Ports, remote_dir: str = REMOTE_DIR,
-               scripts_dir: Path | None = None) -> bool:
-    """True when the node has today's programs and (server) runs the server with today's command."""
-    for name, path in programs_for(host, scripts_dir).items():
-        if state.hashes.get(name) != file_hash(path):
-            return False
-    if host.role == "server":
-        return state.server_pid is not None and \
-            state.server_cmd == shlex.join(server_argv(host.address, ports, remote_dir))
-    return True
+    return parse_probe(conn.run(probe_script(conn.host, names, remote_dir), timeout=30).stdout)
 
 
 def refuse_foreign_listener(conn: Connection, ports: Ports) -> None:
@@ -189,12 +174,12 @@ def refuse_foreign_listener(conn: Connection, ports: Ports) -> None:
 
 
 def deploy_node(conn: Connection, ports: Ports, *, remote_dir: str = REMOTE_DIR, force: bool = False,
-                scripts_dir: Path | None = None, state: NodeState | None = None) -> NodeDeploy:
-    """Bring one node up to date: copy what changed, (re)start the server if it is the server."""
+                scripts_dir: Path | None = None) -> NodeDeploy:
+    """Bring one node up to date in one round trip when it is: copy what changed, (re)start the server
+    if it is the server and its program or command line changed or it is not running."""
     host = conn.host
     out = NodeDeploy(host.name, host.role, host.address)
-    if state is None:
-        state = probe(conn, remote_dir, scripts_dir=scripts_dir)
+    state = probe(conn, remote_dir, scripts_dir=scripts_dir)
     changed = False
     for name, path in programs_for(host, scripts_dir).items():
         if force or state.hashes.get(name) != file_hash(path):
@@ -221,17 +206,16 @@ def deploy_node(conn: Connection, ports: Ports, *, remote_dir: str = REMOTE_DIR,
     return out
 
 
-def deploy(group: Group, ports: Ports, *, remote_dir: str = REMOTE_DIR, force: bool = False,
-           scripts_dir: Path | None = None, states: dict[str, NodeState] | None = None) -> DeployReport:
-    """Deploy to every host of ``group`` at once; a node that fails is reported, the others go on."""
+def ensure(group: Group, ports: Ports, *, remote_dir: str = REMOTE_DIR, force: bool = False,
+           scripts_dir: Path | None = None) -> DeployReport:
+    """Bring every host of ``group`` up to date at once (``force``: copy and restart anyway).
+
+    A node that is already current costs one round trip; a node that fails (unreachable, a copy or
+    the server's start failed) is reported with its reason, and the others go on.
+    """
     t0 = time.perf_counter()
-    states = states or {}
-
-    def one(conn: Connection) -> NodeDeploy:
-        return deploy_node(conn, ports, remote_dir=remote_dir, force=force, scripts_dir=scripts_dir,
-                           state=states.get(conn.host.name))
-
-    outcome = group.map(one)
+    outcome = group.map(lambda conn: deploy_node(conn, ports, remote_dir=remote_dir, force=force,
+                                                 scripts_dir=scripts_dir))
     nodes = []
     for conn in group:
         name = conn.host.name
@@ -239,7 +223,7 @@ def deploy(group: Group, ports: Ports, *, remote_dir: str = REMOTE_DIR, force: b
             nodes.append(outcome.results[name])
         else:
             nodes.append(NodeDeploy(name, conn.host.role, conn.host.address,
-                                    error=str(outcome.failures[name])))
+                                    error=reason(outcome.failures[name])))
     return DeployReport(nodes, time.perf_counter() - t0)
 
 

@@ -30,9 +30,9 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 
 import paramiko  # noqa: E402
 
-from labctl.backends.base import Host  # noqa: E402
 from labctl.errors import LabctlError  # noqa: E402
-from labctl.safety import check_routes  # noqa: E402
+from labctl.inventory import Host  # noqa: E402
+from labctl.safety import check_routes, unsafe_hosts  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -86,12 +86,11 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
     if len(fields) < 2:
         raise HostKeyError(f"{host.name}: no pinned host key in the inventory; refusing to connect "
                            "(labctl never accepts an unknown host key)")
-    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
     try:
         key = paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1]))
     except (ValueError, paramiko.SSHException) as exc:
         raise HostKeyError(f"{host.name}: pinned host key is not readable: {exc}") from None
-    keys.add(name, key.get_name(), key)
+    keys.add(host.known_hosts_name, key.get_name(), key)
     return keys
 
 
@@ -324,12 +323,31 @@ class Group:
     def __init__(self, hosts: Iterable[Host], *, connect_timeout: float = 5.0, check_route: bool = True,
                  max_workers: int = 64) -> None:
         hosts = list(hosts)
-        if check_route:  # one `ip -batch` call for the whole group, per bridge
-            for interface in {h.interface for h in hosts}:
-                check_routes([h.address for h in hosts if h.interface == interface], interface)
-        self.connections = {h.name: Connection(h, connect_timeout=connect_timeout, route_checked=check_route)
-                            for h in hosts}
-        self.max_workers = max(1, min(max_workers, len(hosts)))
+        if check_route:  # one `ip -batch` call for the whole group
+            refused = unsafe_hosts(hosts)
+            if refused:
+                raise next(iter(refused.values()))
+        self._adopt([Connection(h, connect_timeout=connect_timeout, route_checked=check_route)
+                     for h in hosts], max_workers)
+
+    @classmethod
+    def from_connections(cls, connections: Iterable[Connection], *, max_workers: int = 64) -> Group:
+        """A group over connections that already exist, sharing them (Fabric's ``Group.from_connections``)."""
+        group = cls([], check_route=False)
+        group._adopt(list(connections), max_workers)
+        return group
+
+    def subset(self, names: Iterable[str]) -> Group:
+        """The group of the hosts called ``names``, sharing this group's (open) connections."""
+        try:
+            return Group.from_connections([self.connections[n] for n in names], max_workers=self.max_workers)
+        except KeyError as exc:
+            raise RemoteError(f"no host {exc.args[0]!r} in this group "
+                              f"({', '.join(self.connections)})") from None
+
+    def _adopt(self, connections: list[Connection], max_workers: int) -> None:
+        self.connections: dict[str, Connection] = {c.host.name: c for c in connections}
+        self.max_workers = max(1, min(max_workers, len(connections)))
 
     def __enter__(self) -> Group:
         return self
@@ -342,6 +360,9 @@ class Group:
 
     def __len__(self) -> int:
         return len(self.connections)
+
+    def __getitem__(self, name: str) -> Connection:
+        return self.connections[name]
 
     def map(self, fn: Callable[[Connection], T]) -> GroupResult[T]:
         """Call ``fn(connection)`` for every host at once; collect results and failures per host."""
@@ -374,6 +395,17 @@ class Group:
     def close(self) -> None:
         for conn in self.connections.values():
             conn.close()
+
+
+def reason(exc: BaseException) -> str:
+    """A host's failure as one line, without the host-name prefix the remote layer puts first
+    (for tables that show the host in a column of its own)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, RemoteError) and ": " in text:
+        head, rest = text.split(": ", 1)
+        if " " not in head.strip() or head.endswith(")"):
+            return rest
+    return text
 
 
 def key_fingerprint(host_key_line: str) -> str:

@@ -19,28 +19,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labctl.backends.base import Host, Inventory
-from labctl.deploy import (
-    CLIENT_PROGRAM,
-    REMOTE_DIR,
-    NodeDeploy,
-    NodeState,
-    deploy_node,
-    is_current,
-    ports_of,
-    probe,
-)
+from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, NodeDeploy, ensure, ports_of
 from labctl.errors import LabctlError
+from labctl.inventory import Host, Inventory
 from labctl.lab import Ports
-from labctl.remote import Connection, Group, RemoteError
+from labctl.remote import Connection, Group, reason
 
 PROTOCOLS = ("tcp", "udp", "proto", "time")
 DEFAULT_SEND = {"proto": ("GET TIME", "SAY HI")}
 
 # The lead: SAFETY x the slowest node's measured (exec + Python start) + MARGIN. Both are slack for
 # jitter, not the cost itself: the cost is measured on every run, under the same contention (all
-# nodes at once). The probe runs slightly more than the client's start (mkdir, sha256sum, date), the
-# client compiles its script and resolves the address: the two are within a few ms of each other.
+# nodes at once). The measurement starts the client program itself (``--help``: it compiles the script
+# and imports what the client imports); the real start also resolves the address and makes a socket,
+# within a few ms of that.
 SAFETY = 1.3
 MARGIN = 0.02          # s
 MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse rather than wait
@@ -50,8 +42,7 @@ MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse r
 # 31 on this loaded 2-core machine (every one of them asleep >= 220 ms before the instant), which is
 # scheduling noise, not a failure; the table still shows any delay >= 1 ms.
 LATE_MS = 100.0
-# What the probe runs to time a Python start like the client's (same interpreter, same imports).
-PYTHON_PROBE = "python3 -c 'import argparse, json, socket, time'"
+
 
 
 class RunError(LabctlError):
@@ -123,6 +114,11 @@ class RunResult:
                 "results": [r.to_json() for r in self.results],
                 "spread_ms": None if spread is None else round(spread, 3),
                 "start_at": round(self.start_at, 6), "lead_ms": round(self.lead * 1000.0, 1)}
+
+
+def measure_script(remote_dir: str = REMOTE_DIR) -> str:
+    """What a client node runs to be measured: its clock, then a start of the client program."""
+    return f"date +%s.%N; python3 {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; true"
 
 
 def client_argv(protocol: str, server: str, port: int, start_at: float, *, remote_dir: str = REMOTE_DIR,
@@ -222,7 +218,7 @@ def parse_client_output(host: Host, stdout: str, stderr: str, exited: int,
 
 @dataclass
 class Prepared:
-    """What :meth:`Runner.prepare` found: who is reachable, what it cost, what deploy did."""
+    """What :meth:`Runner.prepare` found: who is reachable, what it cost, what deploy changed."""
 
     costs: dict[str, float] = field(default_factory=dict)      # node -> seconds (exec + Python start)
     offsets: dict[str, float] = field(default_factory=dict)    # node -> clock offset applied (s)
@@ -255,55 +251,43 @@ class Runner:
         self.group.close()
 
     def connection(self, name: str) -> Connection:
-        return self.group.connections[name]
+        return self.group[name]
 
     @property
     def client_names(self) -> list[str]:
         return [c.host.name for c in self.group if c.host.role == "client"]
 
     def prepare(self) -> Prepared:
-        """Open every connection, check what is deployed (deploying what is not), measure the lead."""
+        """Bring the nodes up to date (:func:`labctl.deploy.ensure`), then measure every client's start."""
         prep = Prepared()
-        server_name = self.server.name
-
-        def look(conn: Connection) -> tuple[NodeState, float | None, float, float]:
-            conn.open()
-            client = conn.host.role == "client"
-            extra = f"date +%s.%N && {PYTHON_PROBE}" if client else ""
-            before = time.time()
-            state = probe(conn, self.remote_dir, extra=extra) if (client or self.deploy) else NodeState()
-            after = time.time()
-            remote = None
-            if client:
-                lines = state.stdout.strip().splitlines()  # `date +%s.%N` is the last line
-                remote = float(lines[-1]) if lines and _is_float(lines[-1]) else None
-            return state, remote, before, after
-
-        outcome = self.group.map(look)
-        for name, exc in outcome.failures.items():
-            prep.unreachable[name] = _reason(exc)
-        stale = {}
-        for name, (state, remote, before, after) in outcome.results.items():
-            conn = self.connection(name)
-            if conn.host.role == "client":
-                prep.costs[name] = state.round_trip
-                prep.offsets[name] = clock_offset(before, after, remote)
-            if self.deploy and not is_current(conn.host, state, self.ports, self.remote_dir):
-                stale[name] = state
-        if stale:
-            self.progress(f"deploying to {', '.join(stale)}")
-            deployed = subgroup(self.group, list(stale)).map(
-                lambda c: deploy_node(c, self.ports, remote_dir=self.remote_dir, state=stale[c.host.name]))
-            prep.deployed = list(deployed.results.values())
-            for name, exc in deployed.failures.items():
-                prep.unreachable[name] = f"deploy failed: {_reason(exc)}"
-                prep.costs.pop(name, None)
-        if server_name in prep.unreachable and self.deploy:  # the clients will say what that means
-            self.progress(f"server {self.server.address}: {prep.unreachable[server_name]}")
+        if self.deploy:
+            report = ensure(self.group, self.ports, remote_dir=self.remote_dir)
+            prep.deployed = [n for n in report.nodes if n.ok and n.changed]
+            prep.unreachable = {n.node: str(n.error) for n in report.nodes if not n.ok}
+            if prep.deployed:
+                self.progress(f"deployed to {', '.join(n.node for n in prep.deployed)}")
+            if self.server.name in prep.unreachable:  # the clients will say what that means
+                self.progress(f"server {self.server.address}: {prep.unreachable[self.server.name]}")
+        clients = [n for n in self.client_names if n not in prep.unreachable]
+        measured = self.group.subset(clients).map(self._measure)
+        for name, exc in measured.failures.items():
+            prep.unreachable[name] = reason(exc)
+        for name, (cost, offset) in measured.results.items():
+            prep.costs[name], prep.offsets[name] = cost, offset
         if prep.costs:
             prep.lead = choose_lead(list(prep.costs.values()))
         self.prepared = prep
         return prep
+
+    def _measure(self, conn: Connection) -> tuple[float, float]:
+        """One client node's (exec + Python start) in seconds, and its clock's offset from ours."""
+        conn.open()
+        before, t0 = time.time(), time.perf_counter()
+        stdout = conn.run(measure_script(self.remote_dir), timeout=30).stdout
+        cost, after = time.perf_counter() - t0, time.time()
+        lines = stdout.strip().splitlines()  # `date +%s.%N` is the first line
+        remote = float(lines[0]) if lines and _is_float(lines[0]) else None
+        return cost, clock_offset(before, after, remote)
 
     def trigger(self, protocol: str, *, send: Sequence[str] | None = None, timeout: float | None = None,
                 retries: int | None = None, lead: float | None = None) -> RunResult:
@@ -329,7 +313,7 @@ class Runner:
                                send=send, timeout=timeout, retries=retries)
             return conn.run(argv, timeout=wait, check=False)
 
-        outcome = subgroup(self.group, names).map(go) if names else None
+        outcome = self.group.subset(names).map(go) if names else None
         results = []
         for name in self.client_names:
             host = self.connection(name).host
@@ -343,7 +327,7 @@ class Runner:
                     res.timings = {k: v - off for k, v in res.timings.items()}
                 results.append(res)
             elif outcome is not None and name in outcome.failures:
-                results.append(ClientResult(name, host.address, False, error=_reason(outcome.failures[name])))
+                results.append(ClientResult(name, host.address, False, error=reason(outcome.failures[name])))
         late = [r.late_ms for r in results if r.late_ms is not None and not r.ok
                 and r.error and "not asleep in time" in r.error]
         if late:  # the node got slower since it was measured: give the next run (--repeat) more lead
@@ -352,30 +336,12 @@ class Runner:
                          time.perf_counter() - t0)
 
 
-def subgroup(group: Group, names: Sequence[str]) -> Group:
-    """A :class:`Group` over some of ``group``'s (open) connections, sharing them."""
-    view = Group([], check_route=False)
-    view.connections = {n: group.connections[n] for n in names}
-    view.max_workers = max(1, min(64, len(names)))
-    return view
-
-
 def _is_float(word: str) -> bool:
     try:
         float(word)
         return True
     except ValueError:
         return False
-
-
-def _reason(exc: BaseException) -> str:
-    """A failure as one line without the node name prefix the remote layer puts first."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, RemoteError) and ": " in text:
-        head, rest = text.split(": ", 1)
-        if " " not in head.strip() or head.endswith(")"):
-            return rest
-    return text
 
 
 def median_spread(runs: Sequence[RunResult]) -> float | None:

@@ -5,34 +5,27 @@ own bridge. If it would leave any other way (the lab is down, another network ow
 """
 from __future__ import annotations
 
-import re
-import subprocess
 from collections.abc import Iterable
 
-from labctl.backends.base import LabNotUp
+from labctl.inventory import Host, LabNotUp
+from labctl.routes import route_devices
 
-_DEV_RE = re.compile(r"\bdev (\S+)")
+
+def _refusal(address: str, device: str | None, interface: str) -> LabNotUp:
+    where = f"routes via {device}" if device else "has no route"
+    return LabNotUp(f"lab is not up: run labctl up ({address} {where}, not the lab's bridge "
+                    f"{interface}; labctl refuses to send traffic outside the lab)")
 
 
-def route_devices(addresses: Iterable[str]) -> dict[str, str | None]:
-    """The interface each address routes out of, from one ``ip -batch`` call (None: no route)."""
-    addresses = list(dict.fromkeys(addresses))
-    if not addresses:
-        return {}
-    batch = "".join(f"route get {a}\n" for a in addresses)
-    proc = subprocess.run(["ip", "-o", "-force", "-batch", "-"], input=batch, capture_output=True,
-                          text=True, check=False)
-    devices: dict[str, str | None] = dict.fromkeys(addresses)
-    for line in proc.stdout.splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        # "192.168.20.2 dev lab-br src 192.168.20.1 uid 0 \    cache" (or "local 127.0.0.1 dev lo ...")
-        addr = fields[1] if fields[0] in ("local", "broadcast", "unicast") else fields[0]
-        match = _DEV_RE.search(line)
-        if addr in devices and match:
-            devices[addr] = match.group(1)
-    return devices
+def unsafe_hosts(hosts: Iterable[Host]) -> dict[str, LabNotUp]:
+    """Each host whose address does not route out of its ``interface``, with why (one ``ip`` call).
+
+    Hosts without an ``interface`` are not checked.
+    """
+    checked = [h for h in hosts if h.interface is not None]
+    devices = route_devices(h.address for h in checked)
+    return {h.name: _refusal(h.address, devices[h.address], h.interface) for h in checked
+            if devices[h.address] != h.interface}
 
 
 def check_routes(addresses: Iterable[str], interface: str | None) -> None:
@@ -41,9 +34,7 @@ def check_routes(addresses: Iterable[str], interface: str | None) -> None:
         return
     for address, device in route_devices(addresses).items():
         if device != interface:
-            where = f"routes via {device}" if device else "has no route"
-            raise LabNotUp(f"lab is not up: run labctl up ({address} {where}, not the lab's bridge "
-                           f"{interface}; labctl refuses to send traffic outside the lab)")
+            raise _refusal(address, device, interface)
 
 
 def check_route(address: str, interface: str | None) -> None:

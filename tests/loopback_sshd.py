@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.requires import require_file, require_root, require_tool
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -45,7 +47,13 @@ class LoopbackSshd:
 @contextmanager
 def loopback_sshd(directory: Path, addresses: Sequence[str] = ("127.0.0.1",),
                   extra_config: str = "") -> Iterator[LoopbackSshd]:
-    """Run sshd on ``addresses`` accepting one generated client key; stop it by PID on exit."""
+    """Run sshd on ``addresses`` accepting one generated client key; stop it by PID on exit.
+
+    Needs root and OpenSSH's sshd: skipped visibly without them, a failure under CI (tests/requires.py).
+    """
+    require_root()
+    require_file(SSHD, "apt-get install openssh-server")
+    require_tool("ssh-keygen", "apt-get install openssh-client")
     directory.chmod(0o700)
     host_pub = keygen(directory / "host")
     client_pub = keygen(directory / "client")

@@ -35,8 +35,8 @@ def missing(what: str, hint: str = "") -> None:
 
 
 def require_tool(name: str, hint: str = "") -> str:
-    """The path of program ``name`` on PATH (or an absolute path), else skip/fail."""
-    found = shutil.which(name)
+    """The path of program ``name`` on PATH or in /usr/sbin, /sbin (or an absolute path), else skip/fail."""
+    found = shutil.which(name, path=os.environ.get("PATH", os.defpath) + ":/usr/sbin:/sbin")
     if not found:
         missing(name, hint or f"apt-get install {name}")
     return found  # type: ignore[return-value]

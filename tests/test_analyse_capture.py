@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,10 +23,7 @@ from test_analyse_support import (
 
 from labctl.analyse import analyse_file
 from labctl.analyse.json_report import write_json
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not (shutil.which("tcpdump") and shutil.which("tshark") and shutil.which("ip")),
-    reason="needs root, tcpdump, tshark and iproute2")
+from tests.requires import require_root, require_tool
 
 PORTS = (8080, 8081, 8082)
 CLOSED = 8083
@@ -37,6 +33,9 @@ N = 3
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory):
     """Three captures of the same traffic pattern: lo, lo with snaplen 80, and -i any (SLL2)."""
+    require_root()
+    for tool in ("tcpdump", "tshark", "ip"):
+        require_tool(tool, "apt-get install iproute2" if tool == "ip" else "")
     d = tmp_path_factory.mktemp("cap")
     ns = f"lcta-lo-{os.getpid()}"
     results = {}
@@ -93,6 +92,7 @@ def test_any_interface_sll2(captures):
 def test_pcapng_from_editcap(captures, tmp_path):
     path, _ = captures["lo"]
     ng = tmp_path / "lo.pcapng"
+    require_tool("editcap", "apt-get install tshark (editcap comes with it)")
     subprocess.run(["editcap", "-F", "pcapng", str(path), str(ng)], check=True, capture_output=True)
     a, b = analyse_file(path), analyse_file(ng)
     assert b.info.format == "pcapng"

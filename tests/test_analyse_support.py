@@ -6,9 +6,7 @@ import it from here.)
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,14 +15,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-HAVE_TCPDUMP = shutil.which("tcpdump") is not None
-HAVE_TSHARK = shutil.which("tshark") is not None
-IS_ROOT = os.geteuid() == 0
+from tests.requires import require_root, require_tool
 
 
 @contextlib.contextmanager
 def tcpdump(iface: str, path: Path, bpf: str = "", netns: str | None = None, snaplen: int = 0):
     """Capture on ``iface`` into ``path`` while the block runs; checks nothing was dropped."""
+    require_tool("tcpdump")
     argv = ["tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-B", "8192", "-w", str(path)]
     if snaplen:
         argv += ["-s", str(snaplen)]
@@ -76,6 +73,7 @@ def _count(text: str, what: str) -> int | None:
 
 def tshark_conversations(path: Path) -> Counter:
     """Multiset of (proto, endpoint A, endpoint B sorted, frames, bytes) from tshark -z conv."""
+    require_tool("tshark")
     out = subprocess.run(["tshark", "-r", str(path), "-q", "-z", "conv,tcp", "-z", "conv,udp"],
                          capture_output=True, text=True, check=True).stdout
     result: Counter = Counter()
@@ -162,6 +160,7 @@ def our_tcp_flags(analysis) -> dict[str, int]:
 
 
 def tshark_count(path: Path, display_filter: str) -> int:
+    require_tool("tshark")
     out = subprocess.run(["tshark", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e",
                           "frame.number"], capture_output=True, text=True, check=True).stdout
     return len(out.split())
@@ -308,6 +307,8 @@ def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
 @contextlib.contextmanager
 def netns(*names: str):
     """Create network namespaces (lo up); delete them afterwards, whatever happens."""
+    require_root()
+    require_tool("ip", "apt-get install iproute2")
     made = []
     try:
         for n in names:

@@ -20,11 +20,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from requires import require_tool
 from test_analyse_support import our_table, our_tcp_flags, tshark_table, tshark_tcp_flags
 
 from labctl.analyse import CaptureFileError, analyse_file
 from labctl.analyse.pcap import BLOCK, open_source
+from tests.requires import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).with_name("corpus")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from labctl.backends.base import Host
 from labctl.capture import (
     BUFFER_KIB,
     CaptureError,
@@ -21,6 +20,7 @@ from labctl.capture import (
     parse_stats,
     tcpdump_argv,
 )
+from labctl.inventory import Host
 from labctl.remote import Result
 
 STATS_OK = ("listening on eth0\n9 packets captured\n9 packets received by filter\n"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from labctl.backends.base import Backend, Host, Inventory, NodeStatus
+from labctl.backends.base import Backend, NodeStatus
 from labctl.cli import build_parser, main
 from labctl.cli import lab_commands as lc
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab
 
 
@@ -21,10 +22,11 @@ class FakeBackend(Backend):
         self.up_nodes = set(up_nodes)
         self.calls: list[str] = []
 
-    def up(self, progress=None):
+    def up(self, progress=None, check=None):
         self.calls.append("up")
         if progress:
             progress("doing things")
+        check(self.inventory())
         return self.inventory()
 
     def down(self, progress=None):
@@ -56,8 +58,11 @@ def run(argv: list[str], backend: Backend) -> int:
 
 
 @pytest.fixture
-def backend(tmp_path):
-    return FakeBackend(Lab(clients=1), tmp_path / "lab")
+def backend(tmp_path, monkeypatch):
+    fake = FakeBackend(Lab(clients=1), tmp_path / "lab")
+    # the SSH check that ends `up` is tested against real sshds (test_bringup.py, the e2e tests)
+    monkeypatch.setattr("labctl.bringup.check_ssh", lambda inventory, b: fake.calls.append("check_ssh"))
+    return fake
 
 
 def test_status_json_is_the_documented_shape(backend, capsys):
@@ -81,20 +86,32 @@ def test_up_json_prints_the_inventory_and_no_progress(backend, capsys):
     captured = capsys.readouterr()
     hosts = json.loads(captured.out)["hosts"]
     assert hosts[0] == {"name": "server", "role": "server", "address": "192.168.20.2", "port": 22,
-                        "user": "root", "key_file": str(backend.state_dir / "id_ed25519"),
+                        "user": "root", "key": str(backend.state_dir / "id_ed25519"),
                         "host_key": "ssh-ed25519 AAAAkey", "interface": "lab-br", "lab_interface": "eth0"}
     assert captured.err == ""
+    assert run(["inventory", "--format", "json"], backend) == 0  # one serializer: the same document
+    assert json.loads(capsys.readouterr().out) == json.loads(captured.out)
 
 
 def test_up_prints_a_table_and_progress(backend, capsys):
     assert run(["up"], backend) == 0
     captured = capsys.readouterr()
     assert "192.168.20.3" in captured.out and "labctl: doing things" in captured.err
+    assert backend.calls == ["up", "check_ssh"]  # every node's SSH is checked once, after the backend
 
 
-def test_up_takes_clients_which_the_context_reads():
-    args = build_parser().parse_args(["up", "--clients", "7"])
-    assert args.clients == 7
+def test_up_takes_clients_which_the_context_reads(tmp_path, monkeypatch, capsys):
+    made: list[FakeBackend] = []
+
+    def make_backend(name, lab, state_dir, **options):
+        made.append(FakeBackend(lab, state_dir))
+        return made[-1]
+
+    monkeypatch.setattr("labctl.backends.make_backend", make_backend)
+    monkeypatch.setattr("labctl.bringup.check_ssh", lambda inventory, b: b.calls.append("check_ssh"))
+    assert main(["--state-dir", str(tmp_path), "up", "--clients", "7", "--json"]) == 0
+    assert [b.lab.clients for b in made] == [7] and made[0].calls == ["up", "check_ssh"]
+    assert [h["name"] for h in json.loads(capsys.readouterr().out)["hosts"]][-1] == "client7"
 
 
 def test_down_and_clean_report(backend, capsys):

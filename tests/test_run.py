@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from labctl.backends.base import Host, Inventory
 from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_PROGRAM, file_hash, server_argv
+from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group, RemoteError, Result
 from labctl.run import (
@@ -36,9 +36,10 @@ class FakeConnection:
     """Answers the probe like a deployed node, and the client like timeclient.py --json would."""
 
     def __init__(self, host: Host, *, dead: bool = False, stale: bool = False, cost: float = 0.0,
-                 reply: dict | None = None, exited: int = 0) -> None:
+                 reply: dict | None = None, exited: int = 0, woke_late: float = 0.0) -> None:
         self.host = host
         self.dead, self.stale, self.cost, self.reply, self.exited = dead, stale, cost, reply, exited
+        self.woke_late = woke_late  # s after the start instant that this client reports it started
         self.commands: list[str] = []
         self.puts: list[str] = []
         self.lock = threading.Lock()
@@ -57,19 +58,19 @@ class FakeConnection:
         line = cmd if isinstance(cmd, str) else shlex.join(cmd)
         with self.lock:
             self.commands.append(line)
-        if "sha256sum" in line:  # the probe
-            time.sleep(self.cost)
+        if "sha256sum" in line:  # deploy's probe
             name = SERVER_PROGRAM if self.host.role == "server" else CLIENT_PROGRAM
             digest = "0" * 64 if self.stale else file_hash(SCRIPTS_DIR / name)
             out = f"{digest}  {name}\n"
             if self.host.role == "server":
                 out += f"SERVER 4242 {shlex.join(server_argv(self.host.address, LAB.ports))}\n"
-            else:
-                out += f"{time.time():.9f}\n"
             return Result(self.host.name, line, 0, out, "")
+        if "date +%s.%N" in line:  # run's measurement of a client's start
+            time.sleep(self.cost)
+            return Result(self.host.name, line, 0, f"{time.time():.9f}\n", "")
         if "--start-at" in line:
             argv = shlex.split(line)
-            start_at = float(argv[argv.index("--start-at") + 1])
+            start_at = float(argv[argv.index("--start-at") + 1]) + self.woke_late
             data = self.reply if self.reply is not None else {
                 "reply": "2026-11-25T09:39:51.123Z", "ok": True, "error": None,
                 "timings": {"start": start_at, "connected": start_at + 0.0002,
@@ -90,9 +91,7 @@ class FakeConnection:
 
 def fake_runner(**per_node) -> tuple[Runner, dict[str, FakeConnection]]:
     conns = {h.name: FakeConnection(h, **per_node.get(h.name, {})) for h in HOSTS}
-    group = Group([], check_route=False)
-    group.connections = conns
-    group.max_workers = len(conns)
+    group = Group.from_connections(conns.values())
     return Runner(Inventory("fake", HOSTS, LAB), group=group), conns
 
 
@@ -138,7 +137,8 @@ def test_parse_client_output_ok_error_late_and_garbage():
 
 
 def test_trigger_gives_every_client_the_same_future_instant():
-    runner, conns = fake_runner(client1={"cost": 0.05}, client2={"cost": 0.02})
+    runner, conns = fake_runner(client1={"cost": 0.05}, client2={"cost": 0.02, "woke_late": 0.0004},
+                                client3={"woke_late": 0.0011})
     before = time.time()
     result = runner.trigger("tcp")
     assert result.ok and [r.node for r in result.results] == ["client1", "client2", "client3"]
@@ -153,7 +153,7 @@ def test_trigger_gives_every_client_the_same_future_instant():
     assert set(out) >= {"protocol", "results", "spread_ms"} and out["protocol"] == "tcp"
     assert set(out["results"][0]) == {"node", "address", "ok", "reply", "error", "timings"}
     assert out["results"][0]["timings"]["connect_ms"] == pytest.approx(0.2)
-    assert out["spread_ms"] == 0.0
+    assert result.spread_ms == pytest.approx(1.1, abs=1e-3) and out["spread_ms"] == 1.1  # first to last start
     assert conns["server"].puts == [] and not any(CLIENT_PROGRAM in c for c in conns["server"].commands)
 
 

@@ -9,9 +9,11 @@ import paramiko
 import pytest
 import yaml
 
-from labctl.backends.base import BackendError, Host, Inventory
+from labctl.backends.base import BackendError
 from labctl.cli import main
-from labctl.inventory_file import (
+from labctl.inventory import (
+    Host,
+    Inventory,
     InventoryError,
     check_host_key,
     dump_inventory,

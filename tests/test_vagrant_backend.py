@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 
 from labctl.backends import make_backend
-from labctl.backends.base import BackendError, LabNotUp
-from labctl.backends.vagrant import (
+from labctl.backends.base import BackendError
+from labctl.backends.vagrant.backend import parse_pin_output, parse_ssh_config
+from labctl.backends.vagrant.preflight import (
     VagrantPreflightError,
     check_virtualbox,
-    parse_pin_output,
-    parse_ssh_config,
+    require,
     vbox_allowed_ranges,
     vbox_network_problem,
 )
+from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
 
 FAKE_VAGRANT = r'''#!PYTHON
@@ -103,7 +104,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VAGRANT_STATE", str(state_file))
     monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "libvirt")
-    monkeypatch.setattr("labctl.backends.vagrant.host_interface", lambda address: "virbr7")
+    monkeypatch.setattr("labctl.backends.vagrant.backend.host_interface", lambda address: "virbr7")
 
     class Fake:
         def state(self) -> dict:
@@ -122,11 +123,7 @@ def fake(tmp_path, monkeypatch):
 
 @pytest.fixture
 def backend(fake, tmp_path, monkeypatch):
-    b = make_backend("vagrant", load_lab(), tmp_path / "state" / "lab")
-    checked = []
-    monkeypatch.setattr(b, "_check_reachable", lambda inventory: checked.append(inventory))
-    b.checked = checked
-    return b
+    return make_backend("vagrant", load_lab(), tmp_path / "state" / "lab")
 
 
 def test_up_runs_vagrant_up_pins_keys_and_hands_out_the_lab_addresses(fake, backend):
@@ -150,7 +147,6 @@ def test_up_runs_vagrant_up_pins_keys_and_hands_out_the_lab_addresses(fake, back
     assert server.host_key == fake.state()["host_keys"]["server"]  # the comment is dropped
     assert {h.host_key for h in inventory} == set(fake.state()["host_keys"].values())
     assert (server.interface, server.lab_interface) == ("virbr7", "eth1")
-    assert backend.checked == [inventory]
     assert "vagrant up --provider=libvirt" in messages[0]
 
 
@@ -195,7 +191,6 @@ def test_another_lab_file_gets_its_own_vagrant_state(fake, tmp_path, monkeypatch
                         .replace("clients: 3", "clients: 2"))
     fake.update(machines=dict.fromkeys(["server", "client1", "client2"], "not_created"))
     b = make_backend("vagrant", load_lab(lab_file), tmp_path / "state" / "vtest")
-    monkeypatch.setattr(b, "_check_reachable", lambda inventory: None)
     fake.update(key_ok=True)
     assert len(b.up()) == 3
     env = fake.calls()[0]["env"]
@@ -316,10 +311,11 @@ def test_virtualbox_provider_runs_the_preflight_before_vagrant_up(fake, backend,
     monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "virtualbox")
     (Path(os.environ["PATH"].split(":")[0]) / "VBoxManage").write_text("#!/bin/sh\necho 6.1.50\n")
     (Path(os.environ["PATH"].split(":")[0]) / "VBoxManage").chmod(0o755)
-    monkeypatch.setattr("labctl.backends.vagrant.VBOX_NETWORKS_CONF", Path("/nonexistent/networks.conf"))
+    monkeypatch.setattr("labctl.backends.vagrant.preflight.VBOX_NETWORKS_CONF",
+                        Path("/nonexistent/networks.conf"))
     with pytest.raises(VagrantPreflightError, match="allows host-only networks only"):
-        backend.preflight()
-    import labctl.backends.vagrant as vmod
+        require(backend.provider, backend.lab.subnet)
+    import labctl.backends.vagrant.preflight as vmod
 
     monkeypatch.setattr(vmod, "check_virtualbox",
                         lambda subnet: (_ for _ in ()).throw(VagrantPreflightError("stop here")))
@@ -328,19 +324,25 @@ def test_virtualbox_provider_runs_the_preflight_before_vagrant_up(fake, backend,
     assert not any(c["args"][0] == "up" for c in fake.calls())  # refused before vagrant up
 
 
-def test_the_fake_is_what_python_vagrant_calls():
-    """Guard: python-vagrant still runs the ``vagrant`` it finds on PATH (what the fake relies on)."""
+def test_the_fake_is_what_python_vagrant_calls(fake, tmp_path):
+    """Guard: python-vagrant runs the ``vagrant`` it finds on PATH (what every test here relies on)."""
     import vagrant
 
     assert subprocess.run([sys.executable, "-c", "import vagrant; print(vagrant.get_vagrant_executable())"],
                           env={**os.environ, "PATH": "/nonexistent"}, capture_output=True, text=True
                           ).stdout.strip() == "None"
-    assert callable(vagrant.Vagrant.up) and callable(vagrant.Vagrant.destroy)
+    v = vagrant.Vagrant(root=str(tmp_path))
+    v.up(provider="libvirt")
+    assert [s.state for s in v.status()] == ["running"] * 4
+    v.destroy()
+    assert [c["args"][0] for c in fake.calls()] == ["up", "status", "destroy"]
+    assert fake.calls()[0]["cwd"] == str(tmp_path)
+    assert set(fake.state()["machines"].values()) == {"not_created"}
 
 
 def test_exported_inventory_of_the_vms_loads_back(fake, backend, tmp_path, capsys):
     from labctl.cli import main
-    from labctl.inventory_file import load_inventory
+    from labctl.inventory import load_inventory
 
     fake.update(key_ok=True)
     inventory = backend.up()

@@ -15,27 +15,25 @@ from pathlib import Path
 import pytest
 
 from labctl.lab import load_lab
+from tests.requires import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 VAGRANTFILE = ROOT / "Vagrantfile"
 PROVISION = ROOT / "provision"
 SHELL_SCRIPTS = sorted(PROVISION.rglob("*.sh"))
 
-needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="needs ruby (comes with vagrant)")
-
-
 def _eval_vagrantfile(env: dict[str, str]) -> dict:
     """Load the Vagrantfile in plain Ruby with Vagrant.configure stubbed out; return its constants."""
+    ruby = require_tool("ruby", "apt-get install ruby (vagrant brings it)")
     script = ('module Vagrant; def self.configure(_v); end; end; load ARGV[0]; require "json"; '
               'puts({nodes: NODES, netmask: NETMASK, box: BOX, memory: MEMORY, ports: PORTS, '
               'pubkey: PUBKEY, service: SERVER_SERVICE, lab: LAB_NAME}.to_json)')
-    proc = subprocess.run(["ruby", "-e", script, str(VAGRANTFILE)], capture_output=True, text=True,
+    proc = subprocess.run([ruby, "-e", script, str(VAGRANTFILE)], capture_output=True, text=True,
                           env={**os.environ, **env}, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-@needs_ruby
 def test_vagrantfile_takes_every_address_from_the_lab_file(tmp_path):
     lab = load_lab()
     seen = _eval_vagrantfile({"LABCTL_LAB": str(lab.source)})
@@ -78,28 +76,25 @@ def test_network_isolation_settings_are_in_place():
     assert 'synced_folder ".", "/vagrant", disabled: true' in text
 
 
-@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")
 @pytest.mark.parametrize("provider, options", [
     ("libvirt", []),
     ("virtualbox", ["--ignore-provider"] if shutil.which("VBoxManage") is None else []),
 ])
 def test_vagrant_validate(tmp_path, provider, options):
     """Without VirtualBox installed, vagrant refuses to validate its block: everything else still is."""
+    vagrant = require_tool("vagrant", "./install.sh --dev")
     env = {**os.environ, "VAGRANT_DOTFILE_PATH": str(tmp_path / "dotfile"),
            "VAGRANT_DEFAULT_PROVIDER": provider, "LABCTL_PUBKEY": str(tmp_path / "none.pub")}
-    missing = [p for p in ("timeserver.py", "timeclient.py") if not (ROOT / "scripts" / p).is_file()]
-    if missing:
-        pytest.skip(f"scripts/{missing[0]} not written yet (the Vagrantfile uploads it)")
-    proc = subprocess.run(["vagrant", "validate", *options], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([vagrant, "validate", *options], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "validated successfully" in proc.stdout
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_provisioners_are_shellcheck_clean():
+    shellcheck = require_tool("shellcheck", "./install.sh --dev")
     assert {p.name for p in SHELL_SCRIPTS} >= {"common.sh", "server.sh", "client.sh", "lib.sh", "build.sh"}
-    proc = subprocess.run(["shellcheck", "-x", "-S", "style", *map(str, SHELL_SCRIPTS)], cwd=ROOT,
+    proc = subprocess.run([shellcheck, "-x", "-S", "style", *map(str, SHELL_SCRIPTS)], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
 

@@ -1,24 +1,26 @@
 """The ``ssh`` backend: machines that already exist (real hosts, any VMs, containers), from an inventory file.
 
-labctl does not create or remove these machines: ``up`` checks that every host answers over SSH with
-its pinned key, ``down`` leaves them alone. Everything above the backends works on them unchanged.
+labctl does not create or remove these machines: ``up`` hands them out (the check above the backends
+then opens an SSH session to each with its pinned key), ``down`` leaves them alone. Everything above the
+backends works on them unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from labctl.backends.base import Backend, BackendError, Inventory, NodeStatus, Progress
-from labctl.inventory_file import load_inventory
+from labctl.backends.base import Backend, BackendError, BackendOptions, Check, NodeStatus, Progress
+from labctl.backends.remote_links import RemoteLinks
+from labctl.inventory import Inventory, load_inventory
 from labctl.lab import Lab
 
-PROBE_TIMEOUT = 10.0
 
-
-class SshBackend(Backend):
+class SshBackend(RemoteLinks, Backend):
     """Plain SSH hosts listed in an inventory file (``--inventory FILE``)."""
 
     name = "ssh"
+    links_survive_down = True  # the hosts stay: `down` clears labctl's shaping on them first
+    ssh_timeout = 10.0  # machines anywhere: a slower network than the embedded lab's
 
     def __init__(self, lab: Lab, state_dir: Path, *, inventory_file: Path | None = None) -> None:
         super().__init__(lab, state_dir)
@@ -27,39 +29,29 @@ class SshBackend(Backend):
                                "labctl inventory --format yaml > FILE, or write one, see docs/backends.md)")
         self.inventory_file = Path(inventory_file)
 
+    @classmethod
+    def from_options(cls, lab: Lab, state_dir: Path, options: BackendOptions) -> SshBackend:
+        return cls(lab, state_dir, inventory_file=options.inventory_file)
+
     def inventory(self) -> Inventory:
         """The hosts of the inventory file (whatever backend wrote it, this one serves it now)."""
         return replace(load_inventory(self.inventory_file, self.lab), backend=self.name)
 
-    def _probe(self, inventory: Inventory) -> tuple[dict[str, str], dict[str, BaseException]]:
-        """Run ``uname -n`` on every host at once: (answers, failures) per host name."""
-        from labctl.remote import Group
-
-        # check_route=False: each connection checks its own route, so one bad host is one failure
-        with Group(inventory.hosts, connect_timeout=PROBE_TIMEOUT, check_route=False) as group:
-            outcome = group.map(lambda c: c.run(["uname", "-n"], timeout=PROBE_TIMEOUT).stdout.strip())
-        return outcome.results, outcome.failures
-
-    def up(self, progress: Progress | None = None) -> Inventory:
-        """The hosts are not ours to start: check each answers with its pinned key, then hand them out."""
+    def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
+        """The hosts are not ours to start: ``check`` that each accepts SSH with its pinned key."""
         inventory = self.inventory()
         if progress:
-            progress(f"checking {len(inventory)} SSH hosts from {self.inventory_file}")
-        _, failures = self._probe(inventory)
-        if failures:
-            lines = "; ".join(f"{name}: {exc}" for name, exc in failures.items())
-            raise BackendError(f"{len(failures)} of {len(inventory)} hosts are not reachable: {lines}")
+            progress(f"{len(inventory)} SSH hosts from {self.inventory_file} (labctl does not start them)")
+        if check:
+            check(inventory)
         return inventory
 
     def down(self, progress: Progress | None = None) -> None:
-        """Nothing to remove: labctl did not make these machines."""
+        """Nothing to remove: labctl did not make these machines (labctl.impairment clears their links)."""
         if progress:
             progress(f"the ssh backend does not manage its hosts; nothing to stop ({self.inventory_file})")
 
     def status(self) -> list[NodeStatus]:
-        inventory = self.inventory()
-        answers, failures = self._probe(inventory)
-        return [NodeStatus(h.name, h.role, h.address, h.name in answers,
-                           f"{h.user}@{h.address}:{h.port}" + (f" ({answers[h.name]})" if h.name in answers
-                                                                 else f": {failures.get(h.name)}"))
-                for h in inventory.hosts]
+        """Only an SSH session can tell whether these hosts are up: ``up`` is None, labctl.bringup asks."""
+        return [NodeStatus(h.name, h.role, h.address, None, f"{h.user}@{h.address}:{h.port}")
+                for h in self.inventory().hosts]

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labctl import __version__
+from labctl.backends import DEFAULT_BACKEND, backend_names
 from labctl.errors import LabctlError
 
-COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command")
+COMMAND_MODULES = ("lab_commands", "exercise_commands", "analyse_command", "inventory_command",
+                   "impair_command")
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE", "/run/labctl"))
 
 
@@ -56,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labctl",
         description="A network lab to see what TCP and UDP put on the wire. Bring up a server and "
-                    "clients (network namespaces by default, or Vagrant VMs, or SSH hosts), deploy the "
-                    "time server and clients, trigger every client at once, capture the server's "
+                    "clients (network namespaces by default, or Vagrant VMs, containers, or SSH hosts), "
+                    "deploy the time server and clients, trigger every client at once, capture the server's "
                     "traffic with tcpdump and analyse it as ladder diagrams.",
         epilog="Typical session: labctl up; labctl run tcp; labctl capture --port 8080 --run udp; "
                "labctl analyse captures/*.pcap; labctl down. Run 'labctl COMMAND --help' for details.",
@@ -65,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"labctl {__version__}")
     parser.add_argument("--lab", dest="lab_file", type=Path, metavar="FILE",
                         help="lab file (default: lab.yml in the project)")
-    parser.add_argument("--backend", default=os.environ.get("LABCTL_BACKEND", "netns"),
-                        choices=("netns", "vagrant", "ssh"),
-                        help="how the lab is realised (default: netns, the embedded lab; env LABCTL_BACKEND)")
+    parser.add_argument("--backend", default=os.environ.get("LABCTL_BACKEND", DEFAULT_BACKEND),
+                        choices=backend_names(),
+                        help=f"how the lab is realised (default: {DEFAULT_BACKEND}, the embedded lab; "
+                             "env LABCTL_BACKEND)")
     parser.add_argument("--inventory", dest="inventory_file", type=Path, metavar="FILE",
                         help="inventory file for --backend ssh (see 'labctl inventory --format yaml')")
     parser.add_argument("--state-dir", dest="state_root", type=Path, default=STATE_ROOT,

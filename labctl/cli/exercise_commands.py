@@ -99,12 +99,12 @@ def _console():
 # --- deploy -------------------------------------------------------------------------------------------
 
 def cmd_deploy(args: argparse.Namespace, ctx) -> int:
-    from labctl.deploy import deploy, ports_of
+    from labctl.deploy import ensure, ports_of
     from labctl.remote import Group
 
     inventory = ctx.backend().inventory()
     with Group(inventory.hosts) as group:
-        report = deploy(group, ports_of(inventory), force=args.force)
+        report = ensure(group, ports_of(inventory), force=args.force)
     if args.json:
         print(json.dumps(report.to_json()))
     else:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from labctl.inventory_file import FORMATS, dump_inventory
+from labctl.inventory import FORMATS, dump_inventory
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "until every node accepts SSH. Running it again repairs a lab (restarts "
                                    "a dead sshd) or rebuilds it when the lab file changed.")
     p.add_argument("--clients", type=int, metavar="N", help="number of clients (default: the lab file's)")
-    p.add_argument("--json", action="store_true", help="print the inventory as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the inventory as JSON (the file 'labctl inventory --format json' writes)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("down", help="remove the lab (namespaces, links, processes, state)")
@@ -58,15 +59,19 @@ def _err(message: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace, ctx) -> int:
+    from labctl import bringup
+
     if args.clients is not None and args.clients < 1:
         raise CliError("--clients must be at least 1")
     backend = ctx.backend()
     start = time.perf_counter()
     progress = None if args.json else (lambda msg: _err(f"labctl: {msg}"))
-    inventory = backend.up(progress)
+    inventory = bringup.up(backend, progress)
     elapsed = time.perf_counter() - start
-    if args.json:
-        print(json.dumps(inventory_json(inventory), indent=1))
+    if args.json:  # the inventory file's JSON, the same document as `labctl inventory --format json`
+        from labctl.inventory import dump_inventory
+
+        print(dump_inventory(inventory, "json"), end="")
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -83,20 +88,28 @@ def cmd_up(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_down(args: argparse.Namespace, ctx) -> int:
+    from labctl import impairment
+
     backend = ctx.backend()
     start = time.perf_counter()
+    impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
     backend.down(lambda msg: _err(f"labctl: {msg}"))
     print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace, ctx) -> int:
+    from labctl import bringup, impairment
+    from labctl.cli.impair_command import links_json, print_links
+
     backend = ctx.backend()
-    nodes = backend.status()
+    nodes = bringup.status(backend)
+    links = impairment.reports(backend)
     if args.json:
         print(json.dumps({"backend": backend.name,
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
-                                     "detail": n.detail} for n in nodes]}, indent=1))
+                                     "detail": n.detail} for n in nodes],
+                          "links": links_json(links)}, indent=1))
     else:
         from rich.console import Console
         from rich.table import Table
@@ -107,6 +120,7 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
         for n in nodes:
             table.add_row(n.name, n.role, n.address, "[green]up[/]" if n.up else "[red]down[/]", n.detail)
         Console().print(table)
+        print_links(links, title="links (labctl impair)")
     return 0 if nodes and all(n.up for n in nodes) else 1
 
 
@@ -156,9 +170,3 @@ def cmd_clean(args: argparse.Namespace, ctx) -> int:
         print(f"lab {backend.lab.name}: nothing to clean")
     return 0
 
-
-def inventory_json(inventory) -> dict:
-    return {"backend": inventory.backend,
-            "hosts": [{"name": h.name, "role": h.role, "address": h.address, "port": h.port, "user": h.user,
-                       "key_file": str(h.key_file) if h.key_file else None, "host_key": h.host_key,
-                       "interface": h.interface, "lab_interface": h.lab_interface} for h in inventory]}

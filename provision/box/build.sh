@@ -15,7 +15,6 @@
 set -euo pipefail
 
 BOX=${1:-labctl/debian12}
-SUITE=bookworm
 SLUG=${BOX//\//-}
 WORK=${LABCTL_BOX_WORK:-/var/tmp/labctl-box}
 SIZE_GB=${LABCTL_BOX_SIZE_GB:-4}
@@ -25,6 +24,8 @@ BOOT_DIR=/var/lib/libvirt/boot   # qemu runs as libvirt-qemu: it cannot read a k
 PACKAGES=systemd-sysv,udev,kmod,ifupdown,isc-dhcp-client,iproute2,iputils-ping,procps,netbase
 PACKAGES+=,openssh-server,sudo,python3,tcpdump,linux-image-amd64,initramfs-tools
 START=$SECONDS
+# shellcheck source=provision/rootfs.sh
+. "$(dirname "$0")/../rootfs.sh"
 
 say() { printf 'build-box [%3ds]: %s\n' "$((SECONDS - START))" "$*"; }
 die() {
@@ -32,39 +33,11 @@ die() {
     exit 1
 }
 
-unmount_rootfs() {
-    local mounts
-    mounts=$(findmnt -rn -o TARGET | grep -F "$ROOTFS/" | sort -r || true)
-    if [ -n "$mounts" ]; then
-        while IFS= read -r target; do
-            umount -l "$target" || true
-        done <<< "$mounts"
-    fi
-}
-
 cleanup() {
-    unmount_rootfs
+    rootfs_unmount "$ROOTFS"
     if [ -z "${LABCTL_BOX_KEEP:-}" ]; then
         rm -rf "$ROOTFS" "$WORK/root.raw" "$BOX_DIR" "$WORK/$SLUG.box"
     fi
-}
-
-apt_mirror() {
-    local url=""
-    if [ -n "${LABCTL_BOX_MIRROR:-}" ]; then
-        printf '%s\n' "$LABCTL_BOX_MIRROR"
-        return
-    fi
-    if [ -f /etc/apt/sources.list ]; then  # one-line format: deb [options] URL SUITE COMPONENTS
-        url=$(grep -E '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list | grep -v -- '-security' \
-              | grep -oE 'https?://[^[:space:]]+' | head -n 1 || true)
-    fi
-    if [ -z "$url" ]; then  # deb822 format: URIs: URL
-        url=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -E '^URIs:' | grep -v -- '-security' \
-              | grep -oE 'https?://[^[:space:]]+' | head -n 1 || true)
-    fi
-    [ -n "$url" ] || die "no Debian mirror in /etc/apt/sources.list{,.d}: set LABCTL_BOX_MIRROR=URL"
-    printf '%s\n' "$url"
 }
 
 vagrant_pubkey() {
@@ -88,14 +61,13 @@ done
 
 trap cleanup EXIT
 mkdir -p "$WORK"
-unmount_rootfs
+rootfs_unmount "$ROOTFS"
 rm -rf "$ROOTFS" "$BOX_DIR" "$WORK/root.raw"
 
-MIRROR=$(apt_mirror)
-say "debootstrap $SUITE from $MIRROR"
-debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
-    || die "debootstrap failed; see $WORK/debootstrap.log: $(tail -n 3 "$WORK/debootstrap.log")"
-unmount_rootfs
+say "debootstrap $ROOTFS_SUITE from $(rootfs_mirror)"
+# debootstrap, as every box booted by the VM test so far was made (rootfs.sh would pick mmdebstrap)
+rootfs_build "$ROOTFS" "$PACKAGES" "$WORK/debootstrap.log" debootstrap \
+    || die "the root file system could not be built"
 
 say "configuring the image"
 chroot "$ROOTFS" useradd --create-home --shell /bin/bash vagrant
@@ -124,9 +96,7 @@ EOF
 install -d "$ROOTFS/etc/dhcp/dhclient-enter-hooks.d"
 printf '# labctl: the lab VMs have no route out\nunset new_routers\n' \
     > "$ROOTFS/etc/dhcp/dhclient-enter-hooks.d/labctl-no-default-route"
-# a fresh machine-id and fresh SSH host keys in every VM made from this box
-: > "$ROOTFS/etc/machine-id"
-rm -f "$ROOTFS"/etc/ssh/ssh_host_*
+# fresh SSH host keys in every VM made from this box (rootfs.sh removed the build's, and emptied machine-id)
 cat > "$ROOTFS/etc/systemd/system/labctl-ssh-host-keys.service" <<'EOF'
 [Unit]
 Description=Generate this VM's own SSH host keys (first boot)
@@ -144,8 +114,6 @@ mkdir -p "$ROOTFS/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/labctl-ssh-host-keys.service \
     "$ROOTFS/etc/systemd/system/multi-user.target.wants/labctl-ssh-host-keys.service"
 printf 'UseDNS no\n' > "$ROOTFS/etc/ssh/sshd_config.d/labctl.conf"
-chroot "$ROOTFS" apt-get clean
-rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/*.log
 
 say "kernel, initrd, ext4 image (${SIZE_GB}G, mke2fs -d)"
 mkdir -p "$BOX_DIR"

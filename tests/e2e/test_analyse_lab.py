@@ -3,7 +3,6 @@ lab (sshd, deployed time server and clients), checked against tshark."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,8 +12,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_analyse_support import assert_matches_tshark
 
 from labctl.analyse import analyse_file
+from tests.requires import require_tool
 
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(not shutil.which("tshark"), reason="needs tshark")]
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tshark() -> str:
+    """Checked before any lab is built."""
+    return require_tool("tshark")
 
 
 def test_lab_captures_match_tshark(netns_lab, tmp_path):

@@ -31,10 +31,9 @@ from test_analyse_support import (
 )
 
 from labctl.analyse import analyse_file
+from tests.requires import require_root, require_tool
 
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(x) for x in ("tcpdump", "tshark", "nft", "ip")),
-    reason="needs root, tcpdump, tshark, nft and iproute2")]
+pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = (8080, 8081, 8082)
@@ -53,6 +52,10 @@ def _firewall(ns: str, rule: str) -> None:
 def lossy(tmp_path_factory):
     import fcntl
 
+    require_root()
+    for tool, package in (("tcpdump", "tcpdump"), ("tshark", "tshark"), ("nft", "nftables"),
+                          ("ip", "iproute2")):
+        require_tool(tool, f"apt-get install {package}")
     d = tmp_path_factory.mktemp("lossy")
     path = d / "lossy.pcap"
     pid = os.getpid()
@@ -112,9 +115,7 @@ def test_html_report_renders_in_chromium(lossy, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "labctl.py"), "analyse", str(path), "--html", str(html),
                         "--ladders", "0"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("chromium not installed")
+    chromium = shutil.which("chromium-browser") or require_tool("chromium", "apt-get install chromium")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with tempfile.TemporaryDirectory() as profile:

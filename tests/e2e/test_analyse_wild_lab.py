@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from requires import require_tool
 from test_analyse_support import our_table, our_tcp_flags, sh, tcpdump, tshark_table, tshark_tcp_flags
 
 from labctl.analyse import analyse_file
+from tests.requires import require_tool
 
 pytestmark = [pytest.mark.lab]
 

@@ -8,19 +8,19 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
 
 from labctl.backends.netns import NetnsBackend
-from labctl.deploy import deploy, ports_of
+from labctl.deploy import ensure, ports_of
 from labctl.lab import load_lab
 from labctl.remote import Connection, Group
+from tests.requires import SHARED_BENCH, require_file, require_tool
 
 pytestmark = pytest.mark.lab
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "bench"
+SEED = SHARED_BENCH
 GO_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+")  # Go's time.Now().String()
 SERVER = "192.168.20.2"
 
@@ -29,8 +29,7 @@ SERVER = "192.168.20.2"
 def default_subnet_lab(lab_lock, tmp_path):
     """A 2-client lab on 192.168.20.0/24 with a unique name, deployed; taken down whatever happens."""
     for name in ("seed-tcpclient", "seed-udpclient", "seed-tcpserver", "seed-udpserver"):
-        if not (SEED / name).exists():
-            pytest.skip(f"{SEED / name} is missing")
+        require_file(SEED / name, "the course's shared/bench beside the checkout (see its README)")
     name = "i" + secrets.token_hex(3)
     lab_file = tmp_path / "lab.yml"
     lab_file.write_text(f"name: {name}\nsubnet: 192.168.20.0/24\nhost_address: 192.168.20.1\n"
@@ -39,12 +38,18 @@ def default_subnet_lab(lab_lock, tmp_path):
     try:
         inventory = backend.up()
         with Group(inventory.hosts) as g:
-            report = deploy(g, ports_of(inventory))
+            report = ensure(g, ports_of(inventory))
             assert report.ok, report.to_json()
         yield inventory
     finally:
         backend.clean()
         assert not Path(f"/sys/class/net/{name}-br").exists()
+
+
+@pytest.fixture
+def rdate() -> str:
+    """Checked before the lab is built (the netns nodes run this machine's programs)."""
+    return require_tool("rdate")
 
 
 def _put(conn: Connection, name: str) -> str:
@@ -85,9 +90,7 @@ def test_our_client_gets_the_time_from_the_seed_go_servers(default_subnet_lab):
                 s.stop(pid)
 
 
-def test_rdate_reads_rfc868_time_from_our_server(default_subnet_lab):
-    if shutil.which("rdate") is None:
-        pytest.skip("rdate is not installed (apt-get install rdate)")
+def test_rdate_reads_rfc868_time_from_our_server(rdate, default_subnet_lab):
     client = default_subnet_lab.get("client1")
     with Connection(client) as c:
         out = c.run(["rdate", "-p", SERVER], timeout=20)

@@ -12,9 +12,9 @@ from dataclasses import replace
 import paramiko
 import pytest
 
-from labctl.backends import linux
-from labctl.backends.base import LabNotUp
-from labctl.backends.netns_state import plan
+from labctl.backends.netns import linux
+from labctl.backends.netns.state import plan
+from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
 from labctl.remote import Connection, Group, HostKeyError, RemoteError
 from labctl.safety import check_route
@@ -47,7 +47,7 @@ def test_up_status_ssh_down_through_the_cli(make_lab):
         assert (h["port"], h["user"], h["lab_interface"]) == (22, "root", "eth0")
         assert h["interface"] == f"{lab.name}-br"
         assert h["host_key"].startswith("ssh-ed25519 ")
-        assert stat.S_IMODE(os.stat(h["key_file"]).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(h["key"]).st_mode) == 0o600
     known = (lab.state_dir / "known_hosts").read_text().splitlines()
     assert known == [f"{h['address']} {h['host_key']}" for h in hosts]
 
@@ -309,8 +309,8 @@ def test_32_nodes(make_lab):
 
 
 def test_a_node_that_does_not_come_up_is_named_with_the_reason(make_lab, monkeypatch):
-    from labctl.backends import sshd
-    from labctl.backends.netns import NodeFailed
+    from labctl.backends.netns import sshd
+    from labctl.backends.netns.backend import NodeFailed
 
     real_config = sshd.sshd_config
 

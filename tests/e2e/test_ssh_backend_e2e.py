@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from labctl.inventory_file import load_inventory
+from labctl.inventory import load_inventory
 
 pytestmark = pytest.mark.lab
 

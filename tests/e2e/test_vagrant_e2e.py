@@ -31,6 +31,7 @@ import pytest
 from labctl.backends.vagrant import VagrantBackend
 from labctl.lab import load_lab
 from labctl.remote import Group
+from tests.requires import missing, require_root, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +99,7 @@ def _libvirt_chains() -> set[tuple[str, str, str]]:
 
 
 def _nft_tables() -> set[tuple[str, str]]:
-    """(family, name) of every nftables table."""
-    if shutil.which("nft") is None:
-        return set()
+    """(family, name) of every nftables table (nft is required by the libvirt fixture)."""
     out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
     return {(f[1], f[2]) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
 
@@ -166,15 +165,13 @@ def _alive_with(proc: Path, lab_name: str) -> bool:
 @pytest.fixture(scope="module")
 def libvirt(tmp_path_factory):
     """A libvirtd to talk to: the running one, or virtlogd + libvirtd started here and stopped by PID."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    missing = _missing()
-    if missing:
-        if os.environ.get("CI"):  # CI always runs the VM test: install.sh --dev installs these
-            pytest.fail(f"missing {', '.join(missing)} in CI: install.sh --dev should have installed them")
-        pytest.skip(f"missing {', '.join(missing)}: apt-get install -y --no-install-recommends "
-                    "qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients vagrant "
-                    "vagrant-libvirt debootstrap dnsmasq-base")
+    require_root()
+    require_tool("nft", "apt-get install nftables")  # the leftover check reads nftables' tables
+    absent = _missing()
+    if absent:  # CI always runs the VM test: install.sh --dev installs these
+        missing(", ".join(absent), "./install.sh --dev, or apt-get install -y --no-install-recommends "
+                "qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients vagrant "
+                "vagrant-libvirt debootstrap dnsmasq-base e2fsprogs")
     before = {"ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(), "chains": _libvirt_chains(),
               "nft_tables": _nft_tables()}
     started: list[int] = []

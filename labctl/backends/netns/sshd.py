@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from labctl.backends import linux
-from labctl.backends.netns_state import NODE_INTERFACE, LabPlan, NodePlan, StateDir
+from labctl.backends.netns import linux
+from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir
 
 SSHD = "/usr/sbin/sshd"  # sshd refuses to run from a relative path (it re-executes itself)
 PRIVSEP_DIR = Path("/run/sshd")

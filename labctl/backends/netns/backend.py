@@ -13,25 +13,25 @@ exactly what is theirs, and a Ctrl-C or SIGTERM during ``up`` rolls back what wa
 from __future__ import annotations
 
 import fcntl
-import importlib
 import ipaddress
-import json
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from labctl.backends import linux
-from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
-from labctl.backends.netns_state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
+from labctl.backends import forward_guard
+from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.netns import links as netns_links
+from labctl.backends.netns import linux
+from labctl.backends.netns.probes import subnet_users, tcp_accepting
+from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
+from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
 
 SSH_PORT = 22
@@ -52,7 +52,7 @@ def _quiet(progress: Progress | None) -> Progress:
     return progress or (lambda _msg: None)
 
 
-class NetnsBackend(Backend):
+class NetnsBackend(netns_links.NetnsLinks, Backend):
     """The default backend: real namespaces, a real bridge and a real sshd per node, on this machine."""
 
     name = "netns"
@@ -64,24 +64,25 @@ class NetnsBackend(Backend):
 
     # --- up ------------------------------------------------------------------------------------------
 
-    def up(self, progress: Progress | None = None) -> Inventory:
-        """Build the lab (or repair it: restart dead sshds), then check every node accepts SSH."""
-        from labctl import preflight
+    def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
+        """Build the lab (or repair it: restart dead sshds); return its inventory once every sshd listens."""
+        from labctl.backends.netns import preflight
 
         say = _quiet(progress)
         preflight.require_netns()
-        _prewarm_remote()
         with self._exclusive():
-            return self._up(say)
+            return self._up(say, check or (lambda _inventory: None))
 
-    def _up(self, say: Progress) -> Inventory:
+    def _up(self, say: Progress, check: Check) -> Inventory:
         wanted = plan(self.lab)
         current = self.state.read_plan()
         if current is not None and current.complete and current.same_shape(wanted) \
                 and self._structure_intact(current):
             with self._rollback_on_interrupt(None):
+                forward_guard.install(current.lab, current.bridge)  # repair: idempotent
                 self._restart_dead(current, say)
-                inventory = self._verify(current, say)
+                inventory = self._inventory(current)
+                check(inventory)
         else:
             if current is not None:
                 say("removing the previous, different or incomplete lab")
@@ -89,13 +90,15 @@ class NetnsBackend(Backend):
             self._refuse_conflicts(wanted)
             with self._rollback_on_interrupt(wanted):
                 self._build(wanted, say)
-                inventory = self._verify(wanted, say)
+                inventory = self._inventory(wanted)
+                check(inventory)
                 self.state.write_plan(_completed(wanted))
         self._spawned.clear()  # they run now; from here on down finds them by pid file and namespace
+        netns_links.on_up(self.state.read_plan(), self.state.root, self.lab)  # probe the kernel, apply links:
         return inventory
 
     def _build(self, lab_plan: LabPlan, say: Progress) -> None:
-        from labctl.backends import sshd
+        from labctl.backends.netns import sshd
 
         self.state.write_plan(lab_plan)  # before anything exists: down/clean can always find it
         self.state.client_key.unlink(missing_ok=True)
@@ -112,6 +115,7 @@ class NetnsBackend(Backend):
                                                   for node in lab_plan.nodes))
         say(f"bridge {lab_plan.bridge} and {n} namespaces")
         _ip_batch(_create_commands(lab_plan))
+        forward_guard.install(lab_plan.lab, lab_plan.bridge)  # before any node runs: nothing leaves the lab
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for node in lab_plan.nodes:
                 linux.tx_checksum(sock, node.veth, False)
@@ -122,7 +126,7 @@ class NetnsBackend(Backend):
         self._wait_listening(lab_plan, pids)
 
     def _restart_dead(self, lab_plan: LabPlan, say: Progress) -> None:
-        from labctl.backends import sshd
+        from labctl.backends.netns import sshd
 
         dead = [node for node in lab_plan.nodes if self._sshd_pid(node) is None]
         if not dead:
@@ -154,22 +158,6 @@ class NetnsBackend(Backend):
                                  f"{READY_TIMEOUT:.0f} s (log: {self.state.log_tail(next(iter(waiting)))})")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.02)
-
-    def _verify(self, lab_plan: LabPlan, say: Progress) -> Inventory:
-        """Open an authenticated SSH session to every node (pinned host key), through labctl.remote."""
-        inventory = self._inventory(lab_plan)
-        say(f"checking SSH on {len(inventory)} nodes")
-        from labctl.remote import Group  # paramiko: imported only now, keeps the rest of `up` fast
-
-        with Group(inventory.hosts) as group:
-            opened = group.open()
-        if not opened.ok:
-            lines = []
-            for name, exc in opened.failures.items():
-                log = self.state.log_tail(name)
-                lines.append(f"node {name} did not come up: {exc}" + (f" (sshd log: {log})" if log else ""))
-            raise NodeFailed("; ".join(lines))
-        return inventory
 
     def _refuse_conflicts(self, lab_plan: LabPlan) -> None:
         """Refuse names that exist without being ours, and a subnet something else routes."""
@@ -223,10 +211,13 @@ class NetnsBackend(Backend):
         with self._exclusive():
             current = self.state.read_plan()
             if current is None:
+                removed = netns_links.remove(self.lab.name, self.state.root)
+                if forward_guard.remove(self.lab.name):
+                    removed.append(f"nft table inet {forward_guard.table_name(self.lab.name)}")
                 if self.state.root.exists():  # state without a manifest: only files, all ours
                     shutil.rmtree(self.state.root)
-                    return [f"state directory {self.state.root}"]
-                return []
+                    removed.append(f"state directory {self.state.root}")
+                return removed
             return self._teardown(current)
 
     @contextmanager
@@ -253,7 +244,7 @@ class NetnsBackend(Backend):
         (~20 ms each). Veths still there after ``VETH_GRACE`` (a namespace kept alive from outside)
         are deleted one by one.
         """
-        removed: list[str] = []
+        removed: list[str] = netns_links.remove(lab_plan.lab, self.state.root)  # first: its sockets pin netns
         namespaces = [nsid for n in lab_plan.nodes if (nsid := linux.netns_id(n.netns)) is not None]
         pids = {pid for n in lab_plan.nodes if (pid := self._owned_sshd_pid(n)) is not None}
         pids.update(self._spawned)  # started by this run, maybe before joining their namespace
@@ -284,6 +275,8 @@ class NetnsBackend(Backend):
             raise BackendError(f"could not remove {', '.join(left)} (see `ip link` / `ip netns list`); "
                                f"the manifest {self.state.manifest} is kept for labctl clean")
         removed += [_names("namespace", netns), _names("interface", [*bridge, *veths])]
+        if forward_guard.remove(lab_plan.lab):
+            removed.append(f"nft table {forward_guard.FAMILY} {forward_guard.table_name(lab_plan.lab)}")
         if self.state.root.exists():
             shutil.rmtree(self.state.root)
             removed.append(f"state directory {self.state.root}")
@@ -299,7 +292,7 @@ class NetnsBackend(Backend):
         if not current.complete:
             return [NodeStatus(n.name, n.role, n.address, False, "incomplete (interrupted up? run labctl "
                                "clean, or labctl up)") for n in current.nodes]
-        from labctl.safety import route_devices
+        from labctl.routes import route_devices
 
         routes = route_devices([n.address for n in current.nodes])
         running = {n.name: self._sshd_pid(n) for n in current.nodes}
@@ -319,6 +312,9 @@ class NetnsBackend(Backend):
                 up, detail = True, f"sshd pid {running[n.name]}"
             result.append(NodeStatus(n.name, n.role, n.address, up, detail))
         return result
+
+    def node_log(self, name: str) -> str:
+        return self.state.log_tail(name)
 
     def inventory(self) -> Inventory:
         current = self.state.read_plan()
@@ -374,16 +370,6 @@ def _names(kind: str, names: list[str]) -> str:
     return f"{len(names)} {kind}{'s' if len(names) > 1 else ''} ({shown})"
 
 
-def _prewarm_remote() -> None:
-    """Import labctl.remote (paramiko, ~100 ms) in a thread while namespaces and sshds come up."""
-    from labctl.backends.sshd import blocked_signals
-
-    if "labctl.remote" not in sys.modules:
-        with blocked_signals():  # the thread inherits the mask: Ctrl-C always lands in the main thread
-            threading.Thread(target=importlib.import_module, args=("labctl.remote",), daemon=True,
-                             name="import-remote").start()
-
-
 def _completed(lab_plan: LabPlan) -> LabPlan:
     from dataclasses import replace
 
@@ -416,53 +402,3 @@ def _ip_batch(commands: list[str], *, force: bool = False) -> None:
     proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
     if proc.returncode != 0 and not force:
         raise BackendError(f"ip -batch failed: {proc.stderr.strip()}")
-
-
-def subnet_users(subnet: str, *, exclude_dev: str | None = None) -> list[str]:
-    """Routes (any table, so local addresses too) overlapping ``subnet``, except via ``exclude_dev``."""
-    net = ipaddress.IPv4Network(subnet)
-    proc = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True,
-                          check=False)
-    try:
-        routes = json.loads(proc.stdout or "[]")
-    except ValueError:
-        routes = []
-    users = []
-    for route in routes:
-        dst, dev = route.get("dst", ""), route.get("dev")
-        if dst == "default" or dev == exclude_dev:
-            continue
-        try:
-            overlaps = ipaddress.IPv4Network(dst, strict=False).overlaps(net)
-        except ValueError:
-            continue
-        if overlaps:
-            users.append(f"{route.get('type', 'route')} {dst} dev {dev}".replace("unicast ", "route "))
-    return users
-
-
-def tcp_accepting(targets: list[tuple[str, int]], timeout: float) -> set[tuple[str, int]]:
-    """The targets whose TCP port accepts a connection within ``timeout`` (all probed at once)."""
-    pending: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
-    accepted: set[tuple[str, int]] = set()
-    for target in targets:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        err = sock.connect_ex(target)
-        if err in (0, 115):  # 115 = EINPROGRESS
-            pending[sock.fileno()] = (sock, target)
-        else:
-            sock.close()
-    deadline = time.monotonic() + timeout
-    try:
-        while pending and (left := deadline - time.monotonic()) > 0:
-            _, writable, _ = select.select([], list(pending), [], left)
-            for fd in writable:
-                sock, target = pending.pop(fd)
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                    accepted.add(target)
-                sock.close()
-    finally:
-        for sock, _ in pending.values():
-            sock.close()
-    return accepted

@@ -1,7 +1,10 @@
-"""The inventory file: how to reach each node of a lab over SSH, as YAML (or JSON).
+"""The lab's hosts as the layers above the backends see them, and the inventory file that holds them.
 
-One format for every backend. ``labctl inventory --format yaml`` writes it for the running lab, and
-``labctl --backend ssh --inventory FILE`` reads it back, for those nodes or for any machines at all::
+:class:`Host` and :class:`Inventory` are what every backend hands out and what the remote layer, the
+exercise's steps and the CLI work with. The inventory file is the same data as YAML (or JSON), with one
+serializer for both: ``labctl inventory --format yaml``/``json`` and ``labctl up --json`` write it for
+the running lab, and ``labctl --backend ssh --inventory FILE`` reads it back, for those nodes or for any
+machines at all::
 
     hosts:
       - name: server
@@ -26,12 +29,13 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from labctl.backends.base import Host, Inventory
 from labctl.errors import LabctlError
 from labctl.lab import Lab
 
@@ -47,7 +51,63 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 
 class InventoryError(LabctlError, ValueError):
-    """The inventory file is missing, malformed, or names a host labctl cannot trust."""
+    """The inventory file is missing or malformed, names a host labctl cannot trust, or no such node."""
+
+
+class LabNotUp(LabctlError):
+    """The lab (or the node asked for) is not running."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One node as the remote layer sees it (in the inventory file, ``key_file`` is written ``key``)."""
+
+    name: str
+    role: str                 # "server" or "client"
+    address: str              # the lab address (what clients dial, what tcpdump sees)
+    port: int = 22
+    user: str = "root"
+    key_file: Path | None = None        # private key, mode 0600
+    host_key: str = ""                  # pinned public host key, OpenSSH line "ssh-ed25519 AAAA..."
+    interface: str | None = None        # the lab's bridge on this machine: `ip route get` must leave by it
+    lab_interface: str = "eth0"         # the node's own lab interface (where tcpdump listens)
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How known_hosts files name this host: ``ADDRESS``, or ``[ADDRESS]:PORT`` off port 22."""
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The hosts of one running lab, and how to reach them."""
+
+    backend: str
+    hosts: tuple[Host, ...]
+    lab: Lab | None = field(default=None, compare=False)
+
+    def __iter__(self) -> Iterator[Host]:
+        return iter(self.hosts)
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+    def get(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise InventoryError(f"no node named {name!r} (nodes: {', '.join(h.name for h in self.hosts)})")
+
+    @property
+    def server(self) -> Host:
+        servers = [h for h in self.hosts if h.role == "server"]
+        if len(servers) != 1:
+            raise InventoryError(f"the inventory must have exactly one server, it has {len(servers)}")
+        return servers[0]
+
+    @property
+    def clients(self) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if h.role == "client")
 
 
 def load_inventory(path: str | Path, lab: Lab | None = None, *, check_keys: bool = True) -> Inventory:
@@ -196,7 +256,7 @@ def known_hosts_lookup(path: Path, address: str, port: int, where: str = "known_
         raise InventoryError(f"{where}: known_hosts file {path} not found") from None
     except (OSError, paramiko.SSHException) as exc:
         raise InventoryError(f"{where}: known_hosts file {path}: {exc}") from None
-    lookup = address if port == 22 else f"[{address}]:{port}"
+    lookup = Host("", "", address, port).known_hosts_name
     found = keys.lookup(lookup)
     if not found:
         raise InventoryError(f"{where}: {path} has no key for {lookup}; labctl refuses hosts whose key "
@@ -220,6 +280,11 @@ def _check_unique(hosts: list[Host], where: str) -> None:
             raise InventoryError(f"{where}: {host.name!r} and {seen_endpoints[endpoint]!r} have the same "
                                  f"address and port {host.address}:{host.port}")
         seen_endpoints[endpoint] = host.name
+
+
+def known_hosts_text(hosts: Iterable[Host]) -> str:
+    """A known_hosts file naming exactly the pinned keys of ``hosts`` (for the system ssh client)."""
+    return "".join(f"{h.known_hosts_name} {h.host_key}\n" for h in hosts if h.host_key)
 
 
 def inventory_document(inventory: Inventory) -> dict[str, Any]:

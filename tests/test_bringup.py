@@ -1,19 +1,17 @@
-"""The ssh backend against a real OpenSSH sshd on loopback (no lab, no lock needed)."""
+"""The check that ends `up` and the SSH half of `status`, above the backends, against a real OpenSSH
+sshd on loopback through the ssh backend (no lab, no lock needed)."""
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
 import pytest
 import yaml
-from loopback_sshd import SSHD, keygen, loopback_sshd
+from loopback_sshd import keygen, loopback_sshd
 
+from labctl import bringup
 from labctl.backends import make_backend
-from labctl.backends.base import BackendError
 from labctl.lab import load_lab
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path(SSHD).exists(), reason="needs root and sshd")
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +36,36 @@ def _inventory(tmp_path: Path, sshd: dict, **server_changes) -> Path:
 def test_up_and_status_against_real_sshd(sshd, tmp_path):
     backend = make_backend("ssh", load_lab(), tmp_path, inventory_file=_inventory(tmp_path, sshd))
     messages: list[str] = []
-    inventory = backend.up(messages.append)
-    assert [h.name for h in inventory] == ["server", "client1"] and "checking 2 SSH hosts" in messages[0]
-    statuses = backend.status()
+    inventory = bringup.up(backend, messages.append)
+    assert [h.name for h in inventory] == ["server", "client1"]
+    assert "2 SSH hosts from" in messages[0] and messages[-1] == "checking SSH on 2 nodes"
+    statuses = bringup.status(backend)
     assert [s.up for s in statuses] == [True, True]
     assert socket.gethostname() in statuses[0].detail
     backend.down(messages.append)
     assert "nothing to stop" in messages[-1]
-    assert backend.status()[0].up  # down leaves machines it did not make alone
+    assert bringup.status(backend)[0].up  # down leaves machines it did not make alone
 
 
 def test_changed_host_key_is_refused(sshd, tmp_path):
     other = keygen(tmp_path / "other")
     backend = make_backend("ssh", load_lab(), tmp_path,
                            inventory_file=_inventory(tmp_path, sshd, host_key=other))
-    statuses = backend.status()
+    statuses = bringup.status(backend)
     assert not statuses[0].up and "does not match the pinned key" in statuses[0].detail
     assert statuses[1].up  # one bad host does not hide the others
-    with pytest.raises(BackendError, match=r"1 of 2 hosts are not reachable: server: .*refusing"):
-        backend.up()
+    with pytest.raises(bringup.NodesUnreachable, match=r"1 of 2 nodes do not accept SSH: server: .*refusing"):
+        bringup.up(backend)
+    backend.node_log = lambda name: f"the end of {name}'s sshd log"  # a backend that keeps logs names them
+    with pytest.raises(bringup.NodesUnreachable, match=r"refusing .*\(sshd log: the end of server's sshd"):
+        bringup.up(backend)
 
 
 def test_route_outside_the_named_bridge_is_refused(sshd, tmp_path):
     backend = make_backend("ssh", load_lab(), tmp_path,
                            inventory_file=_inventory(tmp_path, sshd, interface="labctlnone0"))
-    statuses = backend.status()
+    statuses = bringup.status(backend)
     assert not statuses[0].up and "refuses to send traffic outside the lab" in statuses[0].detail
+    assert statuses[1].up
+    with pytest.raises(bringup.NodesUnreachable, match=r"1 of 2 nodes .* server: lab is not up: .*via lo"):
+        bringup.up(backend)

@@ -10,7 +10,6 @@ the VM, as the user and key ``vagrant ssh-config`` names.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -22,96 +21,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from labctl.backends.base import Backend, BackendError, Host, Inventory, LabNotUp, NodeStatus, Progress
+from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.remote_links import RemoteLinks
+from labctl.backends.vagrant import preflight
+from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
+from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import DEFAULT_LAB_FILE, Lab
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent.parent  # where the Vagrantfile is
+PROJECT_DIR = Path(__file__).resolve().parents[3]  # where the Vagrantfile is
 PROVIDERS = ("virtualbox", "libvirt")
-VBOX_NETWORKS_CONF = Path("/etc/vbox/networks.conf")
-VBOX_DEFAULT_RANGE = ipaddress.IPv4Network("192.168.56.0/21")
-LIBVIRT_URI = "qemu:///system"
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 _PUBKEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+")
-_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
-
-
-class VagrantPreflightError(BackendError):
-    """This machine cannot run the Vagrant lab yet; the message says exactly what to do."""
-
-
-# --- preflight -----------------------------------------------------------------------------------------
-
-def parse_version(text: str) -> tuple[int, int, int] | None:
-    """``6.1.28r147628`` -> (6, 1, 28); None when there is no version in ``text``."""
-    match = _VERSION_RE.search(text)
-    return tuple(int(g) for g in match.groups()) if match else None  # type: ignore[return-value]
-
-
-def vbox_allowed_ranges(conf_text: str | None) -> list[ipaddress.IPv4Network]:
-    """The host-only ranges VirtualBox allows: the ``* RANGE ...`` lines of networks.conf, or its default."""
-    if conf_text is None:
-        return [VBOX_DEFAULT_RANGE]
-    ranges = []
-    for line in conf_text.splitlines():
-        fields = line.split("#", 1)[0].split()
-        if not fields or fields[0] != "*":
-            continue
-        for field in fields[1:]:
-            with contextlib.suppress(ValueError):
-                net = ipaddress.ip_network(field, strict=False)
-                if isinstance(net, ipaddress.IPv4Network):
-                    ranges.append(net)
-    return ranges
-
-
-def vbox_network_problem(subnet: str, version: str | None, conf_text: str | None,
-                         conf_path: Path = VBOX_NETWORKS_CONF) -> str | None:
-    """Why VirtualBox would refuse the lab's host-only network, with the line to add; None if it won't.
-
-    VirtualBox >= 6.1.28 only allows host-only networks in 192.168.56.0/21 unless networks.conf lists
-    the range (``vagrant up`` then fails half-way with an unhelpful message).
-    """
-    parsed = parse_version(version or "")
-    if parsed is None or parsed < (6, 1, 28):
-        return None
-    net = ipaddress.IPv4Network(subnet)
-    if any(net.subnet_of(allowed) for allowed in vbox_allowed_ranges(conf_text)):
-        return None
-    how = "create it with this line" if conf_text is None else "add this line to it"
-    return (f"VirtualBox {'.'.join(map(str, parsed))} allows host-only networks only in the ranges "
-            f"{conf_path} lists (default {VBOX_DEFAULT_RANGE}), and the lab uses {net}. As root, {how}:\n"
-            f"    * {net}\n"
-            f"e.g.: sudo mkdir -p {conf_path.parent} && echo '* {net}' | sudo tee -a {conf_path}")
-
-
-def check_virtualbox(subnet: str, conf_path: Path | None = None) -> None:
-    """Raise :class:`VagrantPreflightError` if VirtualBox would refuse the lab's host-only network."""
-    conf_path = conf_path or VBOX_NETWORKS_CONF
-    vboxmanage = shutil.which("VBoxManage") or shutil.which("vboxmanage")
-    if vboxmanage is None:
-        raise VagrantPreflightError("VirtualBox is not installed (no VBoxManage on PATH): install it, or use "
-                                    "the libvirt provider (lab file vagrant.provider: libvirt), see "
-                                    "docs/backends.md")
-    version = subprocess.run([vboxmanage, "--version"], capture_output=True, text=True, check=False).stdout
-    try:
-        conf_text: str | None = conf_path.read_text()
-    except FileNotFoundError:
-        conf_text = None
-    problem = vbox_network_problem(subnet, version, conf_text, conf_path)
-    if problem:
-        raise VagrantPreflightError(problem)
-
-
-def check_libvirt(uri: str = LIBVIRT_URI) -> None:
-    """Raise :class:`VagrantPreflightError` unless vagrant-libvirt can talk to a running libvirtd."""
-    if shutil.which("virsh") is None:
-        raise VagrantPreflightError("libvirt is not installed: apt-get install --no-install-recommends "
-                                    "qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients "
-                                    "vagrant-libvirt dnsmasq-base")
-    proc = subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise VagrantPreflightError(f"libvirtd does not answer on {uri} ({proc.stderr.strip()}): start it "
-                                    "(without systemd: virtlogd -d; libvirtd -d), see docs/backends.md")
 
 
 # --- ssh-config ----------------------------------------------------------------------------------------
@@ -167,10 +87,11 @@ def host_interface(address: str) -> str | None:
 
 # --- the backend ---------------------------------------------------------------------------------------
 
-class VagrantBackend(Backend):
+class VagrantBackend(RemoteLinks, Backend):
     """Vagrant VMs from the project's Vagrantfile, driven through python-vagrant."""
 
     name = "vagrant"
+    ssh_timeout = 15.0  # VMs under QEMU without KVM answer slowly
 
     def __init__(self, lab: Lab, state_dir: Path, *, project_dir: Path = PROJECT_DIR) -> None:
         super().__init__(lab, state_dir)
@@ -240,17 +161,13 @@ class VagrantBackend(Backend):
 
     # --- interface ------------------------------------------------------------------------------------
 
-    def preflight(self) -> None:
-        provider = self.provider
-        if provider == "virtualbox":
-            check_virtualbox(self.lab.subnet)
-        else:
-            check_libvirt()
+    def up(self, progress: Progress | None = None, check: Check | None = None) -> Inventory:
+        """``vagrant up --provision``, pin each VM's host key over Vagrant's channel, ``check`` SSH.
 
-    def up(self, progress: Progress | None = None) -> Inventory:
-        """``vagrant up --provision``, pin each VM's host key over Vagrant's channel, check SSH works."""
+        A failed check leaves the VMs up (they take minutes to build): ``labctl down`` destroys them.
+        """
         say = progress or (lambda _m: None)
-        self.preflight()
+        preflight.require(self.provider, self.lab.subnet)
         self._ensure_client_key()
         v = self.vagrant()
         say(f"vagrant up --provider={self.provider} ({len(self.lab.nodes)} VMs; log: {self.log_file})")
@@ -259,8 +176,8 @@ class VagrantBackend(Backend):
         say("reading each VM's host key over vagrant ssh, to pin it")
         self.pin_host_keys(v)
         inventory = self.inventory()
-        self._check_reachable(inventory)
-        say(f"{len(inventory)} VMs answer on their lab addresses with their pinned keys")
+        if check:
+            check(inventory)
         return inventory
 
     def halt(self, progress: Progress | None = None) -> None:
@@ -401,12 +318,3 @@ class VagrantBackend(Backend):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labctl-{self.lab.name}",
                             "-f", str(self.client_key)], check=True, capture_output=True)
         os.chmod(self.client_key, 0o600)
-
-    def _check_reachable(self, inventory: Inventory) -> None:
-        from labctl.remote import Group
-
-        with Group(inventory.hosts, connect_timeout=15) as group:
-            outcome = group.run(["true"], timeout=30)
-        if outcome.failures:
-            lines = "; ".join(f"{name}: {exc}" for name, exc in outcome.failures.items())
-            raise BackendError(f"the VMs are up but not reachable on their lab addresses: {lines}")

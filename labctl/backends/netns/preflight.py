@@ -29,6 +29,7 @@ NETNS_TOOLS = (
     Tool("/usr/sbin/sshd", "openssh-server", "each node's SSH server"),
     Tool("ip", "iproute2", "namespaces, the bridge and the veths"),
     Tool("tcpdump", "tcpdump", "capturing the server's traffic"),
+    Tool("nft", "nftables", "the forwarding guard and link loss"),
 )
 
 
