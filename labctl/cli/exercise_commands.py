@@ -6,8 +6,11 @@ the other commands stay fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 PROTOCOLS = ("tcp", "udp", "proto", "time")
@@ -55,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_protocol", choices=PROTOCOLS, metavar="PROTO",
                    help=f"trigger a run of PROTO ({', '.join(PROTOCOLS)}) while capturing")
     p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
-    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where the pcap goes")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="where the pcap goes; - writes it to standard output once the capture ends "
+                        "(labctl capture -o - | labctl analyse -), the report then going to stderr")
     p.add_argument("--node", default=None, help="node to capture on (default: the server)")
     p.add_argument("--no-ladder", action="store_true", help="do not print the ladder diagrams")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -87,13 +92,24 @@ def _say(message: str) -> None:
     print(f"labctl: {message}", file=sys.stderr, flush=True)
 
 
-def _console():
+def _console(file=None):
     from rich.console import Console
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, file=file)
     if not console.is_terminal:  # piped or logged: do not cut replies to 80 columns
-        console = Console(highlight=False, width=max(console.width, 120))
+        console = Console(highlight=False, width=max(console.width, 120), file=file)
     return console
+
+
+@contextlib.contextmanager
+def _capture_file(output: Path | None):
+    """The path the capture is brought home to: ``output``, or for ``-`` a private temporary file
+    (removed afterwards) that is then copied to standard output."""
+    if output is None or str(output) != "-":
+        yield output
+        return
+    with tempfile.TemporaryDirectory(prefix="labctl-capture-") as tmp:
+        yield Path(tmp) / "capture.pcap"
 
 
 # --- deploy -------------------------------------------------------------------------------------------
@@ -203,12 +219,22 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
         def listening(dump) -> None:
             _say(f"tcpdump listening on {node.name} {dump.interface} ({what}), pid {dump.pid}, {until}")
 
-        result = capture(conn, ports, output=args.output, duration=args.duration, during=during,
-                         analyse=_analyse, on_listening=listening)
+        to_stdout = args.output is not None and str(args.output) == "-"
+        with _capture_file(args.output) as output:
+            result = capture(conn, ports, output=output, duration=args.duration, during=during,
+                             analyse=_analyse, on_listening=listening)
+            if to_stdout:      # the pcap on stdout, everything said about it on stderr
+                sys.stdout.flush()
+                with open(output, "rb") as f:
+                    shutil.copyfileobj(f, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+                result.path = Path("-")
     if args.json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps(result.to_json()), file=sys.stderr if to_stdout else sys.stdout)
     else:
-        _print_capture(console, result, inventory, ladder=not args.no_ladder)
+        if to_stdout:
+            console = _console(sys.stderr)
+        _print_capture(console, result, inventory, ladder=not args.no_ladder and not to_stdout)
     if result.run is not None and not result.run.ok:
         return 1
     return 130 if result.interrupted and args.run_protocol else 0

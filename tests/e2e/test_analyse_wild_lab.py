@@ -93,3 +93,21 @@ def test_lab_fragments_keepalives_rst_and_loss_agree_with_tshark(wild_capture):
     assert bulk.retransmissions >= 1 and bulk.server_payload == 100_000
     for c in a.conversations():
         assert 0 <= c.payload_bytes <= c.bytes
+
+
+def test_capture_to_stdout_piped_into_analyse(make_lab):
+    """`labctl capture -o - | labctl analyse -`: the pcap goes through the pipe, the report to stderr."""
+    require_tool("tcpdump")
+    lab = make_lab(clients=1)
+    lab.up()
+    repo = Path(__file__).resolve().parents[2]
+    cap = subprocess.run(lab.cli_argv("capture", "--run", "udp", "-o", "-"), capture_output=True,
+                         timeout=180, cwd=repo)
+    assert cap.returncode == 0, cap.stderr.decode()
+    assert cap.stdout[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1")
+    assert b"tcpdump on" in cap.stderr
+    r = subprocess.run([sys.executable, str(repo / "labctl.py"), "analyse", "-", "--json"], input=cap.stdout,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    doc = json.loads(r.stdout)
+    assert doc["summary"]["file"] == "<stdin>" and doc["summary"]["udp"]["answered"] >= 1
