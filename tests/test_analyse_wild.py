@@ -165,6 +165,30 @@ def test_fragments_are_reassembled_and_the_reply_counts():
     assert any("1 IP fragment(s) of 1 datagram(s) never completed" in w for w in a.warnings)
 
 
+def test_reassembly_gives_up_like_a_real_stack():
+    from labctl.analyse.fragments import MAX_HELD, Reassembler
+
+    r = Reassembler()
+    assert r.add((4, b"a", b"b", 1, 17), 100, 4, 0, b"x" * 1480, False, 1514) is None
+    assert r.add((4, b"a", b"b", 2, 17), 131, 4, 0, b"y" * 1480, False, 1514) is None   # 31 s later
+    assert r.lost["timeout"] == 1 and list(r.pending) == [(4, b"a", b"b", 2, 17)]
+    six = (6, b"a", b"b", 3)
+    r.add(six, 131, 6, 0, b"z" * 1232, False, 1294)
+    r.add((4, b"c", b"d", 4, 17), 185, 4, 0, b"w" * 8, False, 62)   # 54 s: IPv4 gone, IPv6 kept
+    assert six in r.pending and r.lost["timeout"] == 2
+    d = r.add(six, 185, 6, 1232, b"z" * 100, True, 162)         # overlapping pieces complete it
+    assert d is not None and bytes(d.data) == b"z" * 1332 and d.frames == 2 and d.wire == 1456
+    small = Reassembler(max_held=10_000)
+    for i in range(20):                                         # never more than the bound held
+        small.add((4, b"e", b"f", i, 17), 1, 4, 0, b"v" * 1480, False, 1514)
+        assert small.held <= 10_000
+    assert small.lost["memory"] >= 13 and MAX_HELD == 4 << 20
+    r.add((4, b"g", b"h", 9, 17), 190, 4, 65528, b"u" * 16, True, 50)  # beyond 64 KiB: malformed
+    assert r.lost["malformed"] == 1
+    r.finish()
+    assert not r.pending and r.lost["end"] >= 1 and r.held == 0
+
+
 def test_encapsulations_are_decoded_to_their_inner_flows():
     a = _analysis("crafted-encapsulations.pcap")
     tcp_ports = sorted(int(c.client.rsplit(":", 1)[1]) for c in a.tcp())
