@@ -6,7 +6,8 @@ server (default settings but --no-rate-limit; its per-exchange log goes to /dev/
 server's per-datagram print does) and against seed-tcpserver / seed-udpserver, then prints
 requests/s, p50 and p99 (medians over the rounds) and the ratio ours/seed. The seed has no line
 server, so tcp-line reports ours alone. Finally: RSS/PSS of our server with 1,000 idle proto
-connections open.
+connections open (from 20 loopback addresses: the per-source cap is 64), a fresh client's wait for its
+first reply with and without them, and the RSS while a client pipelines requests and never reads.
 
     .venv/bin/python bench/servers.py [--rounds 5] [--seconds 3] [-c 32] [--workers N]
 
@@ -134,17 +135,44 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def idle_rss(port: int, pid: int, n: int = 1000) -> tuple[list, list, int]:
-    """Open n idle proto connections; [(pid, rss, pss)] before and with them, and how many are open."""
+def first_reply_ms(port: int, proto: bool) -> float:
+    """Milliseconds from connect to the first reply line of one fresh client (proto: after GET TIME)."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        if proto:
+            c.sendall(b"GET TIME\n")
+        data = b""
+        while b"\n" not in data:
+            chunk = c.recv(100)
+            if not chunk:
+                break
+            data += chunk
+    return (time.perf_counter() - t0) * 1000
+
+
+def fresh_client(port: int, proto: int) -> tuple[float, float]:
+    """(tcp ms, proto ms): medians over 20 fresh clients."""
+    return (statistics.median(first_reply_ms(port, False) for _ in range(20)),
+            statistics.median(first_reply_ms(proto, True) for _ in range(20)))
+
+
+def idle_rss(port: int, proto: int, pid: int, n: int = 1000) -> dict:
+    """Open n idle proto connections from 20 loopback addresses (within the per-source cap); the RSS/PSS
+    before and with them, how many the server holds, and a fresh client's wait without and with them."""
     conns = []
     try:
         time.sleep(0.5)
         before = [(p, *mem_kb(p)) for p in [pid, *children_of(pid)]]
-        for _ in range(n):
-            conns.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        quiet = fresh_client(port, proto)
+        for i in range(n):
+            c = socket.socket()
+            c.settimeout(5)
+            c.bind((f"127.0.0.{2 + i % 20}", 0))
+            c.connect(("127.0.0.1", proto))
+            conns.append(c)
         time.sleep(1.0)
-        pids = [pid, *children_of(pid)]
-        figures = [(p, *mem_kb(p)) for p in pids]
+        figures = [(p, *mem_kb(p)) for p in [pid, *children_of(pid)]]
+        loaded = fresh_client(port, proto)
         for c in conns:  # a server that answered `ERR busy` has closed those
             c.setblocking(False)
         alive = 0
@@ -155,10 +183,25 @@ def idle_rss(port: int, pid: int, n: int = 1000) -> tuple[list, list, int]:
                 alive += 1
             except OSError:
                 pass
-        return before, figures, alive
+        return {"before": before, "figures": figures, "alive": alive, "quiet": quiet, "loaded": loaded}
     finally:
         for c in conns:
             c.close()
+
+
+def flood_rss(proto: int, pid: int) -> tuple[int, int, int]:
+    """A client that pipelines requests and never reads: (RSS KiB before, RSS KiB during, bytes sent)."""
+    before = mem_kb(pid)[0]
+    with socket.create_connection(("127.0.0.1", proto), timeout=5) as c:
+        c.setblocking(False)
+        chunk, sent = b"GET TIME\n" * 1000, 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                sent += c.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.05)
+        return before, mem_kb(pid)[0], sent
 
 
 def main() -> int:
@@ -244,14 +287,22 @@ def main() -> int:
         for v in verdicts:
             print(v)
 
-        before, figures, alive = idle_rss(proto, ours.pid)
-        total_rss = sum(f[1] for f in figures)
-        total_pss = sum(f[2] for f in figures)
-        per = ", ".join(f"pid {p}: RSS {r / 1024:.1f} MB" for p, r, _ in figures)
-        print(f"\nidle connections: 1000 opened, {alive} held by the server; {per}")
+        idle = idle_rss(port, proto, ours.pid)
+        total_rss = sum(f[1] for f in idle["figures"])
+        total_pss = sum(f[2] for f in idle["figures"])
+        per = ", ".join(f"pid {p}: RSS {r / 1024:.1f} MB" for p, r, _ in idle["figures"])
+        print(f"\nidle connections: 1000 opened from 20 addresses, {idle['alive']} held by the server; {per}")
         print(f"total RSS {total_rss / 1024:.1f} MB, total PSS {total_pss / 1024:.1f} MB "
               f"(PSS counts pages shared by the forked workers once; target < 30 MB); "
-              f"PSS before the connections: {sum(f[2] for f in before) / 1024:.1f} MB")
+              f"PSS before the connections: {sum(f[2] for f in idle['before']) / 1024:.1f} MB")
+        (qt, qp), (lt, lp) = idle["quiet"], idle["loaded"]
+        print(f"a fresh client's first reply (median of 20): tcp {lt:.2f} ms with the 1000 idle connections "
+              f"vs {qt:.2f} ms without (x{lt / qt:.2f}); proto {lp:.2f} ms vs {qp:.2f} ms (x{lp / qp:.2f}) "
+              f"(target: < 100 ms)")
+        before, during, sent = flood_rss(proto, ours.pid)
+        print(f"a client pipelining {sent / 1e6:.1f} MB of requests and never reading: RSS "
+              f"{during / 1024:.1f} MB vs {before / 1024:.1f} MB before (x{during / before:.2f}; "
+              f"target < 40 MB)")
     finally:
         procs.stop_all()
     return 0

@@ -27,6 +27,7 @@ from labctl.remote import Connection, Group, reason
 REMOTE_DIR = "labctl"  # relative: under the remote user's home (each netns node has its own /root)
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 SERVER_PROGRAM = "timeserver.py"
+SERVER_FILES = (SERVER_PROGRAM, "timeserver_protocol.py", "timeserver_limits.py")  # it imports the other two
 CLIENT_PROGRAM = "timeclient.py"
 SERVER_PID = "timeserver.pid"
 SERVER_CMD = "timeserver.cmd"
@@ -106,11 +107,12 @@ def file_hash(path: Path) -> str:
 
 def programs_for(host: Host, scripts_dir: Path | None = None) -> dict[str, Path]:
     """The node programs a host gets: the server program on the server, the client on clients."""
-    name = SERVER_PROGRAM if host.role == "server" else CLIENT_PROGRAM
-    path = (scripts_dir or SCRIPTS_DIR) / name
-    if not path.is_file():
-        raise DeployError(f"{path} is missing: the node programs must be in scripts/ of the project")
-    return {name: path}
+    names = SERVER_FILES if host.role == "server" else (CLIENT_PROGRAM,)
+    paths = {name: (scripts_dir or SCRIPTS_DIR) / name for name in names}
+    for path in paths.values():
+        if not path.is_file():
+            raise DeployError(f"{path} is missing: the node programs must be in scripts/ of the project")
+    return paths
 
 
 def ports_of(inventory: Inventory) -> Ports:

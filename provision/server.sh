@@ -9,9 +9,11 @@ need_env LABCTL_SOURCE LABCTL_ADDRESS LABCTL_TCP_PORT LABCTL_PROTO_PORT LABCTL_T
 
 unit=labctl-timeserver.service
 restart=0
-if install_file "$LABCTL_SOURCE/timeserver.py" /opt/labctl/timeserver.py 755; then
-    restart=1
-fi
+for f in timeserver.py timeserver_protocol.py timeserver_limits.py; do  # the server imports the other two
+    if install_file "$LABCTL_SOURCE/$f" "/opt/labctl/$f" 755; then
+        restart=1
+    fi
+done
 
 if write_file "/etc/systemd/system/$unit" 644 <<UNIT
 [Unit]

@@ -143,6 +143,15 @@ class Exchange:
         self.raw = b""
         self.sent = 0
         self.received = 0
+        self.deadline = 0.0  # monotonic: the end of this attempt (--timeout bounds the whole exchange)
+
+    def left(self, s: socket.socket) -> None:
+        """Give the socket's next call only the time this attempt has left (so a server trickling one
+        byte at a time cannot stretch the exchange past --timeout)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        s.settimeout(left)
 
     def new_socket(self) -> socket.socket:
         s = socket.socket(self.family, self.kind)
@@ -152,6 +161,7 @@ class Exchange:
         return s
 
     def _recv(self, s: socket.socket, n: int) -> bytes:
+        self.left(s)
         data = s.recv(n)
         if data and self.timings["first_byte"] is None:
             self.timings["first_byte"] = time.time()
@@ -184,7 +194,9 @@ class Exchange:
     def attempt(self, s: socket.socket) -> None:
         a = self.a
         self.timings["start"] = time.time()
+        self.deadline = time.monotonic() + a.timeout
         if self.kind == socket.SOCK_STREAM:
+            self.left(s)
             s.connect(self.addr)
         self.local = "{}:{}".format(*s.getsockname()[:2])
         if self.kind == socket.SOCK_DGRAM:
@@ -211,6 +223,7 @@ class Exchange:
             buf = bytearray()
             for req in a.send or ["GET TIME"]:
                 self.sent += len(req) + 1
+                self.left(s)
                 s.sendall(req.encode() + b"\n")
                 line = self._read_line(s, buf)
                 self.raw = line
@@ -279,7 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="proto: a request line (repeatable; default GET TIME); udp: the datagram "
                         "(default `anything`)")
     p.add_argument("--udp", action="store_true", help="time: use UDP (sends 4 bytes; see the docs)")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per attempt (default 3)")
+    p.add_argument("--timeout", type=float, default=3.0,
+                   help="seconds for one attempt's whole exchange: connect, send, every read (default 3)")
     p.add_argument("--retries", type=int, default=0, help="extra attempts after a refusal or timeout")
     p.add_argument("--start-at", type=float, metavar="EPOCH",
                    help="wall-clock instant (Unix seconds) to start at; socket made beforehand")
@@ -291,8 +305,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.port = DEFAULT_PORTS[a.protocol]
     if not 0 < a.port < 65536:
         p.error(f"--port must be 1..65535, not {a.port}")
-    if a.timeout <= 0 or a.retries < 0:
-        p.error("--timeout must be > 0 and --retries >= 0")
+    if not 0 < a.timeout <= 3600 or not 0 <= a.retries <= 100:
+        p.error("--timeout must be 0..3600 seconds (not 0) and --retries 0..100")
+    if a.start_at is not None and not abs(a.start_at - time.time()) < 86400:
+        p.error(f"--start-at must be a Unix time within a day of now, not {a.start_at}")
     if a.send and a.protocol in ("tcp", "time"):
         p.error(f"--send is for udp and proto; {a.protocol} sends nothing (the server talks first)")
     if a.udp and a.protocol != "time":

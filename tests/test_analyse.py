@@ -441,7 +441,7 @@ def test_exact_microseconds_write_the_float_text(tmp_path, monkeypatch):
         assert json_report.clock_for(a.builder).exact
         exact, floats = io.StringIO(), io.StringIO()
         write_json(a, exact)
-        monkeypatch.setattr(json_report, "clock_for", lambda b: FloatClock(b.clock.seconds))
+        monkeypatch.setattr(json_report, "clock_for", lambda b: FloatClock(b.times.seconds))
         write_json(a, floats)
         monkeypatch.undo()
         assert exact.getvalue() == floats.getvalue(), p

@@ -44,3 +44,13 @@ def test_probe_script_runs_in_a_real_shell(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_server_node_gets_every_file_the_server_imports():
+    from labctl.deploy import SERVER_FILES, programs_for
+
+    files = programs_for(SERVER)
+    assert set(files) == set(SERVER_FILES) and all(p.is_file() for p in files.values())
+    imported = {line.split()[1] + ".py" for p in files.values() for line in p.read_text().splitlines()
+                if line.startswith("from timeserver_")}
+    assert imported <= set(files)  # nothing the server imports is left behind

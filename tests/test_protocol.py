@@ -1,18 +1,22 @@
-"""The line protocol and the reply rules of scripts/timeserver.py as pure functions, with hypothesis."""
+"""The time server's protocol and limits (scripts/timeserver_protocol.py, timeserver_limits.py) as pure
+functions and small objects, with hypothesis."""
 from __future__ import annotations
 
-import importlib.util
 import struct
+import sys
+import types
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SERVER = Path(__file__).resolve().parent.parent / "scripts" / "timeserver.py"
-_spec = importlib.util.spec_from_file_location("timeserver", SERVER)
-ts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ts)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # as the node runs them
+import timeserver_limits
+import timeserver_protocol
+
+ts = types.SimpleNamespace(**{k: v for m in (timeserver_protocol, timeserver_limits)
+                              for k, v in vars(m).items() if not k.startswith("_")})
 
 CAP = 64
 TIME = b"2026-11-25T09:39:51.123Z\n"
@@ -121,3 +125,48 @@ def test_token_bucket_per_source_never_beyond_burst_plus_rate(events):
     for src, n in allowed.items():
         # a source in the table is capped alone; one pushed to the overflow bucket shares it
         assert n <= 2 * (burst + rate * now) + 1e-9, (src, n)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=200))
+def test_connection_limits_hold_in_total_and_per_source(events):
+    limits = ts.ConnectionLimits(total=5, per_source=2)
+    held: list[str] = []
+    for source, opening in events:
+        if opening:
+            refusal = limits.take(source)
+            if refusal is None:
+                held.append(source)
+            else:
+                assert refusal.startswith(b"ERR busy")
+                assert len(held) >= 5 or held.count(source) >= 2  # refused only at a cap
+        elif source in held:
+            held.remove(source)
+            limits.give_back(source)
+        assert len(held) <= 5 and all(held.count(x) <= 2 for x in "abc")
+        assert limits.open == len(held) and sum(limits.by_source.values()) == len(held)
+
+
+def test_log_budget_counts_what_it_leaves_out():
+    out: list[str] = []
+    log = ts.Log("udp", 3, out)
+    clock = ts.Clock()
+    clock.sec, clock.text = 100, "2026-11-25T09:39:51.000Z"
+    for i in range(10):
+        log.line(clock, ("10.0.0.1", 5000), b"anything", 8, 0 if i % 2 else 24,
+                 "no reply: rate limit" if i % 2 else "")
+    assert len(out) == 3 and all(" udp 10.0.0.1:5000 'anything' 8B -> " in x for x in out)
+    clock.sec, clock.text = 101, "2026-11-25T09:39:52.000Z"
+    log.roll(clock)
+    assert out[-1] == ("2026-11-25T09:39:52.000Z udp - - 0B -> 0B not logged: 7 more lines "
+                       "(4 no reply: rate limit, 3 answered)\n")
+    log.roll(clock)
+    assert len(out) == 4  # at most one summary a second
+    clock.sec, clock.text = 102, "2026-11-25T09:39:53.000Z"
+    log.roll(clock)
+    assert len(out) == 4  # nothing more left out: no summary
+    for _ in range(5):
+        log.line(clock, "-", "-", 0, 0, "no reply: 3x bound")  # a new second: 3 logged, 2 counted
+    clock.sec, clock.text = 103, "2026-11-25T09:39:54.000Z"
+    log.roll(clock)
+    assert len(out) == 8 and out[-1].endswith("not logged: 2 more lines (2 no reply: 3x bound)\n")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_PROGRAM, file_hash, server_argv
+from labctl.deploy import CLIENT_PROGRAM, SCRIPTS_DIR, SERVER_FILES, file_hash, server_argv
 from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group, RemoteError, Result
@@ -59,9 +59,8 @@ class FakeConnection:
         with self.lock:
             self.commands.append(line)
         if "sha256sum" in line:  # deploy's probe
-            name = SERVER_PROGRAM if self.host.role == "server" else CLIENT_PROGRAM
-            digest = "0" * 64 if self.stale else file_hash(SCRIPTS_DIR / name)
-            out = f"{digest}  {name}\n"
+            names = SERVER_FILES if self.host.role == "server" else (CLIENT_PROGRAM,)
+            out = "".join(f"{'0' * 64 if self.stale else file_hash(SCRIPTS_DIR / n)}  {n}\n" for n in names)
             if self.host.role == "server":
                 out += f"SERVER 4242 {shlex.join(server_argv(self.host.address, LAB.ports))}\n"
             return Result(self.host.name, line, 0, out, "")

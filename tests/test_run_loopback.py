@@ -16,7 +16,7 @@ import pytest
 from loopback_sshd import free_port, loopback_sshd
 
 from labctl.capture import CaptureError, capture, parse_stats
-from labctl.deploy import SERVER_PID, ensure, probe, stop_server
+from labctl.deploy import SERVER_FILES, SERVER_PID, ensure, probe, stop_server
 from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group
@@ -61,7 +61,7 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
         first = ensure(g, ports, remote_dir=remote)
         assert first.ok, first.to_json()
         server = first.nodes[0]
-        assert server.copied == ["timeserver.py"] and server.server.startswith("started pid ")
+        assert sorted(server.copied) == sorted(SERVER_FILES) and server.server.startswith("started pid ")
         # the three "clients" share one directory here: whoever looks first copies, the others may not
         assert all(n.copied + n.unchanged == ["timeclient.py"] for n in first.nodes[1:])
         assert any(n.copied for n in first.nodes[1:])

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from requires import missing, require_file
 
 # the server helpers live in test_timeserver.py; loaded by path so any pytest import mode works
 _spec = importlib.util.spec_from_file_location("_timeserver_tests",
@@ -52,9 +53,7 @@ def seed():
     try:
         ports = {}
         for name in ("tcpserver", "udpserver"):
-            exe = BENCH / f"seed-{name}"
-            if not os.access(exe, os.X_OK):
-                pytest.skip(f"{exe} missing")
+            exe = require_file(BENCH / f"seed-{name}", "the course's shared/bench")
             ports[name] = free_port()
             procs.append(subprocess.Popen([str(exe), "-port", str(ports[name])],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -165,9 +164,8 @@ def test_start_at_waits_for_the_instant(server):
     at = time.time() + 0.4
     code, obj = run_json("udp", HOST, "--port", str(server.port), "--start-at", f"{at:.6f}")
     assert code == 0
-    assert obj["timings"]["start"] >= at
-    assert obj["late_ms"] is not None and obj["late_ms"] < 50  # generous: the machine is shared
-    assert obj["timings"]["done"] - at < 0.5
+    assert obj["timings"]["start"] >= at  # not before the instant (how soon after: bench/run.py)
+    assert obj["late_ms"] is not None and obj["late_ms"] >= 0
     assert obj["ready"] is not None and obj["ready"] < at  # it was asleep before the instant
     # it holds its output until the start burst is over, so its exit does not delay other clients
     assert time.time() >= at + 0.05
@@ -243,7 +241,7 @@ def test_timeout_exit_4_with_retries(fake):
     t0 = time.monotonic()
     code, obj = run_json("udp", HOST, "--port", str(silent_udp.port), "--timeout", "0.3", "--retries", "2")
     assert code == 4 and obj["attempts"] == 3 and "timed out" in obj["error"]
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 3 * 0.3 + 0.3 + 10  # three attempts and their back-off, not more
     silent_tcp = fake(socket.SOCK_STREAM, None)  # accepts, never writes
     out = run("tcp", HOST, "--port", str(silent_tcp.port), "--timeout", "0.3")
     assert out.returncode == 4 and "timed out" in out.stderr
@@ -271,28 +269,82 @@ def test_unknown_host_exit_6_and_bad_args_exit_2():
     assert out.returncode == 0 and "garbage reply" in out.stdout and "refused" in out.stdout
 
 
-def _interpreters() -> list[str]:
-    """Other Pythons on this machine (pyenv), oldest supported first: the node programs must run there."""
-    found = []
+class Trickler:
+    """A TCP server that sends one byte every `every` seconds, for `total` seconds, on each connection."""
+
+    def __init__(self, every: float, total: float) -> None:
+        self.sock = socket.create_server((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        self.every, self.total = every, total
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stopped.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            with c:
+                end = time.monotonic() + self.total
+                while time.monotonic() < end and not self.stopped.wait(self.every):
+                    try:
+                        c.sendall(b"2")
+                    except OSError:
+                        break
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("proto", ["tcp", "proto"])
+def test_timeout_bounds_the_whole_exchange_not_each_read(proto):
+    slow = Trickler(every=0.2, total=30)  # a byte every 0.2 s: each read alone is quick
+    try:
+        t0 = time.monotonic()
+        code, obj = run_json(proto, HOST, "--port", str(slow.port), "--timeout", "1")
+        elapsed = time.monotonic() - t0
+    finally:
+        slow.close()
+    assert code == 4 and "timed out" in obj["error"], obj
+    assert elapsed < 15, elapsed  # one --timeout and the start-up, not the server's 30 s of trickle
+
+
+def test_start_at_out_of_range_is_refused():
+    for bad in ("inf", "nan", "1e12"):
+        out = run("udp", HOST, "--start-at", bad)
+        assert out.returncode == 2 and "--start-at" in out.stderr and "Traceback" not in out.stderr
+
+
+def interpreter(version: str) -> str:
+    """Python `version` from PATH or pyenv: the node programs must run on the oldest and newest."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    for v in ("3.9", "3.13"):
-        candidates = [shutil.which(f"python{v}"), *sorted(pyenv.glob(f"{v}.*/bin/python{v}"))]
-        for exe in filter(None, candidates):
-            ok = subprocess.run([str(exe), "-c", "pass"], capture_output=True).returncode == 0
-            if ok:
-                found.append(str(exe))
-                break
-    return found
+    found = [shutil.which(f"python{version}"), *sorted(pyenv.glob(f"{version}.*/bin/python{version}"))]
+    for exe in filter(None, found):
+        if subprocess.run([str(exe), "-c", "pass"], capture_output=True).returncode == 0:
+            return str(exe)
+    missing(f"python{version}", "pyenv install " + version)
+    raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("python", _interpreters() or [pytest.param(None, marks=pytest.mark.skip("none"))])
-def test_programs_run_on_other_pythons(python):
+@pytest.mark.parametrize("version", ["3.9", "3.13"])
+def test_programs_run_on_other_pythons(version):
+    python = interpreter(version)
     s = ServerProc("--quiet", "--workers", "2", python=python)
     try:
         for argv in (["tcp", HOST, "--port", str(s.port)], ["udp", HOST, "--port", str(s.port)],
                      ["proto", HOST, "--port", str(s.proto), "--send", "SAY HI"]):
             out = subprocess.run([python, str(CLIENT), *argv], capture_output=True, text=True, timeout=20)
             assert out.returncode == 0 and out.stdout.strip(), (python, argv, out)
+        launcher = CLIENT.with_name("startat.py")
+        out = subprocess.run([python, str(launcher), "--at", repr(time.time() + 1), "--", python, str(CLIENT),
+                              "udp", HOST, "--port", str(s.port)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and ISO_MS.match(out.stdout.strip()), out
+        assert out.stderr.splitlines()[-1].startswith("startat-timings: ")
         assert s.stop() == 0
     finally:
         s.stop()

@@ -5,7 +5,6 @@ import contextlib
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -16,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from loopback_sshd import free_port
+from requires import SHARED_BENCH, require_file, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "scripts" / "timeserver.py"
 # the course's shared/ folder sits beside the checkout (../shared/bench); LABCTL_BENCH_DIR overrides
-BENCH = Path(os.environ.get("LABCTL_BENCH_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bench")
+BENCH = Path(os.environ.get("LABCTL_BENCH_DIR") or SHARED_BENCH)
 ISO_MS = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HOST = "127.0.0.1"
 
@@ -34,8 +34,11 @@ class ServerProc:
         if time_port:
             argv += ["--time-port", str(free_port())]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.listening = self._readline(10.0)
-        assert b"listening" in self.listening, self.listening
+        self.listening = self._readline(30.0)
+        if b"listening" not in self.listening:  # never leave it running: no fixture will stop it
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"no listening line: {self.listening!r} {self.proc.stderr.read()[-500:]!r}")
         ports = dict(re.findall(rb"([\w-]+)=[\d.]+:(\d+)", self.listening))
         self.port = int(ports[b"tcp"])
         self.proto = int(ports[b"proto"])
@@ -140,6 +143,10 @@ def read_lines(c: socket.socket, n: int) -> list[bytes]:
     return data.split(b"\n")[:n]
 
 
+def rss_kb(pid: int) -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1])
+
+
 def udp_ask(port: int, payload: bytes, timeout: float = 0.5, src: str = HOST) -> bytes | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.bind((src, 0))
@@ -175,9 +182,7 @@ def test_udp_eight_bytes_get_24_byte_time(server):
 
 
 def test_seed_go_udp_client_against_our_server(server):
-    exe = BENCH / "seed-udpclient"
-    if not os.access(exe, os.X_OK):
-        pytest.skip(f"{exe} missing")
+    exe = require_file(BENCH / "seed-udpclient", "the course's shared/bench")
     out = subprocess.run(["timeout", "5", str(exe), f"{HOST}:{server.port}"], capture_output=True,
                          timeout=10)
     assert out.returncode == 0, out
@@ -361,26 +366,81 @@ def test_connection_cap_answers_busy(make_server):
 
 
 def test_500_idle_connections_do_not_starve_a_new_client(make_server):
+    """Served, not timed: bench/servers.py prints how long the new client waits."""
     s = make_server("--quiet")
     idle = []
     try:
-        for _ in range(500):
-            idle.append(socket.create_connection((HOST, s.proto), timeout=5))
+        for i in range(500):  # from ten addresses: 50 each, within the per-source cap
+            c = socket.socket()
+            c.settimeout(5)
+            c.bind((f"127.0.0.{2 + i % 10}", 0))
+            c.connect((HOST, s.proto))
+            idle.append(c)
         time.sleep(0.3)
-        t0 = time.monotonic()
         with proto_conn(s.proto) as c:
             c.sendall(b"GET TIME\n")
             assert ISO_MS.match(read_lines(c, 1)[0])
-        proto_s = time.monotonic() - t0
-        t0 = time.monotonic()
         assert ISO_MS.match(tcp_time(s.port)[:-1])
-        tcp_s = time.monotonic() - t0
-        assert proto_s < 0.1 and tcp_s < 0.1, (proto_s, tcp_s)
         idle[0].sendall(b"SAY HI\n")  # and the idle ones are still served, not dropped
         assert read_lines(idle[0], 1) == [b"Hello, World!"]
     finally:
         for c in idle:
             c.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_one_address_cannot_lock_the_others_out(make_server, workers):
+    s = make_server("--max-conns", "40", "--max-conns-per-source", "8", "--workers", workers)
+    hog = []
+    try:
+        for _ in range(30):  # one address opens many slow connections
+            c = socket.socket()
+            c.settimeout(5)
+            c.bind(("127.0.0.9", 0))
+            c.connect((HOST, s.proto))
+            hog.append(c)
+        time.sleep(0.3)
+        refused = 0
+        for c in hog:
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                refused += c.recv(100).startswith(b"ERR busy: too many connections from your address")
+        # one worker admits all 8; two workers 4 each, at most 8 (fewer when one worker took them all)
+        assert (refused == 30 - 8) if workers == "1" else (30 - 8 <= refused <= 30 - 4), refused
+        for src in ("127.0.0.1", "127.0.0.2"):  # everybody else is still served
+            with socket.socket() as other:
+                other.settimeout(5)
+                other.bind((src, 0))
+                other.connect((HOST, s.proto))
+                other.sendall(b"SAY HI\n")
+                assert read_lines(other, 1) == [b"Hello, World!"]
+        s.wait_log(r"refused: busy: too many connections from your address")
+    finally:
+        for c in hog:
+            c.close()
+
+
+def test_a_flood_is_logged_in_summaries_not_line_by_line(make_server):
+    s = make_server("--rate-limit", "5", "--rate-burst", "5", "--log-rate", "20")
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for _ in range(50):
+                u.sendto(b"anything", (HOST, s.port))
+                sent += 1
+            time.sleep(0.005)
+    time.sleep(1.2)  # the next second's first sweep writes the last summary
+    assert udp_ask(s.port, b"anything", src="127.0.0.3") is not None  # still serving
+    text = s.wait_log(r"udp - - 0B -> 0B not logged: \d+ more lines")
+    lines = [x for x in text.splitlines() if " udp " in x]
+    one_by_one = [x for x in lines if "not logged" not in x]
+    summed = sum(int(m) for m in re.findall(r"not logged: (\d+) more lines", text))
+    seconds = 4  # the flood spans at most this many clock seconds
+    assert len(one_by_one) <= 20 * seconds + 1, len(one_by_one)
+    assert "no reply: rate limit" in text and re.search(r"\(\d+ no reply: rate limit", text)
+    assert sent >= 1000 and len(one_by_one) + summed <= sent + 1  # every datagram counted once at most
+    assert len(one_by_one) + summed >= sent * 0.5  # (loopback may drop a few under the flood)
 
 
 # --- RFC 868 -----------------------------------------------------------------------------------------
@@ -400,9 +460,9 @@ def test_rfc868_udp(server):
     assert udp_ask(server.time_port, b"") is None
 
 
-@pytest.mark.skipif(not shutil.which("rdate"), reason="rdate not installed")
 def test_rdate_against_time_port(server):
-    out = subprocess.run(["rdate", "-p", "-o", str(server.time_port), HOST], capture_output=True,
+    rdate = require_tool("rdate")
+    out = subprocess.run([rdate, "-p", "-o", str(server.time_port), HOST], capture_output=True,
                          text=True, timeout=10)
     assert out.returncode == 0, out
     assert str(time.gmtime().tm_year) in out.stdout, out.stdout
@@ -513,6 +573,8 @@ def test_low_file_limit_lowers_the_cap_and_keeps_serving():
 
 def test_pipelining_client_that_never_reads_cannot_grow_memory_or_block(make_server):
     s = make_server("--idle-timeout", "1", "--quiet")
+    assert ISO_MS.match(tcp_time(s.port)[:-1])
+    rss_before = rss_kb(s.proc.pid)
     flood = proto_conn(s.proto)
     try:
         flood.setblocking(False)
@@ -529,11 +591,8 @@ def test_pipelining_client_that_never_reads_cannot_grow_memory_or_block(make_ser
                 except BlockingIOError:
                     break
         assert sent > 100_000
-        t0 = time.monotonic()
-        assert ISO_MS.match(tcp_time(s.port)[:-1])
-        assert time.monotonic() - t0 < 0.1
-        rss_kb = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{s.proc.pid}/status").read_text())[1])
-        assert rss_kb < 40_000, rss_kb
+        assert ISO_MS.match(tcp_time(s.port)[:-1])  # still serving others
+        assert rss_kb(s.proc.pid) < 3 * rss_before, (rss_before, rss_kb(s.proc.pid))  # bounded, not growing
         time.sleep(1.6)  # no complete request could be read for > idle timeout: closed
         flood.setblocking(True)
         flood.settimeout(3)

@@ -7,7 +7,7 @@ and the general analysis of its protocol. The builder holds
 - ``tcp``: the TCP conversations and their analysis (``tcp.TcpConversations``),
 - ``udp``: the UDP conversations, their exchanges and ICMP notes (``udp.UdpConversations``),
 - what was not analysed (``skipped``: reason -> packets), the packet and byte counts, the first and
-  last packet's time, and the capture's time unit (``clock``, see ``wire.py``).
+  last packet's time, and the unit of its timestamps (``times``, see ``wire.py``).
 
 Only the first few conversations of each protocol (``detail``) also record their packets, for the
 ladder diagrams; every other one is a few compact lists of ints (see ``tcp.py``, ``udp.py``).
@@ -24,7 +24,7 @@ from labctl.analyse import tcp as tcp_state
 from labctl.analyse.pcap import Chunk, ReadInfo, read_chunks
 from labctl.analyse.tcp import TcpConversations
 from labctl.analyse.udp import UdpConversations
-from labctl.analyse.wire import Clock, swap16, swap32
+from labctl.analyse.wire import Timestamps, swap16, swap32
 
 DEFAULT_DETAIL = 8
 
@@ -36,9 +36,9 @@ class Builder:
         self.detail = detail
         self.part = part      # with parts > 1: keep only conversations whose ports hash to ``part``
         self.parts = parts
-        self.clock = Clock()  # the time unit, set from the first chunk
+        self.times = Timestamps()  # their unit is set from the first chunk
         fold_after = tcp_state.FOLD_AFTER * parts   # a worker holds 1/parts of the conversations
-        self.tcp = TcpConversations(self.clock, detail, fold_after, min(tcp_state.FOLD_FROM, fold_after))
+        self.tcp = TcpConversations(self.times, detail, fold_after, min(tcp_state.FOLD_FROM, fold_after))
         self.udp = UdpConversations(detail)
         self.first_ts: float | None = None
         self.last_ts: float | None = None
@@ -53,7 +53,7 @@ class Builder:
         self.bytes = 0          # set by count_bytes() (build() calls it)
 
     def seconds(self, t: int) -> float:
-        return self.clock.seconds(t)
+        return self.times.seconds(t)
 
     def count_bytes(self) -> int:
         """Frame bytes of every packet read: each one is in a conversation, skipped or another worker's."""
@@ -80,8 +80,8 @@ class Builder:
         """Account every complete record in ``chunk``; set and return ``chunk.consumed``."""
         units = 1_000_000_000 if chunk.frac_scale < 1e-7 else 1_000_000
         if self.first_ts is None:
-            self.clock.set_units(units, chunk.frac_scale, chunk.epoch)
-        if fastpath.applies(chunk) and units == self.clock.units:
+            self.times.set_units(units, chunk.frac_scale, chunk.epoch)
+        if fastpath.applies(chunk) and units == self.times.units:
             return fastpath.feed(self, chunk)
         return self._feed_general(chunk)
 

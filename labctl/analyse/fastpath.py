@@ -72,7 +72,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     end = chunk.end
     limit = chunk.limit
     if b.first_ts is None and end >= 16:
-        b.first_ts = b.clock.seconds(struct.unpack_from("<Q", buf, 0)[0])
+        b.first_ts = b.times.seconds(struct.unpack_from("<Q", buf, 0)[0])
     # the slots (tcp.py, udp.py), as locals
     S_CONV, S_OTHER, S_KEY, S_DIR = T.S_CONV, T.S_OTHER, T.S_KEY, T.S_DIR
     S_NEXTSEQ, S_NSTIME, S_LASTACK, S_WIN = T.S_NEXTSEQ, T.S_NSTIME, T.S_LASTACK, T.S_WIN
@@ -262,5 +262,5 @@ def feed(b: Builder, chunk: Chunk) -> int:
     b.packets = n - 1
     b.other_bytes += other_bytes
     if t >= 0:
-        b.last_ts = b.clock.seconds(t)
+        b.last_ts = b.times.seconds(t)
     return o

@@ -47,7 +47,7 @@ Batch = Callable[[list[str]], None]
 
 def clock_for(b: Builder) -> FloatClock | MicroClock:
     """Exact microseconds for a microsecond capture, floats otherwise."""
-    return (MicroClock if b.clock.units == 1_000_000 else FloatClock)(b.clock.seconds)
+    return (MicroClock if b.times.units == 1_000_000 else FloatClock)(b.times.seconds)
 
 
 def _overhead(nbytes: int, pay: int) -> float:

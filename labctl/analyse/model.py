@@ -159,23 +159,23 @@ class Analysis:
 
     def tcp(self) -> Iterator[Conversation]:
         b = self.builder
-        clock = FloatClock(b.clock.seconds)
+        clock = FloatClock(b.times.seconds)
         for i, (ca, cp, sa, sp, t0, k) in enumerate(tcp_rows(b, exact=False)):
             conv = tcp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
             detail = b.tcp.detail_of(i)
             if detail is not None:
                 f = b.tcp.flat(i)
-                conv.ladder = _tcp_ladder(detail, [f[F_ISN], f[F_ISN + 12]], k[0], t0, b.clock.seconds)
+                conv.ladder = _tcp_ladder(detail, [f[F_ISN], f[F_ISN + 12]], k[0], t0, b.times.seconds)
             yield conv
 
     def udp(self) -> Iterator[Conversation]:
         b = self.builder
-        clock = FloatClock(b.clock.seconds)
+        clock = FloatClock(b.times.seconds)
         for i, (ca, cp, sa, sp, t0, k) in enumerate(udp_rows(b)):
             conv = udp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
             detail = b.udp.detail_of(i)
             if detail is not None:
-                conv.ladder = _udp_ladder(detail, t0, b.clock.seconds)
+                conv.ladder = _udp_ladder(detail, t0, b.times.seconds)
             yield conv
 
     def conversations(self) -> Iterator[Conversation]:

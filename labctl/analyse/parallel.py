@@ -36,7 +36,7 @@ def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
     b, info = build(path, detail=0, part=part, parts=parts)
     files = {p: Path(tmp) / f"{p}.{part}" for p in ("tcp", "udp")}
     with files["tcp"].open("w") as ft, files["udp"].open("w") as fu:
-        totals = write_lines(b, FloatClock(b.clock.seconds), lambda lines: ft.write("\n".join(lines) + "\n"),
+        totals = write_lines(b, FloatClock(b.times.seconds), lambda lines: ft.write("\n".join(lines) + "\n"),
                              lambda lines: fu.write("\n".join(lines) + "\n"))
     import resource
 
@@ -109,7 +109,7 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
             udp.merge(d["totals"][1])
         first = done[0]
         b = Builder(0)
-        clock = FloatClock(b.clock.seconds)
+        clock = FloatClock(b.times.seconds)
         for k, v in first["meta"].items():
             if k != "rss_mb":
                 setattr(b, k, v)

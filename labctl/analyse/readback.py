@@ -18,7 +18,7 @@ def read_back(path: Path, detail: int = DEFAULT_DETAIL) -> tuple[Analysis, dict]
     """
     builder, info = build(path, detail)
     analysis = Analysis(str(path), info, builder)
-    seconds = builder.clock.seconds
+    seconds = builder.times.seconds
     protocols: dict[str, int] = {}
     clients: dict[str, dict[str, int]] = {}
     first: dict[str, float] = {}

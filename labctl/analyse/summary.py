@@ -88,36 +88,33 @@ class Totals:
 
     def add_tcp(self, fig: TcpFigures, n: int, times: tuple) -> None:
         """``n`` conversations with the figures ``fig`` and ``times`` (``tcp_times``)."""
-        s = self.s
-        s.conversations += n
-        s.packets += fig.packets * n
-        s.bytes += fig.bytes * n
-        s.payload_bytes += (fig.client_payload + fig.server_payload) * n
+        s = self._add(fig, n, times)
         s.retransmissions += fig.retransmissions * n
         s.spurious_retransmissions += fig.spurious_retransmissions * n
         s.out_of_order += fig.out_of_order * n
         s.dup_acks += fig.dup_acks * n
-        s.requests += n
+        s.requests += n                  # a TCP conversation is one request ...
         if fig.server_payload > 0:
-            s.answered += n
+            s.answered += n              # ... answered when the server sent data
         if fig.refused:
             s.refused += n
-        self._count(times, n)
 
     def add_udp(self, fig: UdpFigures, n: int, times: tuple) -> None:
+        """``n`` conversations with the figures ``fig`` and ``times`` (``udp_times``)."""
+        s = self._add(fig, n, times)
+        s.requests += fig.requests * n
+        s.answered += (fig.requests - fig.unanswered) * n
+
+    def _add(self, fig: TcpFigures | UdpFigures, n: int, times: tuple) -> ProtoSummary:
         s = self.s
         s.conversations += n
         s.packets += fig.packets * n
         s.bytes += fig.bytes * n
         s.payload_bytes += (fig.client_payload + fig.server_payload) * n
-        s.requests += fig.requests * n
-        s.answered += (fig.requests - fig.unanswered) * n
-        self._count(times, n)
-
-    def _count(self, times: tuple, n: int) -> None:
         for hist, v in zip(self.times, times):
             if v is not None:
                 hist[v] = hist.get(v, 0) + n
+        return s
 
     def merge(self, other: Totals) -> None:
         for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions",
@@ -142,7 +139,7 @@ class Totals:
 
 def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
     """Every conversation's figures added up, times as floats (what the reports show)."""
-    clock = FloatClock(b.clock.seconds)
+    clock = FloatClock(b.times.seconds)
     tcp, udp = Totals("tcp"), Totals("udp")
     for rows, read, times, add in ((tcp_rows(b, exact=False), tcp_figures, tcp_times, tcp.add_tcp),
                                    (udp_rows(b), udp_figures, udp_times, udp.add_udp)):
@@ -160,7 +157,7 @@ def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
 def float_resolver(b: Builder, proto: str) -> Callable[[int], Callable[[int, int], tuple[float, float]]]:
     """For ``Totals.finish`` with MicroClock values: the floats of the conversations whose time ``i`` is
     ``lo`` or ``hi`` microseconds (the largest of ``lo``, the smallest of ``hi``)."""
-    exact, floats = MicroClock(b.clock.seconds), FloatClock(b.clock.seconds)
+    exact, floats = MicroClock(b.times.seconds), FloatClock(b.times.seconds)
 
     def metric(i: int) -> Callable[[int, int], tuple[float, float]]:
         def extremes(lo: int, hi: int) -> tuple[float, float]:

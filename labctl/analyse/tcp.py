@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from array import array
 
-from labctl.analyse.wire import ACK, FIN, HALF, M32, RST, SYN, Clock, reverse_key, seq_lt, swap32
+from labctl.analyse.wire import ACK, FIN, HALF, M32, RST, SYN, Timestamps, reverse_key, seq_lt, swap32
 
 FOLD_AFTER = 32768       # conversations before a folded one unfolds with its times reset (``retire``)
 FOLD_FROM = 32768        # conversations before closed ones are folded into arrays (memory)
@@ -87,8 +87,8 @@ _PACK: dict[int, object] = {}    # flat form's length -> struct.pack of that man
 class TcpConversations:
     """Every TCP conversation of a capture, in order of first packet, and the state to analyse them."""
 
-    def __init__(self, clock: Clock, detail: int, fold_after: int, fold_from: int) -> None:
-        self.clock = clock
+    def __init__(self, times: Timestamps, detail: int, fold_after: int, fold_from: int) -> None:
+        self.times = times
         self.detail = detail          # the first ``detail`` conversations keep their packets (ladders)
         self.fold_after = fold_after
         self.fold_from = fold_from
@@ -352,7 +352,7 @@ class TcpConversations:
             return
         if plen > 1 and seq == ((nextseq - 1) & M32):
             return                 # the data after a zero-window probe: not sent before
-        secs = self.clock.seconds
+        secs = self.times.seconds
         ts = secs(t)
         lastack = r[S_LASTACK]
         if (r[S_DUPRUN] & DUPS >= 2 and lastack >= 0 and swap32(lastack) == seq and r[S_ACKTIME] >= 0

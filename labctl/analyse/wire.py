@@ -3,7 +3,7 @@
 - A **key** is a packet's 4-tuple as bytes: source address + destination address + source port +
   destination port (12 bytes for IPv4, 36 for IPv6); ``reverse_key`` gives the other direction's.
 - A **time** ``T`` is a record's two timestamp words read as one integer, ``seconds + fraction << 32``
-  (the fraction in microseconds or nanoseconds: ``Clock``), so a packet costs no arithmetic on its time.
+  (the fraction in microseconds or nanoseconds: ``Timestamps``), so a packet costs no arithmetic on it.
 - The fast path reads big-endian fields little-endian and swaps only where a value is needed: the ACK
   number and the window are kept "wire order read little-endian" (they are only compared for
   equality); ``swap32``/``swap16`` turn them into values.
@@ -50,8 +50,8 @@ def seq_lt(a: int, b: int) -> bool:
     return a != b and ((b - a) & M32) < HALF
 
 
-class Clock:
-    """A capture's time unit: how many fraction units make a second (set from the first chunk read)."""
+class Timestamps:
+    """A capture's timestamps: how many fraction units make a second (set from the first chunk read)."""
 
     def __init__(self) -> None:
         self.units = 1_000_000    # timestamp fractions per second
