@@ -151,7 +151,7 @@ class Analysis:
                 w.append(f"{n} packet(s) {reason}: not analysed" + (
                     f" (snapshot length {self.info.snaplen}; capture with -s 0)"
                     if reason == dec.SKIP_CUT else ""))
-        return w
+        return w + list(self.builder.notes)
 
     @property
     def linktype_names(self) -> list[str]:

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("file", type=path_arg, metavar="FILE", help="capture file (.pcap or .pcapng)")
+    p.add_argument("file", type=path_arg, metavar="FILE",
+                   help="capture file (.pcap or .pcapng), a FIFO, or - for standard input "
+                        "(labctl capture -o - | labctl analyse -)")
     p.add_argument("--json", action="store_true",
                    help="print every conversation and the summary as JSON (for scripts) instead of text")
     p.add_argument("--svg", type=path_arg, metavar="DIR",
@@ -83,6 +85,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from labctl.analyse import analyse_file
     from labctl.analyse.conversations import DEFAULT_DETAIL
+    from labctl.analyse.pcap import open_source
     from labctl.cli import CliError
 
     if args.replay:
@@ -95,17 +98,19 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
     _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
-    if args.json and not args.svg and not args.html:
+    source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
+    if args.json and not args.svg and not args.html and not source.stream:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
         jobs = args.jobs if args.jobs is not None else default_jobs(args.file)
-        if jobs > 1:
+        if jobs > 1:      # (each worker reads the file: a stream is read once, by one process)
+            source.close()
             analysis = write_json_parallel(args.file, sys.stdout, jobs)
             sys.stdout.flush()
             for w in analysis.warnings:
                 print(f"labctl: warning: {w}", file=sys.stderr)
             return 0
-    analysis = analyse_file(args.file, detail=detail)
+    analysis = analyse_file(source, detail=detail)
     if args.json:
         from labctl.analyse.json_report import write_json
 

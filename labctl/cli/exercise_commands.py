@@ -110,12 +110,12 @@ def _say(message: str) -> None:
     print(f"labctl: {message}", file=sys.stderr, flush=True)
 
 
-def _console():
+def _console(file=None):
     from rich.console import Console
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, file=file)
     if not console.is_terminal:  # piped or logged: do not cut replies to 80 columns
-        console = Console(highlight=False, width=max(console.width, 120))
+        console = Console(highlight=False, width=max(console.width, 120), file=file)
     return console
 
 
