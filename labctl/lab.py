@@ -74,6 +74,7 @@ class Lab:
     ports: Ports = field(default_factory=Ports)
     vagrant: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     links: Links = ()         # loss/delay/jitter/rate per node (labctl.links), applied by up
+    backend: str | None = None  # netns, vagrant, docker or ssh: which backend drives it (labctl.choice)
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -223,6 +224,14 @@ def _links_section(key: str, value: Any) -> dict[str, Any]:
         raise LabError(str(exc)) from None
 
 
+def _backend_section(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, str) or not value.isidentifier():
+        raise LabError(f"{key}: a backend's name, e.g. backend: vagrant (got {value!r})")
+    return {key: value}
+
+
 SECTIONS: dict[str, Section] = {
     "name": _as_is,
     "subnet": _as_is,
@@ -232,6 +241,7 @@ SECTIONS: dict[str, Section] = {
     "ports": _ports_section,
     "vagrant": _mapping,
     "links": _links_section,
+    "backend": _backend_section,
 }
 REQUIRED = ("name",)
 

@@ -31,8 +31,9 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 import paramiko  # noqa: E402
 
 from labctl.errors import LabctlError  # noqa: E402
-from labctl.inventory import Host  # noqa: E402
-from labctl.safety import check_routes, unsafe_hosts  # noqa: E402
+from labctl.inventory import Host, known_hosts_text  # noqa: E402
+from labctl.safety import check_host, unsafe_hosts  # noqa: E402
+from labctl.statefiles import write_file  # noqa: E402
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -94,6 +95,14 @@ def pinned_host_keys(host: Host) -> paramiko.HostKeys:
     return keys
 
 
+def write_known_hosts(path: Path, hosts) -> Path:
+    """A known_hosts file holding exactly the hosts' pinned keys (for the system ssh client), 0600."""
+    text = known_hosts_text(hosts)
+    path = Path(path)
+    write_file(path, text, 0o600)  # atomic, never through a planted symlink
+    return path
+
+
 def load_private_key(path: Path) -> paramiko.PKey:
     """Load the client key, refusing one that others may read (it must be 0600)."""
     try:
@@ -142,7 +151,7 @@ class Connection:
                 return self
             host = self.host
             if not self._route_checked:
-                check_routes([host.address], host.interface)
+                check_host(host)
                 self._route_checked = True
             if host.key_file is None:
                 raise RemoteError(f"{host.name}: the inventory names no private key")
@@ -159,8 +168,12 @@ class Connection:
                                auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False)
             except paramiko.BadHostKeyException:
                 client.close()
-                raise HostKeyError(f"{host.name} ({host.address}): host key does not match the pinned "
-                                   "key; refusing (node rebuilt? run labctl up to re-pin)") from None
+                # `up` keeps the pins of a lab it finds running (a changed key is what pinning is there
+                # to catch), so only a fresh build pins anew; an inventory's pins are the user's own
+                raise HostKeyError(f"{host.name} ({host.address}): host key does not match the pinned key; "
+                                   "refusing (if the node was rebuilt on purpose: labctl down, then "
+                                   "labctl up makes and pins fresh keys; with --backend ssh, put its new "
+                                   "key, checked out of band, in the inventory)") from None
             except paramiko.AuthenticationException:
                 client.close()
                 raise RemoteError(f"{host.name} ({host.address}): the node refused labctl's key") from None

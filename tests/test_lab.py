@@ -95,7 +95,8 @@ BAD_CONTENT = [
     ("name: 12\n", "name: expected text, got 12"),
     # the top level and its keys
     ("- a\n- b\n", "expected settings .key: value. at the top level, got a list"),
-    (NAMED + "colour: blue\n", r"unknown setting 'colour' \(known: clients, host_address, links, name"),
+    (NAMED + "colour: blue\n",
+     r"unknown setting 'colour' \(known: backend, clients, host_address, links, name"),
     (NAMED + "1: x\n", "unknown setting '1'"),
     (NAMED + "clients: 2\nclients: 30\n", "line 3 column 1: not valid YAML: 'clients' is set twice"),
     # YAML errors: one line with where
@@ -249,3 +250,12 @@ def test_a_lab_built_in_code_is_checked_like_a_file():
     with pytest.raises(LabError, match="proto and time are both 8081"):
         Lab(ports=Ports(time=8081))
     assert Lab(ports=Ports(time=0)).ports.time == 0
+
+
+def test_the_backend_key_names_which_backend_drives_the_lab(tmp_path):
+    path = tmp_path / "lab.yml"
+    path.write_text("name: htest\nbackend: vagrant\n")
+    assert load_lab(path).backend == "vagrant"
+    path.write_text("name: htest\nbackend: [vagrant]\n")
+    with pytest.raises(LabError, match=r"a backend's name, e\.g\. backend: vagrant"):
+        load_lab(path)

@@ -122,8 +122,8 @@ def open_source(path: str | Path, on_wait: Callable[[str], None] | None = None) 
         mode = p.stat().st_mode
     except FileNotFoundError:
         raise CaptureFileError(f"{p}: no such file; give the path of a .pcap or .pcapng capture") from None
-    except OSError as exc:
-        raise CaptureFileError(f"{p}: cannot open ({exc.strerror})") from exc
+    except OSError as exc:  # a name too long, a loop of symlinks, no permission
+        raise CaptureFileError(f"{p}: cannot open ({exc.strerror or exc})") from None
     if stat.S_ISDIR(mode):
         raise CaptureFileError(f"{p} is a directory; give the path of a .pcap or .pcapng capture file")
     if stat.S_ISFIFO(mode):

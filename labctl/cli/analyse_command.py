@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from labctl.cli.types import path_arg
 
 
 def register(subparsers) -> None:
@@ -17,15 +18,15 @@ def register(subparsers) -> None:
         epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("file", type=Path, metavar="FILE",
+    p.add_argument("file", type=path_arg, metavar="FILE",
                    help="capture file (.pcap or .pcapng), a FIFO, or - for standard input "
                         "(labctl capture -o - | labctl analyse -)")
     p.add_argument("--json", action="store_true",
                    help="print every conversation and the summary as JSON (for scripts) instead of text")
-    p.add_argument("--svg", type=Path, metavar="DIR",
+    p.add_argument("--svg", type=path_arg, metavar="DIR",
                    help="write one printable SVG ladder per shown conversation (and a TCP-vs-UDP pair) "
                         "into DIR")
-    p.add_argument("--html", type=Path, metavar="FILE",
+    p.add_argument("--html", type=path_arg, metavar="FILE",
                    help="write a self-contained HTML report (ladders, comparison, reflection answers)")
     p.add_argument("--ladders", type=int, default=1, metavar="N",
                    help="ladders per protocol in the terminal (default 1; 0 for none); the first "
@@ -49,14 +50,46 @@ def run_analyse(args: argparse.Namespace, ctx) -> int:
         return 0
 
 
+MAX_JOBS = 64  # worker processes: each reads the whole file, more only load the machine
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an --html FILE or --svg DIR that cannot be written, with one line."""
+    import os
+
+    from labctl.cli import CliError
+
+    wanted = [(args.svg, True, "--svg")] if args.svg else []
+    wanted += [(args.html, False, "--html")] if args.html else []
+    for path, is_dir, option in wanted:
+        if not str(path).strip():
+            raise CliError(f"{option} needs a path")
+        directory = path if is_dir else path.parent
+        try:
+            if path.exists() and path.is_dir() != is_dir:
+                raise CliError(f"{option} {path}: {'not a directory' if is_dir else 'is a directory'}", 1)
+            directory.mkdir(parents=True, exist_ok=True)
+            writable = os.access(directory, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+        except OSError as exc:
+            raise CliError(f"{option} {path}: cannot create {exc.filename or directory}: "
+                           f"{exc.strerror or exc}", code=1) from None
+        if not writable:
+            raise CliError(f"{option} {path}: not writable", code=1)
+
+
 def _run(args: argparse.Namespace) -> int:
     from labctl.analyse import analyse_file
     from labctl.analyse.conversations import DEFAULT_DETAIL
     from labctl.analyse.pcap import open_source
+    from labctl.cli import CliError
 
     if args.ladders < 0:
-        from labctl.cli import CliError
         raise CliError("--ladders must be 0 or more")
+    if args.detail is not None and args.detail < 0:
+        raise CliError("--detail must be 0 or more")
+    if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
+        raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
+    _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
     source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
     if args.json and not args.svg and not args.html and not source.stream:
@@ -88,14 +121,18 @@ def _run(args: argparse.Namespace) -> int:
             from labctl.analyse import terminal
 
             terminal.render(summary, ladders=args.ladders)
-        if args.svg:
-            from labctl.analyse.svg import write_svgs
+        try:
+            if args.svg:
+                from labctl.analyse.svg import write_svgs
 
-            written += write_svgs(summary, args.svg, per_proto=max(args.ladders, 2))
-        if args.html:
-            from labctl.analyse.html import write_html
+                written += write_svgs(summary, args.svg, per_proto=max(args.ladders, 2))
+            if args.html:
+                from labctl.analyse.html import write_html
 
-            written.append(write_html(summary, args.html))
+                written.append(write_html(summary, args.html))
+        except OSError as exc:  # e.g. the disk filled up while writing
+            raise CliError(f"cannot write {exc.filename or args.html or args.svg}: {exc.strerror or exc}",
+                           code=1) from None
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     for w in analysis.warnings:

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from labctl.cli.types import path_arg
+
 PROTOCOLS = ("tcp", "udp", "proto", "time")
 
 
@@ -58,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_protocol", choices=PROTOCOLS, metavar="PROTO",
                    help=f"trigger a run of PROTO ({', '.join(PROTOCOLS)}) while capturing")
     p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
-    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+    p.add_argument("-o", "--output", type=path_arg, metavar="FILE",
                    help="where the pcap goes; - writes it to standard output once the capture ends "
                         "(labctl capture -o - | labctl analyse -), the report then going to stderr")
     p.add_argument("--node", default=None, help="node to capture on (default: the server)")

@@ -9,9 +9,11 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 
+from labctl.backends.base import NODE_NOT_UP, NOT_UP
 from labctl.cli import CliError
 
 SSH_CLIENT = "ssh"
@@ -93,8 +95,11 @@ def cmd_down(args: argparse.Namespace, ctx) -> int:
     backend = ctx.backend()
     start = time.perf_counter()
     impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
-    backend.down(lambda msg: _err(f"labctl: {msg}"))
-    print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
+    nothing = backend.down(lambda msg: _err(f"labctl: {msg}"))
+    if nothing:  # one thing: why there was nothing to do, not that too and then "down"
+        print(f"lab {backend.lab.name}{' ' if nothing == NOT_UP else ': '}{nothing}")
+    else:
+        print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 
@@ -110,6 +115,8 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
                                      "detail": n.detail} for n in nodes],
                           "links": links_json(links)}, indent=1))
+    elif nodes and all(not n.up and n.detail == NODE_NOT_UP for n in nodes) and not links:
+        print(f"lab {backend.lab.name} ({backend.name}) is not up: labctl up brings it up")
     else:
         from rich.console import Console
         from rich.table import Table
@@ -125,18 +132,25 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, ctx) -> int:
-    from labctl.safety import check_route
+    from labctl.safety import check_host
 
     backend = ctx.backend()
     host = backend.inventory().get(args.node)
-    check_route(host.address, host.interface)
+    check_host(host)
     client = shutil.which(SSH_CLIENT)
     if client is None:
-        raise CliError("the ssh client is missing; install it with: apt-get install -y openssh-client", 1)
-    argv = ssh_argv(client, host, known_hosts=backend.state_dir / "known_hosts", command=args.command,
+        how = ("add Windows' OpenSSH Client (Settings > Apps > Optional features), or run labctl in WSL2"
+               if os.name == "nt" else "install it with: apt-get install -y openssh-client")
+        raise CliError(f"the ssh client is missing; {how}", 1)
+    from labctl.remote import write_known_hosts
+
+    known_hosts = write_known_hosts(backend.state_dir / "known_hosts.pinned", [host])  # the inventory's pin
+    argv = ssh_argv(client, host, known_hosts=known_hosts, command=args.command,
                     interactive=not args.command)
     sys.stdout.flush()
     sys.stderr.flush()
+    if os.name == "nt":  # no exec on Windows: run ssh.exe as a child, its status is ours
+        return subprocess.call(argv)
     os.execv(client, argv)
     return 127  # not reached
 
@@ -147,11 +161,11 @@ def ssh_argv(client: str, host, *, known_hosts, command: list[str], interactive:
         raise CliError(f"{host.name}: the inventory has no key or no pinned host key", 1)
     argv = [client,
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
+            "-o", f"GlobalKnownHostsFile={os.devnull}", "-o", "UpdateHostKeys=no",
             "-o", f"HostKeyAlgorithms={host.host_key.split()[0]}",
             "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ForwardAgent=no",
             "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-F", "/dev/null",
+            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-F", os.devnull,
             "-i", str(host.key_file), "-p", str(host.port), "-l", host.user]
     if interactive:
         argv.append("-t")
