@@ -233,7 +233,8 @@ class _Lossy:
 
 def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progress) -> None:
     """One captured hour; its failure is recorded in ``hour``, never raised."""
-    from labctl.capture import capture, summarise
+    from labctl.analyse.readback import read_back
+    from labctl.capture import capture
     from labctl.run import port_for
 
     protocol, title = hour.protocol, hour.title
@@ -244,7 +245,7 @@ def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progres
         "while every client calls at once")
     try:
         result = capture(conn, [port_for(protocol, ports)], output=hour.pcap,
-                         during=lambda p=protocol: runner.trigger(p), analyse=summarise)
+                         during=lambda p=protocol: runner.trigger(p), analyse=read_back)
         hour.run = result.run.to_json() if result.run is not None else None
         hour.capture = {"node": result.node, "interface": result.interface,
                         "stats": {"captured": result.stats.captured,

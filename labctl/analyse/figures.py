@@ -26,15 +26,16 @@ from labctl.analyse.wire import M32
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
     from labctl.analyse.conversations import Builder
+    from labctl.analyse.milliseconds import FloatClock, MicroClock
 
-# TCP figures: per direction (0: the first packet's sender) where a pair is named
-# (client direction (0 or 1), packets, bytes, payload 0, payload 1, last packet, handshake ACK or None,
+# TCP figures, where a value comes twice it is per direction (0: the first packet's sender, 1: the other):
+# (the client's direction, packets, bytes, payload 0, payload 1, last packet, handshake ACK or None,
 #  the SYN it answered or None, retransmissions, out-of-order, duplicate ACKs, spurious retransmissions,
 #  fast retransmissions, SYNs 0, SYNs 1, SYN-ACKs 0, SYN-ACKs 1, FIN 0 sent?, FIN 1 sent?, the client's
 #  first FIN not after the server's?, RSTs 0, RSTs 1, bursts: ((direction, first byte, bytes), ...) flat)
 # A conversation of one burst (the daytime server's) has its burst's three values in place of the
 # tuple (no tuple to build for it): ``_tcp_whole`` puts it back.
-TCP_BURSTS = 22
+TCP_CLIENT, TCP_BURSTS = 0, 22
 # UDP figures: (packets, bytes, client payload, server payload, last packet, exchanges: ((request or
 # None, request bytes, reply or None, reply bytes, ICMP note or None), ...) flat). A conversation of one
 # answered exchange has (request bytes, reply, reply bytes) in place of the tuple (its request is the
@@ -266,3 +267,22 @@ def udp_figures(k: tuple) -> UdpFigures:
     return UdpFigures(packets=pkts, bytes=nbytes, client_payload=pay_c, server_payload=pay_s, last=last,
                       exchanges=exchanges, requests=requests, unanswered=unanswered, answered=answered,
                       first_reply=first_reply)
+
+
+# --- a conversation's times, in a clock's values (milliseconds.py) --------------------------------------
+
+def tcp_times(fig: TcpFigures, clock: FloatClock | MicroClock, t0: int) -> tuple:
+    """(handshake, first byte of the answer, duration) of a TCP conversation; None where missing."""
+    rtt = None if fig.handshake_ack is None else clock.between(t0, fig.handshake_ack, fig.handshake_syn)
+    ttfb = None if fig.first_reply is None else clock.since(t0, fig.first_reply)
+    return rtt, ttfb, clock.since(t0, fig.last)
+
+
+def udp_times(fig: UdpFigures, clock: FloatClock | MicroClock, t0: int) -> tuple:
+    """(first request -> its reply, first byte of an answer, duration) of a UDP conversation."""
+    rtt = None
+    if fig.answered is not None:
+        rq, rp = fig.answered
+        rtt = clock.since(t0, rp) - clock.since(t0, rq)
+    ttfb = None if fig.first_reply is None else clock.since(t0, fig.first_reply)
+    return rtt, ttfb, clock.since(t0, fig.last)

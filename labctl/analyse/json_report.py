@@ -16,10 +16,19 @@ import gc
 import json
 from collections.abc import Callable
 
-from labctl.analyse.figures import TcpFigures, UdpFigures, tcp_figures, tcp_rows, udp_figures, udp_rows
+from labctl.analyse.figures import (
+    TcpFigures,
+    UdpFigures,
+    tcp_figures,
+    tcp_rows,
+    tcp_times,
+    udp_figures,
+    udp_rows,
+    udp_times,
+)
 from labctl.analyse.milliseconds import FloatClock, MicroClock
 from labctl.analyse.model import Analysis
-from labctl.analyse.summary import Facts, ProtoSummary, Totals, float_resolver, tcp_times, udp_times
+from labctl.analyse.summary import Facts, ProtoSummary, Totals, float_resolver
 from labctl.analyse.wire import M32
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)

@@ -15,12 +15,32 @@ from dataclasses import dataclass, field
 from labctl.analyse import decode as dec
 from labctl.analyse import wire
 from labctl.analyse.conversations import Builder
-from labctl.analyse.figures import tcp_figures, tcp_rows, udp_figures, udp_rows
+from labctl.analyse.figures import (
+    TCP_CLIENT,
+    tcp_figures,
+    tcp_rows,
+    tcp_times,
+    udp_figures,
+    udp_rows,
+    udp_times,
+)
 from labctl.analyse.milliseconds import FloatClock
 from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
 from labctl.analyse.tcp import F_ISN
 
 FLAG_NAMES = ((wire.SYN, "SYN"), (wire.FIN, "FIN"), (wire.RST, "RST"), (wire.PSH, "PSH"), (wire.ACK, "ACK"))
+
+
+def split_key(key: bytes) -> tuple[str, str]:
+    """(source endpoint, destination endpoint) of a key: "10.0.0.1:80", "[2001:db8::1]:80"."""
+    import socket
+
+    n = (len(key) - 4) // 2
+    fam = socket.AF_INET if n == 4 else socket.AF_INET6
+    a, b = socket.inet_ntop(fam, key[:n]), socket.inet_ntop(fam, key[n:2 * n])
+    if n != 4:
+        a, b = f"[{a}]", f"[{b}]"
+    return f"{a}:{key[2 * n] << 8 | key[2 * n + 1]}", f"{b}:{key[2 * n + 2] << 8 | key[2 * n + 3]}"
 
 
 def flag_text(flags: int) -> str:
@@ -165,7 +185,8 @@ class Analysis:
             detail = b.tcp.detail_of(i)
             if detail is not None:
                 f = b.tcp.flat(i)
-                conv.ladder = _tcp_ladder(detail, [f[F_ISN], f[F_ISN + 12]], k[0], t0, b.times.seconds)
+                isns = [f[F_ISN], f[F_ISN + 12]]
+                conv.ladder = _tcp_ladder(detail, isns, k[TCP_CLIENT], t0, b.times.seconds)
             yield conv
 
     def udp(self) -> Iterator[Conversation]:
@@ -190,13 +211,12 @@ def tcp_conversation(index: int, client: str, server: str, t0: int, k: tuple, cl
     since = clock.since
     exchanges = [Exchange(None if rq is None else since(t0, rq), rqb,
                           None if rp is None else since(t0, rp), rpb) for rq, rqb, rp, rpb in fig.exchanges]
+    rtt, ttfb, duration = tcp_times(fig, clock, t0)
     return Conversation(
         proto="tcp", index=index, client=client, server=server, start=clock.seconds(t0),
         packets=fig.packets, bytes=fig.bytes, payload_bytes=fig.client_payload + fig.server_payload,
-        client_payload=fig.client_payload, server_payload=fig.server_payload,
-        duration_ms=since(t0, fig.last),
-        rtt_ms=None if fig.handshake_ack is None else clock.between(t0, fig.handshake_ack, fig.handshake_syn),
-        ttfb_ms=None if fig.first_reply is None else since(t0, fig.first_reply),
+        client_payload=fig.client_payload, server_payload=fig.server_payload, duration_ms=duration,
+        rtt_ms=rtt, ttfb_ms=ttfb,
         retransmissions=fig.retransmissions, fast_retransmissions=fig.fast_retransmissions,
         spurious_retransmissions=fig.spurious_retransmissions, out_of_order=fig.out_of_order,
         dup_acks=fig.dup_acks, syn=fig.syn, synack=fig.synack, fin=fig.fin, rst=fig.rst,
@@ -211,16 +231,12 @@ def udp_conversation(index: int, client: str, server: str, t0: int, k: tuple, cl
     exchanges = [Exchange(None if rq is None else since(t0, rq), rqb,
                           None if rp is None else since(t0, rp), rpb, note or "")
                  for rq, rqb, rp, rpb, note in fig.exchanges]
-    rtt = None
-    if fig.answered is not None:
-        rq, rp = fig.answered
-        rtt = since(t0, rp) - since(t0, rq)
+    rtt, ttfb, duration = udp_times(fig, clock, t0)
     return Conversation(
         proto="udp", index=index, client=client, server=server, start=clock.seconds(t0),
         packets=fig.packets, bytes=fig.bytes, payload_bytes=fig.client_payload + fig.server_payload,
-        client_payload=fig.client_payload, server_payload=fig.server_payload,
-        duration_ms=since(t0, fig.last), rtt_ms=rtt,
-        ttfb_ms=None if fig.first_reply is None else since(t0, fig.first_reply), exchanges=exchanges)
+        client_payload=fig.client_payload, server_payload=fig.server_payload, duration_ms=duration,
+        rtt_ms=rtt, ttfb_ms=ttfb, exchanges=exchanges)
 
 
 def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: int, seconds) -> list[Packet]:

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from labctl.analyse.figures import TcpFigures, UdpFigures, tcp_figures, tcp_rows, udp_figures, udp_rows
+from labctl.analyse.figures import (
+    TcpFigures,
+    UdpFigures,
+    tcp_figures,
+    tcp_rows,
+    tcp_times,
+    udp_figures,
+    udp_rows,
+    udp_times,
+)
 from labctl.analyse.milliseconds import FloatClock, MicroClock, median
 from labctl.analyse.model import Analysis, ByteCounts, Conversation
 
@@ -58,25 +67,6 @@ class ProtoSummary(ByteCounts):
                 "ttfb_ms_median": r(self.ttfb_ms), "duration_ms_median": r(self.duration_ms),
                 "packets_per_conversation": r(self.packets_per_conversation),
                 "bytes_per_conversation": r(self.bytes_per_conversation)}
-
-
-# --- the times each conversation contributes, in a clock's values ------------------------------------
-
-def tcp_times(fig: TcpFigures, clock: FloatClock | MicroClock, t0: int) -> tuple:
-    """(handshake, first byte of the answer, duration) of a TCP conversation; None where missing."""
-    rtt = None if fig.handshake_ack is None else clock.between(t0, fig.handshake_ack, fig.handshake_syn)
-    ttfb = None if fig.first_reply is None else clock.since(t0, fig.first_reply)
-    return rtt, ttfb, clock.since(t0, fig.last)
-
-
-def udp_times(fig: UdpFigures, clock: FloatClock | MicroClock, t0: int) -> tuple:
-    """(first request -> its reply, first byte of an answer, duration) of a UDP conversation."""
-    rtt = None
-    if fig.answered is not None:
-        rq, rp = fig.answered
-        rtt = clock.since(t0, rp) - clock.since(t0, rq)
-    ttfb = None if fig.first_reply is None else clock.since(t0, fig.first_reply)
-    return rtt, ttfb, clock.since(t0, fig.last)
 
 
 class Totals:

@@ -1,9 +1,9 @@
 """Argument parsing and printing; no logic of its own.
 
 Each group of commands lives in its own module with a ``register(subparsers)`` function:
-``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run, capture),
-``analyse_command`` (analyse) and ``inventory_command`` (inventory). A command handler takes
-``(args, ctx)`` and returns an exit status.
+``lab_commands`` (up, down, status, ssh, clean), ``exercise_commands`` (deploy, run),
+``capture_command`` (capture), ``analyse_command`` (analyse) and ``inventory_command`` (inventory).
+A command handler takes ``(args, ctx)`` and returns an exit status.
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ from labctl.backends import DEFAULT_BACKEND, SYSTEM_STATE_ROOT, backend_names, u
 from labctl.cli.types import path_arg
 from labctl.errors import LabctlError
 
-COMMAND_MODULES = ("lab_commands", "exercise_commands", "exercise_command", "analyse_command",
-                   "inventory_command",
-                   "impair_command")
+COMMAND_MODULES = ("lab_commands", "exercise_commands", "exercise_command", "capture_command",
+                   "logs_command", "analyse_command", "inventory_command", "impair_command")
 
 
 class CliError(Exception):
@@ -66,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="labctl",
         description="A network lab to see what TCP and UDP put on the wire. Bring up a server and "
                     "clients (network namespaces by default, or Vagrant VMs, containers, or SSH hosts), "
-                    "deploy the time server and clients, trigger every client at once, capture the server's "
+                    "deploy the time server and clients (or programs of your own, any language), "
+                    "trigger every client at once, capture the server's "
                     "traffic with tcpdump and analyse it as ladder diagrams.",
         epilog="Typical session: labctl up; labctl run tcp; labctl capture --port 8080 --run udp; "
                "labctl analyse captures/*.pcap; labctl down. Run 'labctl COMMAND --help' for details.",

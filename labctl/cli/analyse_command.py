@@ -37,6 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes for --json (default 1: one process; N forks N workers "
                         "that split the conversations, same document)")
+    p.add_argument("--replay", action="store_true",
+                   help="replay the capture's ladders in the terminal at the pace the packets came "
+                        "(one line per packet when stdout is not a terminal)")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X",
+                   help="with --replay: 0.1 is ten times slower than real time, 2 twice as fast")
     p.set_defaults(handler=run_analyse)
 
 
@@ -83,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     from labctl.analyse.pcap import open_source
     from labctl.cli import CliError
 
+    if args.replay:
+        return _replay(args)
     if args.ladders < 0:
         raise CliError("--ladders must be 0 or more")
     if args.detail is not None and args.detail < 0:
@@ -137,4 +144,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     for w in analysis.warnings:
         print(f"labctl: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from labctl.analyse.live import LiveView, replay
+    from labctl.analyse.pcap_stream import read_points
+    from labctl.cli import CliError
+
+    if not 0.001 <= args.speed <= 1000:
+        raise CliError("--speed must be between 0.001 and 1000 (0.1: ten times slower than real time)")
+    if args.json or args.svg or args.html:
+        raise CliError("--replay draws in the terminal; drop --json, --svg and --html")
+    points, linktypes, packets, names = read_points(args.file)
+    view = LiveView(sys.stdout, points, names, linktypes=linktypes)
+    try:
+        replay(packets, view, speed=args.speed)
+    except KeyboardInterrupt:
+        view.done()
+        raise
     return 0

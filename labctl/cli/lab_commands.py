@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import shutil
-import subprocess
 import sys
 import time
 
 from labctl.backends.base import NODE_NOT_UP, NOT_UP
 from labctl.cli import CliError
-
-SSH_CLIENT = "ssh"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,11 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ssh", help="a shell on a node, or run a command there",
                        description="Without CMD: an interactive shell on NODE. With CMD: run it there and "
-                                   "exit with its status. Uses the system ssh client with the lab's pinned "
-                                   "known_hosts (StrictHostKeyChecking=yes) and key, after checking that the "
+                                   "exit with its status. As with ssh, a single CMD argument is a shell "
+                                   "command line ('ip -br a; ss -tn'); several are quoted one by one. Uses "
+                                   "the system ssh client with the inventory's key and pinned host key "
+                                   "(StrictHostKeyChecking=yes, on every backend), after checking that the "
                                    "node's address routes via the lab's bridge.")
     p.add_argument("node", metavar="NODE", help="server, client1, ...")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD",
+                   help="a shell command line as one argument, or a command and its arguments")
     p.set_defaults(handler=cmd_ssh)
 
     p = sub.add_parser("clean", help="remove the leftovers of a crashed or killed run",
@@ -132,47 +129,9 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, ctx) -> int:
-    from labctl.safety import check_host
+    from labctl.shell import open_shell
 
-    backend = ctx.backend()
-    host = backend.inventory().get(args.node)
-    check_host(host)
-    client = shutil.which(SSH_CLIENT)
-    if client is None:
-        how = ("add Windows' OpenSSH Client (Settings > Apps > Optional features), or run labctl in WSL2"
-               if os.name == "nt" else "install it with: apt-get install -y openssh-client")
-        raise CliError(f"the ssh client is missing; {how}", 1)
-    from labctl.remote import write_known_hosts
-
-    known_hosts = write_known_hosts(backend.state_dir / "known_hosts.pinned", [host])  # the inventory's pin
-    argv = ssh_argv(client, host, known_hosts=known_hosts, command=args.command,
-                    interactive=not args.command)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.name == "nt":  # no exec on Windows: run ssh.exe as a child, its status is ours
-        return subprocess.call(argv)
-    os.execv(client, argv)
-    return 127  # not reached
-
-
-def ssh_argv(client: str, host, *, known_hosts, command: list[str], interactive: bool) -> list[str]:
-    """The system ssh command line: pinned known_hosts only, the lab key only, no agent or forwarding."""
-    if not host.key_file or not host.host_key:
-        raise CliError(f"{host.name}: the inventory has no key or no pinned host key", 1)
-    argv = [client,
-            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", f"GlobalKnownHostsFile={os.devnull}", "-o", "UpdateHostKeys=no",
-            "-o", f"HostKeyAlgorithms={host.host_key.split()[0]}",
-            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ForwardAgent=no",
-            "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-F", os.devnull,
-            "-i", str(host.key_file), "-p", str(host.port), "-l", host.user]
-    if interactive:
-        argv.append("-t")
-    argv += ["--", host.address]
-    if command:
-        argv.append(shlex.join(command))  # the remote shell splits it back into exactly these words
-    return argv
+    return open_shell(ctx.backend().inventory().get(args.node), args.command)
 
 
 def cmd_clean(args: argparse.Namespace, ctx) -> int:

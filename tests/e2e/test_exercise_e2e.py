@@ -76,7 +76,8 @@ def tcpdumps_of_labctl(lab) -> list[int]:
             ns = os.stat(entry / "ns" / "net").st_ino
         except (OSError, IndexError):
             continue
-        if b"labctl-capture-" in cmd and b"tcpdump" in cmd and state != "Z" and ns == server_ns:
+        ours = b"labctl-capture-" in cmd or b"--time-stamp-precision=nano" in cmd  # -w FILE, or -w -
+        if ours and b"tcpdump" in cmd and state != "Z" and ns == server_ns:
             found.append(int(entry.name))
     return found
 
@@ -86,8 +87,9 @@ def test_deploy_then_run_every_protocol(netns_lab):
     assert deploy.returncode == 0, deploy.stderr
     report = json.loads(deploy.stdout)
     assert [n["node"] for n in report["nodes"]] == ["server", "client1", "client2", "client3"]
-    assert report["nodes"][0]["copied"] == ["timeserver.py"]
+    assert {"timeserver.py", "serverctl.py", "startat.py"} <= set(report["nodes"][0]["copied"])
     assert report["nodes"][0]["server"].startswith("started pid")
+    assert all("timeclient.py" in n["copied"] and "startat.py" in n["copied"] for n in report["nodes"][1:])
     again = json.loads(netns_lab.cli("deploy", "--json").stdout)
     assert all(n["copied"] == [] for n in again["nodes"])
     assert again["nodes"][0]["server"].startswith("running")

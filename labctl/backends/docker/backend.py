@@ -100,7 +100,7 @@ class DockerBackend(RemoteLinks, Backend):
             return inventory
 
     def _build(self, client: Any, lab_plan: DockerPlan, say: Progress) -> DockerPlan:
-        from labctl.backends.netns.sshd import generate_keypair, write_private
+        from labctl.backends.keys import generate_keypair, write_private
 
         self.state.write_plan(lab_plan)  # before anything exists: down/clean can always find it
         private, public = generate_keypair(f"labctl@{lab_plan.lab}")
@@ -133,7 +133,7 @@ class DockerBackend(RemoteLinks, Backend):
         return all(states.get(n.name) == "running" for n in lab_plan.nodes)
 
     def _refuse_conflicts(self, client: Any, lab_plan: DockerPlan) -> None:
-        from labctl.backends.netns.probes import subnet_users
+        from labctl.backends.probes import subnet_users
 
         taken = containers.foreign_names(client, lab_plan)
         if _link_exists(lab_plan.bridge):
@@ -242,7 +242,7 @@ class DockerBackend(RemoteLinks, Backend):
             states = containers.node_states(connect(), current.lab)
         except DockerUnavailable as exc:
             return [NodeStatus(n.name, n.role, n.address, False, str(exc)[:80]) for n in current.nodes]
-        from labctl.backends.netns.probes import tcp_accepting
+        from labctl.backends.probes import tcp_accepting
         from labctl.routes import route_devices
 
         routes = route_devices([n.address for n in current.nodes])

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from labctl.backends import forward_guard
 from labctl.backends.base import NODE_NOT_UP, NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.keys import generate_keypair
 from labctl.backends.netns import links as netns_links
 from labctl.backends.netns import linux
-from labctl.backends.netns.probes import subnet_users, tcp_accepting
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
+from labctl.backends.probes import subnet_users, tcp_accepting
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
 from labctl.statefiles import check_outside_node_mounts, secure_dir, write_file
@@ -107,7 +108,7 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         self.state.client_key.unlink(missing_ok=True)
         n = len(lab_plan.nodes)
         say(f"keys and sshd configs for {n} nodes")
-        private, public = sshd.generate_keypair(f"labctl@{lab_plan.lab}")
+        private, public = generate_keypair(f"labctl@{lab_plan.lab}")
         write_file(self.state.client_key, private)
         write_file(f"{self.state.client_key}.pub", public + "\n", 0o644)
         write_file(self.state.authorized_keys, public + "\n")

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.backends.base import BackendError
+from labctl.backends.keys import generate_keypair, write_private
 from labctl.backends.netns import linux
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir
 from labctl.statefiles import secure_dir, write_file
@@ -32,24 +33,6 @@ NODE_BASHRC = """\
 case $- in *i*) PS1='\\u@\\h:\\w\\$ ' ;; esac
 """
 NODE_PROFILE = "[ -f ~/.bashrc ] && . ~/.bashrc\n"
-
-
-def generate_keypair(comment: str) -> tuple[bytes, str]:
-    """A fresh ed25519 key: (OpenSSH private key PEM, public key line ``ssh-ed25519 AAAA... comment``)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    return private, f"{public} {comment}"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a private key, 0600 from its first byte."""
-    write_file(path, data, 0o600)
 
 
 def sshd_config(node: NodePlan, state: StateDir, port: int = 22) -> str:

@@ -336,7 +336,7 @@ class VagrantBackend(RemoteLinks, Backend):
     def _ensure_client_key(self) -> None:
         """labctl's own key pair for the VMs (the provisioner authorizes its public half for root)."""
         self.vagrant()  # makes the state directory, or says why it cannot
-        from labctl.backends.netns.sshd import generate_keypair
+        from labctl.backends.keys import generate_keypair
 
         if os.path.islink(self.client_key) or not self.client_key.is_file():  # never through a symlink
             private, public = generate_keypair(f"labctl-{self.lab.name}")
