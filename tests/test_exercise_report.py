@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from labctl.analyse import analyse_file
+from labctl.analyse import analyse_file, summarise
 from labctl.analyse.exercise_report import render_report
 from labctl.analyse.labdrawing import lab_svg
 from labctl.analyse.summary import summarise
