@@ -18,8 +18,8 @@ STEPS = ("labctl.deploy", "labctl.run", "labctl.run_result", "labctl.capture",
          "labctl.capture_clock", "labctl.capture_home", "labctl.capture_result", "labctl.capture_signals",
          "labctl.tcpdump", "labctl.bringup", "labctl.shell", "labctl.impairment")
 LAB = ("labctl.lab", "labctl.links", "labctl.programs")   # the lab as data (its links: and programs:)
-BELOW_STEPS = ("labctl.errors", "labctl.statefiles", *LAB, "labctl.routes", "labctl.inventory", "labctl.safety",
-               "labctl.remote", "labctl.remote_process")
+BELOW_STEPS = ("labctl.errors", "labctl.statefiles", *LAB, "labctl.routes", "labctl.inventory",
+               "labctl.safety", "labctl.remote", "labctl.remote_process")
 # room -> the rooms it may import, lowest first (design.md, "Rooms and what each may import")
 ROOMS: dict[str, tuple[str, ...]] = {
     "labctl": (),                                   # the version
