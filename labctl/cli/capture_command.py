@@ -119,8 +119,8 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
     stream = sys.stdout.buffer if to_stdout else None
     with Runner(inventory, deploy=True, progress=say) as runner:
         during = prepare = None
-        if program is not None:  # deploy and the lead while tcpdump is armed; the run once both are done
-            prepare = lambda: runner.prepare(program)  # noqa: E731
+        if program is not None:  # deploy and the lead first: their SSH traffic must not reach tcpdump's
+            runner.prepare(program)  # socket before its filter is attached (it would count as received)
             during = lambda: runner.trigger(program)  # noqa: E731
         conns = [runner.connection(h.name) for h in hosts]
         what = " or ".join(f"port {p}" for p in ports)
