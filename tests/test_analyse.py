@@ -147,7 +147,7 @@ def test_non_ip_frames_are_counted_not_analysed(tmp_path):
     p = write_pcap(tmp_path / "x.pcap", [(1.0, arp), (1.1, lldp), (1.2, icmp), *_exchange(2.0)])
     a = analyse_file(p)
     assert a.tcp_count == 1 and a.udp_count == 1
-    assert a.builder.skipped == {"not IP (ARP, LLDP, ...)": 2, "IP but neither TCP nor UDP (ICMP, ...)": 1}
+    assert a.builder.skipped == {"not IP: ARP": 1, "not IP: LLDP": 1, "IP but neither TCP nor UDP: ICMP": 1}
     assert a.packets == 13
 
 
@@ -240,10 +240,13 @@ def test_link_types(tmp_path, linktype, wrap):
     assert t.packets == 8 and t.server_payload == 21 and t.handshake and u.packets == 2
 
 
-def test_unsupported_link_type(tmp_path):
-    p = write_pcap(tmp_path / "x.pcap", [], linktype=105)   # 802.11
-    with pytest.raises(CaptureFileError, match="link type 105 is not supported"):
-        analyse_file(p)
+def test_link_type_without_ip_is_named_not_refused(tmp_path):
+    p = write_pcap(tmp_path / "x.pcap", [(1.0, bytes(64))], linktype=189)   # USB (Linux)
+    a = analyse_file(p)
+    assert a.tcp_count == a.udp_count == 0
+    assert a.builder.skipped == {"not analysed: USB (Linux) frames (link type 189) carry no IP this tool "
+                                 "decodes": 1}
+    assert a.linktype_names == ["USB (Linux)"]
 
 
 def test_big_endian_and_nanosecond_pcap(tmp_path):

@@ -14,14 +14,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from labctl.backends import keys, probes
 from labctl.backends.base import BackendError
-from labctl.backends.netns import NetnsBackend, linux, probes, sshd
+from labctl.backends.netns import NetnsBackend, linux, sshd
 from labctl.backends.netns import backend as netns_backend
 from labctl.backends.netns import preflight as preflight_module
 from labctl.backends.netns.backend import SubnetInUse
 from labctl.backends.netns.preflight import PreflightError, Tool, install_command, problems
-from labctl.backends.netns.probes import subnet_users, tcp_accepting
 from labctl.backends.netns.state import IFNAMSIZ, LabPlan, StateDir, plan, veth_name
+from labctl.backends.probes import subnet_users, tcp_accepting
 from labctl.inventory import LabNotUp
 from labctl.lab import MAX_CLIENTS, Lab
 from tests.requires import require_file
@@ -136,7 +137,7 @@ def test_prepare_node_writes_a_private_home_and_a_0600_host_key(tmp_path):
 
 
 def test_generated_keys_are_distinct_ed25519_openssh_keys():
-    (priv1, pub1), (priv2, _) = sshd.generate_keypair("a"), sshd.generate_keypair("b")
+    (priv1, pub1), (priv2, _) = keys.generate_keypair("a"), keys.generate_keypair("b")
     assert priv1 != priv2
     assert priv1.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert pub1.startswith("ssh-ed25519 ") and pub1.endswith(" a")
@@ -294,7 +295,8 @@ def test_a_failed_preflight_is_one_line_from_the_cli(monkeypatch, tmp_path, caps
     missing = "missing: tcpdump; apt-get install -y tcpdump"
     monkeypatch.setattr(preflight_module, "problems", lambda: [missing])
     assert main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "up"]) == 1
-    assert capsys.readouterr().err == f"labctl: {missing}\n"
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("labctl: backend ")]
+    assert err == [f"labctl: {missing}"]
     assert not (tmp_path / "tpre").exists()
 
 

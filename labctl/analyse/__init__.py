@@ -17,7 +17,7 @@ from pathlib import Path
 
 from labctl.analyse.conversations import DEFAULT_DETAIL, build
 from labctl.analyse.model import Analysis, Conversation, Exchange, Packet
-from labctl.analyse.pcap import CaptureFileError
+from labctl.analyse.pcap import CaptureFileError, Source
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
@@ -29,8 +29,9 @@ __all__ = ["Analysis", "CaptureFileError", "Conversation", "Exchange", "Packet",
            "render_terminal", "summarise"]
 
 
-def analyse_file(path: str | Path, detail: int = DEFAULT_DETAIL) -> Analysis:
-    """Read a pcap/pcapng file and build its conversations.
+def analyse_file(path: str | Path | Source, detail: int = DEFAULT_DETAIL) -> Analysis:
+    """Read a pcap/pcapng file (or an opened ``pcap.Source``: a FIFO, standard input) and build its
+    conversations.
 
     ``detail``: how many conversations per protocol keep their packets for ladder diagrams.
     Raises ``CaptureFileError`` (a ``LabctlError``) for a file that is not a readable capture.

@@ -46,6 +46,9 @@ class Builder:
         self.skipped_bytes = 0
         self.other_bytes = 0    # bytes of other workers' conversations (parts > 1)
         self.ipv6 = 0
+        self.decoder = dec.Decoder()   # the general decoder: fragments being reassembled, repairs made
+        self.shared_bytes = 0   # frames counted in two conversations (a UDP tunnel and what it carries)
+        self.notes: list[str] = []     # what the decoder repaired or reassembled (set by finish())
         self.packets = 0
         self.bytes = 0          # set by count_bytes() (build() calls it)
 
@@ -54,14 +57,30 @@ class Builder:
 
     def count_bytes(self) -> int:
         """Frame bytes of every packet read: each one is in a conversation, skipped or another worker's."""
-        self.bytes = self.skipped_bytes + self.other_bytes + self.tcp.total_bytes() + self.udp.total_bytes()
+        self.bytes = (self.skipped_bytes + self.other_bytes + self.tcp.total_bytes() + self.udp.total_bytes()
+                      - self.shared_bytes)
         return self.bytes
+
+    def finish(self) -> None:
+        """The capture ended: incomplete fragments are counted as not analysed, the repairs noted."""
+        frags = self.decoder.frags
+        frags.finish()
+        if frags.lost_frames:
+            self.skipped[dec.SKIP_FRAG_LOST] = frags.lost_frames
+            self.skipped_bytes += frags.lost_bytes
+        self.notes = [f"{n} packet(s): {what}" for what, n in sorted(self.decoder.malformed.items())]
+        self.notes += frags.notes()
+        snmp = self.udp.snmp_conversations()
+        if snmp:
+            self.notes.append(f"{snmp} SNMP conversation(s): Wireshark's table shows each as two (its SNMP "
+                              "dissector starts a new conversation for what follows the first request); "
+                              "here a request and its reply stay one conversation")
 
     def feed(self, chunk: Chunk) -> int:
         """Account every complete record in ``chunk``; set and return ``chunk.consumed``."""
         units = 1_000_000_000 if chunk.frac_scale < 1e-7 else 1_000_000
         if self.first_ts is None:
-            self.times.set_units(units, chunk.frac_scale)
+            self.times.set_units(units, chunk.frac_scale, chunk.epoch)
         if fastpath.applies(chunk) and units == self.times.units:
             return fastpath.feed(self, chunk)
         return self._feed_general(chunk)
@@ -80,7 +99,7 @@ class Builder:
         while o + 16 <= end:
             ts_s, ts_f, incl, orig = hdr(buf, o)
             p = o + 16
-            if p + incl > end:
+            if p + incl > end or incl > chunk.limit:
                 break
             o = p + incl
             n += 1
@@ -89,39 +108,55 @@ class Builder:
             if r is not None:
                 self.dispatch(r, t, orig, n)
         chunk.consumed = o
+        chunk.records = n - self.packets
         self.packets = n
         if t >= 0:
             self.last_ts = self.seconds(t)
         return o
 
     def general(self, linktype: int, buf: bytes, p: int, incl: int, orig: int, t: int):
-        """The general decoder's answer in the fast path's terms (ACK and window byte-swapped), or
-        None (the frame was skipped, or an ICMP error noted)."""
-        r = dec.decode(linktype, buf, p, incl, orig)
-        if type(r) is str:
+        """The general decoder's answer in the fast path's terms (ACK and window byte-swapped; the
+        bytes to count last), a list of those (a tunnel and what it carries), or None (the frame was
+        skipped, held as a fragment, or an ICMP error noted)."""
+        r = self.decoder.decode(linktype, buf, p, incl, orig, t)
+        if r is None:
+            return None
+        tr = type(r)
+        if tr is str:
             self.skip(r, orig)
             return None
+        if tr is list:
+            return [self._fast_terms(x) for x in r]
         if r[0] == "icmp":
             _, proto, key, text = r
             self.skip(dec.SKIP_OTHER_PROTO, orig)
             if proto == dec.UDP:
                 self.udp.icmp_error(key, t, orig, text)
             return None
-        proto, key, seq, ack, flags, win, plen = r
+        return self._fast_terms(r)
+
+    def _fast_terms(self, r: tuple) -> tuple:
+        proto, key, seq, ack, flags, win, plen, wire = r
         if len(key) > 12:
             self.ipv6 += 1
-        return proto, key, seq, swap32(ack), flags, swap16(win), plen
+        return proto, key, seq, swap32(ack), flags, swap16(win), plen, wire
 
-    def dispatch(self, r: tuple, t: int, orig: int, frame: int) -> None:
-        """A decoded TCP segment or UDP datagram to its protocol's analysis (or to another worker)."""
-        proto, key, seq, ack, flags, win, plen = r
+    def dispatch(self, r, t: int, orig: int, frame: int) -> None:
+        """A decoded TCP segment or UDP datagram (or a list: a tunnel's, then what it carried) to its
+        protocol's analysis (or to another worker)."""
+        if type(r) is list:
+            for x in r:
+                self.dispatch(x, t, orig, frame)
+            self.shared_bytes += orig * (len(r) - 1)
+            return
+        proto, key, seq, ack, flags, win, plen, wire = r
         if self.parts > 1 and (key[-3] ^ key[-1]) % self.parts != self.part:
-            self.other_bytes += orig
+            self.other_bytes += wire
             return
         if proto == 6:
-            self.tcp.packet(key, t, orig, flags, seq, ack, win, plen, frame)
+            self.tcp.packet(key, t, wire, flags, seq, ack, win, plen, frame)
         else:
-            self.udp.packet(key, t, orig, plen, frame)
+            self.udp.packet(key, t, wire, plen, frame)
 
     def skip(self, reason: str, orig: int) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -142,6 +177,7 @@ def build(path: str | Path, detail: int = DEFAULT_DETAIL, part: int = 0, parts: 
     try:
         for chunk in read_chunks(path, info):
             b.feed(chunk)
+        b.finish()
         b.count_bytes()
     finally:
         gc.freeze()

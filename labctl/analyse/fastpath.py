@@ -24,6 +24,7 @@ from itertools import count
 from labctl.analyse import tcp as T
 from labctl.analyse import udp as U
 from labctl.analyse.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, Chunk
+from labctl.analyse.tunnels import UDP_TUNNEL_PORTS
 from labctl.analyse.wire import M32, reverse_key4_parts
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
@@ -45,11 +46,14 @@ _IP_TCP_HEADERS = [20 + ((o >> 4) << 2) if o >> 4 >= 5 else 1 << 20 for o in ran
 
 
 def _ip_lengths() -> list[int]:
-    """The IP total length by its two bytes read little-endian: the table that swaps them back."""
+    """The IP total length by its two bytes read little-endian: the table that swaps them back.
+    Length 0 (TSO) maps to a length no frame has, so such a packet goes the general way."""
     pairs = bytearray(131072)
     pairs[0::2] = b"".join(bytes([hi]) * 256 for hi in range(256))
     pairs[1::2] = bytes(range(256)) * 256
-    return list(struct.unpack("<65536H", pairs))
+    lengths = list(struct.unpack("<65536H", pairs))
+    lengths[0] = 1 << 20
+    return lengths
 
 
 _IP_LENGTH = _ip_lengths()
@@ -66,6 +70,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     unpack = record.unpack_from
     buf = chunk.data
     end = chunk.end
+    limit = chunk.limit
     if b.first_ts is None and end >= 16:
         b.first_ts = b.times.seconds(struct.unpack_from("<Q", buf, 0)[0])
     # the slots (tcp.py, udp.py), as locals
@@ -74,7 +79,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
     S_DUPRUN, S_ACKTIME, S_PAY, S_SYN = T.S_DUPRUN, T.S_ACKTIME, T.S_PAY, T.S_SYN
     S_SYNACK, S_FIN, S_ISN = T.S_SYNACK, T.S_FIN, T.S_ISN
     C_FIRST, C_LAST, C_PKTS, C_BYTES, C_EXDIR = T.C_FIRST, T.C_LAST, T.C_PKTS, T.C_BYTES, T.C_EXDIR
-    C_IRTT, C_IRTT0, C_MRUSYN, C_DUPACK = T.C_IRTT, T.C_IRTT0, T.C_MRUSYN, T.C_DUPACK
+    C_IRTT, C_IRTT0, C_MRUSYN = T.C_IRTT, T.C_IRTT0, T.C_MRUSYN
     C_CLOSING, C_IDX = T.C_CLOSING, T.C_IDX
     U_LAST, U_PKTS, U_BYTES, U_PAY_C, U_PAY_S = U.U_LAST, U.U_PKTS, U.U_BYTES, U.U_PAY, U.U_PAY + 1
     new_s0, new_s1 = T.NEW_S0, T.NEW_S1
@@ -88,18 +93,19 @@ def feed(b: Builder, chunk: Chunk) -> int:
     tcp_keys_append = tcps.keys.append
     tcp_frame_append = tcps.frames.append
     tcp_packet, tcp_sequence, retire = tcps.packet, tcps.sequence, tcps.retire
+    tcp_repeated, tcp_advance = tcps.repeated_ack, T.advance
     fold_from = tcps.fold_from
     udp = udps.convs
     udp_fwd, udp_rev = udps.fwd, udps.rev
     fwd_get, rev_get = udp_fwd.get, udp_rev.get
     udp_slow_fwd, udp_slow_rev = udps.slow_fwd, udps.slow_rev
     udp_frame_append = udps.frames.append
-    udp_packet = udps.packet
     detail = b.detail
     rk_split, rk_order, rk_join = reverse_key4_parts()
     ip_length = _IP_LENGTH
     ip_tcp_headers = _IP_TCP_HEADERS
     l2_udp = l2 + 28
+    tunnel_ports = UDP_TUNNEL_PORTS
     from_bytes = int.from_bytes
     split = b.parts > 1
     part, parts = b.part, b.parts
@@ -113,21 +119,19 @@ def feed(b: Builder, chunk: Chunk) -> int:
     for n in count(base + 1):   # n: the frame number
         t, incl, orig, et, vihl, totlen, frag, proto, key, seqb, ack, off, flags, win = unpack(buf, o)
         o += incl + 16
-        if o > end:
+        if o > end or incl > limit:          # (a record too long for the file: the reader refuses it)
             o -= incl + 16
             break
-        if et != 8 or vihl != 0x45 or frag & 0xFF3F or not totlen:
-            pass                        # not IPv4 without options, a fragment, or TSO: the general way
+        if et != 8 or vihl != 0x45 or frag & 0xFF3F or (iplen := ip_length[totlen]) > orig - l2:
+            pass    # not IPv4 without options, a fragment, TSO or a length beyond the frame: the general way
         elif split and (proto == 6 or proto == 17) and incl >= l2_udp and (
                 key[9] ^ key[11]) % parts != part:
             other_bytes += orig         # another worker's conversation
             continue
         elif proto == 6:
             headers = ip_tcp_headers[off]
-            if incl >= l2 + headers:
-                plen = ip_length[totlen] - headers
-                if plen < 0:
-                    plen = 0
+            if incl >= l2 + headers and iplen >= headers:     # (else a malformed header: the general way)
+                plen = iplen - headers
                 s = live_get(key)
                 if s is None:
                     if (flags & 23 == 2 and not plen and len(tcp) >= detail and key not in tcp_slow
@@ -174,7 +178,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
                         if s[S_OTHER][S_FIN] >= 0:
                             c[C_CLOSING] = 1
                     ns = s[S_NEXTSEQ]
-                    if seq == ns or ns < 0:          # in order, or the first segment this way
+                    if seq == ns:                    # in order (the first segment this way: general)
                         s[S_NEXTSEQ] = (seq + plen + (1 if flags & 3 else 0)) & m32
                         s[S_NSTIME] = t
                         if plen:
@@ -204,16 +208,18 @@ def feed(b: Builder, chunk: Chunk) -> int:
                         if c[C_IRTT] < 0 and c[C_MRUSYN] >= 0:
                             c[C_IRTT] = t
                             c[C_IRTT0] = c[C_MRUSYN]
-                    elif win and win == s[S_WIN] and from_bytes(seqb, "big") == s[S_NEXTSEQ]:
-                        s[S_DUPRUN] += 1                 # a duplicate ACK
-                        c[C_DUPACK] += 1
+                        seq = from_bytes(seqb, "big")
+                        if seq != s[S_NEXTSEQ]:          # mid-flow, or after segments not captured
+                            tcp_advance(s, t, seq)
+                    else:                                # keep-alive, its ACK, a duplicate ACK?
+                        tcp_repeated(c, s, t, from_bytes(seqb, "big"), win)
                     s[S_ACKTIME] = t
                     s[S_WIN] = win
                 if c[C_CLOSING] and len(tcp) >= fold_from:
                     retire(c)
                 continue
-        elif proto == 17 and incl >= l2_udp:
-            plen = ip_length[totlen] - 28
+        elif proto == 17 and incl >= l2_udp and iplen >= 28:
+            plen = iplen - 28
             c = fwd_get(key)
             if c is not None:                    # a request
                 c[U_LAST] = t
@@ -236,8 +242,11 @@ def feed(b: Builder, chunk: Chunk) -> int:
                     c[-2] += plen
                     c[-1] += 1
                 continue
-            if len(udp) < detail or key in udp_slow_fwd or key in udp_slow_rev:
-                udp_packet(key, t, orig, plen, n)
+            if (len(udp) < detail or key in udp_slow_fwd or key in udp_slow_rev or key[8:10] in tunnel_ports
+                    or key[10:12] in tunnel_ports):    # kept for a ladder, or a tunnel: the general way
+                r = b.general(chunk.linktype, buf, o - incl, incl, orig, t)
+                if r is not None:
+                    b.dispatch(r, t, orig, n)
                 continue
             c = [t, t, 1, orig, plen, 0, key, None, t, plen, -1, 0, 0]   # a new one (UdpConversations.new)
             udp.append(c)
@@ -249,6 +258,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
         if r is not None:
             b.dispatch(r, t, orig, n)
     chunk.consumed = o
+    chunk.records = n - 1 - base
     b.packets = n - 1
     b.other_bytes += other_bytes
     if t >= 0:

@@ -42,6 +42,7 @@ def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
 
     meta = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "packets": b.packets,
             "bytes": b.bytes, "skipped": b.skipped, "skipped_bytes": b.skipped_bytes, "ipv6": b.ipv6,
+            "notes": b.notes,
             "first_ts": b.first_ts,
             "last_ts": b.last_ts}
     return {"totals": totals, "tcp_frame": b.tcp.frames, "udp_frame": b.udp.frames,

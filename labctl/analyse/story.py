@@ -62,11 +62,19 @@ def findings(tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
         out.append(f"The answer's first byte came after {_ms(tcp.ttfb_ms)} with TCP (the handshake "
                    f"comes first) and after {_ms(udp.ttfb_ms)} with UDP (median).")
     if tcp.conversations:
-        lost = tcp.retransmissions
+        spurious = tcp.spurious_retransmissions
+        lost = tcp.retransmissions - spurious
         got = tcp.answered
+        again = (f"{_plural(spurious, 'segment')} that had already arrived (spurious retransmissions: "
+                 "an acknowledgement was late or lost, not the data)")
         if lost:
-            out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing, and "
-                       f"{got} of {tcp.conversations - tcp.refused} connected clients got their answer.")
+            out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing"
+                       + (f" (and sent {again})" if spurious else "")
+                       + f", and {got} of {tcp.conversations - tcp.refused} connected clients got their "
+                       "answer.")
+        elif spurious:
+            out.append(f"TCP sent {again}; no data was lost: {got} of "
+                       f"{tcp.conversations - tcp.refused} connected clients got their answer.")
         elif tcp.conversations - tcp.refused:
             out.append(f"No TCP retransmissions: {got} of {tcp.conversations - tcp.refused} connected "
                        "clients got their answer.")
@@ -99,9 +107,10 @@ def reflection(tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str
             f"bytes per TCP conversation against {_n(u_per)} packets and "
             f"{_n(udp.bytes / udp.requests, 0)} bytes per UDP request, for about the same payload; "
             f"headers were {tcp.overhead_pct:.0f} % of TCP's bytes and {udp.overhead_pct:.0f} % of UDP's.")
-    if tcp.retransmissions or udp.unanswered:
+    lost = tcp.retransmissions - tcp.spurious_retransmissions
+    if lost or udp.unanswered:
         t = (f"When packets went missing, TCP noticed and sent them again "
-             f"({_plural(tcp.retransmissions, 'retransmission')})")
+             f"({_plural(lost, 'retransmission')})")
         if udp.unanswered:
             t += (f"; UDP did not: {udp.unanswered} of {udp.requests} requests simply got no answer "
                   "and nobody on the wire tried again.")

@@ -38,6 +38,7 @@ class ProtoSummary(ByteCounts):
     bytes: int = 0
     payload_bytes: int = 0
     retransmissions: int = 0
+    spurious_retransmissions: int = 0    # of the retransmissions: data already acknowledged (no loss)
     out_of_order: int = 0
     dup_acks: int = 0
     requests: int = 0            # UDP requests / TCP conversations opened by a client
@@ -80,6 +81,7 @@ class Totals:
         """``n`` conversations with the figures ``fig`` (their times: ``count_times``)."""
         s = self._add(fig, n)
         s.retransmissions += fig.retransmissions * n
+        s.spurious_retransmissions += fig.spurious_retransmissions * n
         s.out_of_order += fig.out_of_order * n
         s.dup_acks += fig.dup_acks * n
         s.requests += n                  # a TCP conversation is one request ...
@@ -109,8 +111,8 @@ class Totals:
                 hist[v] = hist.get(v, 0) + n
 
     def merge(self, other: Totals) -> None:
-        for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions", "out_of_order",
-                  "dup_acks", "requests", "answered", "refused"):
+        for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions",
+                  "spurious_retransmissions", "out_of_order", "dup_acks", "requests", "answered", "refused"):
             setattr(self.s, f, getattr(self.s, f) + getattr(other.s, f))
         for mine, theirs in zip(self.times, other.times):
             for v, n in theirs.items():

@@ -5,13 +5,20 @@ sequence number follows on the same 4-tuple. Its state is two lists of plain int
 (no object per packet); ``TcpConversations`` holds them and implements the whole analysis, which the
 fast path (``fastpath.py``) short-cuts for the common segments.
 
-The analysis follows Wireshark's ``tcp_analyze_sequence_number`` so the counts can be checked against
-``tshark``: a segment carrying data (or SYN/FIN) whose sequence number is below the highest seen in that
-direction is an out-of-order segment (within the first RTT, 3 ms by default, of the highest one and not
-ending exactly there), a spurious retransmission (the other side already acknowledged it), or a
-retransmission (fast and spurious ones are counted as retransmissions too, as tshark's
-``tcp.analysis.retransmission`` does). A pure ACK repeating the previous ACK, window and sequence number
-is a duplicate ACK.
+The analysis follows Wireshark's ``tcp_analyze_sequence_number`` (Wireshark User's Guide, "TCP
+Analysis") so the counts can be checked against ``tshark``, in its order:
+
+- a keep-alive (0 or 1 byte, one below the next expected sequence number, no SYN/FIN/RST) is nothing
+  else, and the other side's next ACK that repeats its last one is a keep-alive ACK, not a duplicate;
+- a data segment whose data the other side already acknowledged is a spurious retransmission (checked
+  before the out-of-order window: "supersedes Fast Retransmission, Out-Of-Order and Retransmission");
+- below the highest sequence number seen in its direction, a segment is a fast retransmission (two
+  duplicate ACKs asked for it within 20 ms), else out of order (within the first RTT, 3 ms by default,
+  of the highest one and not ending exactly there), else a retransmission (fast and spurious ones count
+  as retransmissions too, as tshark's ``tcp.analysis.retransmission`` does);
+- a segment with no data and no SYN/FIN/RST that repeats its direction's last ACK, window and next
+  sequence number is a duplicate ACK; a RST never is. A direction's first segment, data or not, sets
+  its next sequence number, so a capture that starts mid-flow counts its duplicate ACKs too.
 
 Times, keys and the byte-swapped ACK and window: see ``wire.py``. Missing values are ``-1`` (every field
 is an int, so a closed conversation folds into an ``array``).
@@ -33,7 +40,7 @@ S_CONV, S_OTHER, S_KEY, S_DIR = 0, 1, 2, 3
 S_NEXTSEQ = 4            # the highest sequence number seen, plus the segment's length
 S_NSTIME = 5             # time of the segment that set S_NEXTSEQ
 S_LASTACK, S_WIN = 6, 7  # the last ACK number and window sent (byte-swapped: wire.py)
-S_DUPRUN = 8             # duplicate ACKs in a row
+S_DUPRUN = 8             # duplicate ACKs in a row (+ KEEPALIVE_SEEN: the other side sent a keep-alive)
 S_ACKTIME = 9            # time of the last ACK sent
 S_PAY = 10               # payload bytes (retransmitted copies not counted)
 S_SYN, S_SYNACK = 11, 12  # SYNs and SYN-ACKs sent
@@ -67,6 +74,9 @@ F_RETRANS, F_OOO, F_DUPACK = C_RETRANS + F_CONV, C_OOO + F_CONV, C_DUPACK + F_CO
 F_SPURIOUS, F_FASTRT, F_CLOSING, F_IDX = (C_SPURIOUS + F_CONV, C_FASTRT + F_CONV, C_CLOSING + F_CONV,
                                           C_IDX + F_CONV)
 F_SIZE = C_SIZE + F_CONV  # the bursts from here on
+
+KEEPALIVE_SEEN = 1 << 40  # in S_DUPRUN: this side's next repeated ACK answers a keep-alive
+DUPS = KEEPALIVE_SEEN - 1
 
 NEW_S0 = [None, None, None, 0, -1, -1, -1, -1, 0, -1, 0, 0, 0, -1, 0, -1,
           None, 0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0]
@@ -226,18 +236,15 @@ class TcpConversations:
         c[C_PKTS] += 1
         c[C_BYTES] += orig
         det = c[C_DETAIL]
+        if det is not None:
+            det.append((t, s[S_DIR], flags, seq, ack, plen, orig, win))
         if plen or flags & 3:
-            if det is not None:
-                det.append((t, s[S_DIR], flags, seq, ack, plen, orig, win))
             self.sequence(c, s, t, seq, plen, flags)
-        else:
-            if det is not None:
-                det.append((t, s[S_DIR], flags, seq, ack, plen, orig, win))
-            if flags & ACK and win and win == s[S_WIN] and ack == s[S_LASTACK] and seq == s[S_NEXTSEQ]:
-                s[S_DUPRUN] += 1
-                c[C_DUPACK] += 1
-                if det is not None:
-                    det.append(("note", "duplicate ACK"))
+        elif flags & ACK and not flags & RST:
+            if ack == s[S_LASTACK]:
+                self.repeated_ack(c, s, t, seq, win)
+            elif seq != s[S_NEXTSEQ]:
+                advance(s, t, seq)
         if flags & ACK:
             if ack != s[S_LASTACK]:
                 s[S_LASTACK] = ack
@@ -250,12 +257,37 @@ class TcpConversations:
         if c[C_CLOSING] and not plen and not flags & 3:
             self.retire(c)
 
+    def repeated_ack(self, c: list, s: list, t: int, seq: int, win: int) -> None:
+        """A segment without data, SYN, FIN or RST that repeats its direction's last ACK number (``win``
+        byte-swapped): a keep-alive, the ACK of one, a duplicate ACK, or a window update."""
+        ns = s[S_NEXTSEQ]
+        if ns < 0:
+            advance(s, t, seq)
+        elif seq == (ns - 1) & M32:
+            s[S_OTHER][S_DUPRUN] |= KEEPALIVE_SEEN   # a keep-alive
+            _note(c, "keep-alive")
+        elif win and win == s[S_WIN] and seq == ns:
+            if s[S_DUPRUN] & KEEPALIVE_SEEN:
+                s[S_DUPRUN] &= DUPS                   # the ACK of a keep-alive
+                _note(c, "keep-alive ACK")
+            else:
+                s[S_DUPRUN] += 1
+                c[C_DUPACK] += 1
+                _note(c, "duplicate ACK")
+        elif seq != ns:
+            advance(s, t, seq)
+
     def sequence(self, c: list, s: list, t: int, seq: int, plen: int, flags: int) -> None:
         """Sequence analysis of a segment with data, SYN or FIN."""
         ns = s[S_NEXTSEQ]
-        if ns >= 0 and ns != seq and ((ns - seq) & M32) < HALF:
-            self.old_segment(c, s, t, seq, plen, flags)
-            return
+        if ns != seq:
+            if ns >= 0 and ((ns - seq) & M32) < HALF:
+                self.old_segment(c, s, t, seq, plen, flags)
+                return
+            if plen and self.acknowledged(s, seq, plen):   # new to us, yet already acknowledged
+                c[C_SPURIOUS] += 1
+                c[C_RETRANS] += 1
+                _note(c, "spurious retransmission")
         nseq = (seq + plen + (1 if flags & 3 else 0)) & M32
         if ns < 0 or (nseq != ns and ((nseq - ns) & M32) < HALF):
             s[S_NEXTSEQ] = nseq
@@ -295,17 +327,35 @@ class TcpConversations:
             c[C_CLOSING] = 1
         return s
 
+    @staticmethod
+    def acknowledged(s: list, seq: int, plen: int) -> bool:
+        """Whether the other side already acknowledged every byte of this segment."""
+        lastack = s[S_OTHER][S_LASTACK]
+        if lastack < 0:
+            return False
+        lastack = swap32(lastack)
+        end = (seq + plen) & M32
+        return end == lastack or seq_lt(end, lastack)
+
     def old_segment(self, c: list, s: list, t: int, seq: int, plen: int, flags: int) -> None:
         """A data/SYN/FIN segment below the highest sequence number seen: classify it like Wireshark."""
         nextseq = s[S_NEXTSEQ]
-        if (plen <= 1 and seq == ((nextseq - 1) & M32) and not flags & (SYN | FIN | RST)):
-            return  # keep-alive
         r = s[S_OTHER]
+        if plen <= 1 and seq == ((nextseq - 1) & M32) and not flags & (SYN | FIN | RST):
+            r[S_DUPRUN] |= KEEPALIVE_SEEN   # a keep-alive: nothing else
+            _note(c, "keep-alive")
+            return
+        if plen and self.acknowledged(s, seq, plen):
+            c[C_SPURIOUS] += 1
+            c[C_RETRANS] += 1      # tshark's tcp.analysis.retransmission includes these too
+            _note(c, "spurious retransmission")
+            return
+        if plen > 1 and seq == ((nextseq - 1) & M32):
+            return                 # the data after a zero-window probe: not sent before
         secs = self.times.seconds
         ts = secs(t)
         lastack = r[S_LASTACK]
-        lastack = swap32(lastack) if lastack >= 0 else None
-        if (r[S_DUPRUN] >= 2 and lastack == seq and r[S_ACKTIME] >= 0
+        if (r[S_DUPRUN] & DUPS >= 2 and lastack >= 0 and swap32(lastack) == seq and r[S_ACKTIME] >= 0
                 and ts - secs(r[S_ACKTIME]) < 0.020):
             c[C_FASTRT] += 1
             c[C_RETRANS] += 1
@@ -318,14 +368,18 @@ class TcpConversations:
             c[C_OOO] += 1
             _note(c, "out-of-order")
             return
-        end = (seq + plen) & M32
-        if lastack is not None and (end == lastack or seq_lt(end, lastack)):
-            c[C_SPURIOUS] += 1
-            c[C_RETRANS] += 1      # tshark's tcp.analysis.retransmission includes these too
-            _note(c, "spurious retransmission")
-            return
         c[C_RETRANS] += 1
         _note(c, "retransmission")
+
+
+def advance(s: list, t: int, seq: int) -> None:
+    """A segment without data at ``seq``: like Wireshark, it sets the next sequence number of its
+    direction when there is none yet (a capture that starts mid-flow) or when it is beyond it (the
+    segments before it were not captured)."""
+    ns = s[S_NEXTSEQ]
+    if ns < 0 or seq_lt(ns, seq):
+        s[S_NEXTSEQ] = seq
+        s[S_NSTIME] = t
 
 
 def _note(c: list, what: str) -> None:

@@ -26,7 +26,7 @@ def ladder_lines(lanes: list[str], rows: list[Row], gap: int | None = None) -> l
     n = len(lanes)
     need = max([len(r.label) + 8 for r in rows if abs(r.dst - r.src) == 1] + [16])
     gap = gap or min(max(need, 22), 52)
-    tw = 9                                            # time column
+    tw = max([9] + [len(f"{r.t_ms:.3f}") for r in rows if r.t_ms is not None])   # time column
     first = tw + 2 + max(len(lanes[0]) // 2 - 1, 0)
     pos = [first + i * (gap + 1) for i in range(n)]   # x of each lane line
     width = pos[-1] + 1

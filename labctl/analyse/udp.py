@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 
+from labctl.analyse.tunnels import carries_tunnel
 from labctl.analyse.wire import reverse_key
 
 U_FIRST, U_LAST, U_PKTS, U_BYTES = 0, 1, 2, 3
@@ -38,6 +39,10 @@ class UdpConversations:
     def total_bytes(self) -> int:
         return sum(c[U_BYTES] for c in self.convs)
 
+    def snmp_conversations(self) -> int:
+        """Conversations of more than one datagram to or from the SNMP port (161)."""
+        return sum(1 for c in self.convs if c[U_PKTS] > 1 and b"\x00\xa1" in (c[U_KEY][-4:-2], c[U_KEY][-2:]))
+
     def detail_of(self, i: int) -> list | None:
         """The packets kept for the i-th conversation's ladder, or None."""
         return self.convs[i][U_DETAIL]
@@ -46,8 +51,10 @@ class UdpConversations:
         """Start a conversation with its first datagram (a request)."""
         self.frames.append(frame)
         c = [t, t, 1, orig, plen, 0, key, None, t, plen, -1, 0, 0]
-        if len(self.convs) < self.detail:
-            c[U_DETAIL] = [(t, 0, 0, 0, 0, plen, orig, 0)]
+        ladder = len(self.convs) < self.detail
+        if ladder or carries_tunnel(key):      # (a tunnel's datagrams must all be decoded: not fast)
+            if ladder:
+                c[U_DETAIL] = [(t, 0, 0, 0, 0, plen, orig, 0)]
             self.slow_fwd[key] = c
             self.slow_rev[reverse_key(key)] = c
         else:

@@ -56,14 +56,15 @@ class Timestamps:
     def __init__(self) -> None:
         self.units = 1_000_000    # timestamp fractions per second
         self.scale = 1e-6         # seconds per fraction unit
+        self.epoch = 0            # seconds the records' seconds count from (pcap.Chunk.epoch)
 
-    def set_units(self, units: int, scale: float) -> None:
-        self.units, self.scale = units, scale
+    def set_units(self, units: int, scale: float, epoch: int = 0) -> None:
+        self.units, self.scale, self.epoch = units, scale, epoch
 
     def seconds(self, t: int) -> float:
         """A time as float seconds (``seconds + fraction * scale``, as the record has them)."""
-        return (t & M32) + (t >> 32) * self.scale
+        return (t & M32) + self.epoch + (t >> 32) * self.scale
 
     def ticks(self, t: int) -> int:
         """A time as an exact count of fraction units (microseconds or nanoseconds)."""
-        return (t & M32) * self.units + (t >> 32)
+        return ((t & M32) + self.epoch) * self.units + (t >> 32)

@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import shutil
 import sys
 import time
 
 from labctl.cli import CliError
-
-SSH_CLIENT = "ssh"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ssh", help="a shell on a node, or run a command there",
                        description="Without CMD: an interactive shell on NODE. With CMD: run it there and "
-                                   "exit with its status. Uses the system ssh client with the lab's pinned "
-                                   "known_hosts (StrictHostKeyChecking=yes) and key, after checking that the "
+                                   "exit with its status. As with ssh, a single CMD argument is a shell "
+                                   "command line ('ip -br a; ss -tn'); several are quoted one by one. Uses "
+                                   "the system ssh client with the inventory's key and pinned host key "
+                                   "(StrictHostKeyChecking=yes, on every backend), after checking that the "
                                    "node's address routes via the lab's bridge.")
     p.add_argument("node", metavar="NODE", help="server, client1, ...")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD",
+                   help="a shell command line as one argument, or a command and its arguments")
     p.set_defaults(handler=cmd_ssh)
 
     p = sub.add_parser("clean", help="remove the leftovers of a crashed or killed run",
@@ -89,17 +87,22 @@ def cmd_up(args: argparse.Namespace, ctx) -> int:
 
 def cmd_down(args: argparse.Namespace, ctx) -> int:
     from labctl import impairment
+    from labctl.backends.base import NOT_UP  # here, not at start-up: no backend module for --help
 
     backend = ctx.backend()
     start = time.perf_counter()
     impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
-    backend.down(lambda msg: _err(f"labctl: {msg}"))
-    print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
+    nothing = backend.down(lambda msg: _err(f"labctl: {msg}"))
+    if nothing:  # one thing: why there was nothing to do, not that too and then "down"
+        print(f"lab {backend.lab.name}{' ' if nothing == NOT_UP else ': '}{nothing}")
+    else:
+        print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace, ctx) -> int:
     from labctl import bringup, impairment
+    from labctl.backends.base import NODE_NOT_UP
     from labctl.cli.impair_command import links_json, print_links
 
     backend = ctx.backend()
@@ -110,6 +113,8 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
                                      "detail": n.detail} for n in nodes],
                           "links": links_json(links)}, indent=1))
+    elif nodes and all(not n.up and n.detail == NODE_NOT_UP for n in nodes) and not links:
+        print(f"lab {backend.lab.name} ({backend.name}) is not up: labctl up brings it up")
     else:
         from rich.console import Console
         from rich.table import Table
@@ -125,40 +130,9 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace, ctx) -> int:
-    from labctl.safety import check_route
+    from labctl.shell import open_shell
 
-    backend = ctx.backend()
-    host = backend.inventory().get(args.node)
-    check_route(host.address, host.interface)
-    client = shutil.which(SSH_CLIENT)
-    if client is None:
-        raise CliError("the ssh client is missing; install it with: apt-get install -y openssh-client", 1)
-    argv = ssh_argv(client, host, known_hosts=backend.state_dir / "known_hosts", command=args.command,
-                    interactive=not args.command)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(client, argv)
-    return 127  # not reached
-
-
-def ssh_argv(client: str, host, *, known_hosts, command: list[str], interactive: bool) -> list[str]:
-    """The system ssh command line: pinned known_hosts only, the lab key only, no agent or forwarding."""
-    if not host.key_file or not host.host_key:
-        raise CliError(f"{host.name}: the inventory has no key or no pinned host key", 1)
-    argv = [client,
-            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
-            "-o", f"HostKeyAlgorithms={host.host_key.split()[0]}",
-            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ForwardAgent=no",
-            "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-F", "/dev/null",
-            "-i", str(host.key_file), "-p", str(host.port), "-l", host.user]
-    if interactive:
-        argv.append("-t")
-    argv += ["--", host.address]
-    if command:
-        argv.append(shlex.join(command))  # the remote shell splits it back into exactly these words
-    return argv
+    return open_shell(ctx.backend().inventory().get(args.node), args.command)
 
 
 def cmd_clean(args: argparse.Namespace, ctx) -> int:

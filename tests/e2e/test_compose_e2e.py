@@ -26,8 +26,8 @@ pytestmark = pytest.mark.lab
 def test_compose_runs_the_exercise_with_debians_docker_compose(make_container_lab, tmp_path, monkeypatch):
     compose_tool = require_tool("docker-compose", "apt-get install -y --no-install-recommends docker-compose")
     require_tool("mmdebstrap", "apt-get install -y mmdebstrap (builds the node image once, in ~1.5 min)")
+    from labctl.backends import keys
     from labctl.backends.docker.daemon import connect
-    from labctl.backends.netns import sshd
 
     monkeypatch.setenv("LABCTL_LEAD_SAFETY", "3")
     lab = make_container_lab(clients=3)
@@ -36,9 +36,9 @@ def test_compose_runs_the_exercise_with_debians_docker_compose(make_container_la
     ensure_image(client)  # tags labctl-node:latest, the image the compose file names
     compose_file = tmp_path / "docker-compose.yml"
     compose_file.write_text(render(spec))
-    private, public = sshd.generate_keypair("labctl-compose-test")
+    private, public = keys.generate_keypair("labctl-compose-test")
     key = tmp_path / "compose-key"
-    sshd.write_private(key, private)
+    keys.write_private(key, private)
     compose = [compose_tool, "-p", f"{lab.name}c", "-f", str(compose_file)]
     env = {"LABCTL_AUTHORIZED_KEY": public}
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from labctl.backends import forward_guard
-from labctl.backends.netns.probes import subnet_users
+from labctl.backends.probes import subnet_users
 from tests.requires import missing, require_root, require_tool
 
 pytestmark = pytest.mark.lab

@@ -76,3 +76,30 @@ def test_an_unknown_or_changed_host_key_is_refused(netns_lab, tmp_path):
     run = lab.cli(*_ssh(unknown), "run", "tcp")
     assert run.returncode == 1
     assert "no host key: labctl refuses hosts whose key it does not know" in run.stderr
+
+
+def test_labctl_ssh_works_through_the_exported_inventory(netns_lab, tmp_path):
+    """`labctl ssh` pins the inventory's host key, whatever backend serves it; one argument is a
+    command line (as with ssh), several are quoted word by word."""
+    lab = netns_lab
+    inventory_file = tmp_path / "lab-inventory.yml"
+    inventory_file.write_text(lab.cli("inventory", "--format", "yaml").stdout)
+    client1 = lab.inventory.get("client1")
+
+    shown = lab.cli(*_ssh(inventory_file), "ssh", "client1", "ip -br a; ss -tn")
+    assert shown.returncode == 0, shown.stderr
+    eth0 = next(line.split() for line in shown.stdout.splitlines() if line.startswith("eth0"))
+    assert f"{client1.address}/24" in eth0 and eth0[1] == "UP"
+    assert "State" in shown.stdout and "ESTAB" in shown.stdout  # ss -tn ran too: this very SSH session
+    words = lab.cli(*_ssh(inventory_file), "ssh", "client1", "sh", "-c", 'echo "$(hostname)|$1"', "sh",
+                    "a b; c")
+    assert (words.returncode, words.stdout.strip()) == (0, "client1|a b; c"), words.stderr
+    assert lab.cli(*_ssh(inventory_file), "ssh", "server", "exit 5").returncode == 5
+
+    doc = yaml.safe_load(inventory_file.read_text())
+    doc["hosts"][1]["host_key"] = doc["hosts"][0]["host_key"]  # client1 pinned to the server's key
+    swapped = tmp_path / "swapped.yml"
+    swapped.write_text(yaml.safe_dump(doc))
+    refused = lab.cli(*_ssh(swapped), "ssh", "client1", "echo must-not-run")
+    assert refused.returncode == 255 and "must-not-run" not in refused.stdout
+    assert "Host key verification failed" in refused.stderr

@@ -1,5 +1,5 @@
-"""What the namespace lab looks at on this machine without changing it: routes that overlap a subnet,
-SSH ports that accept a connection."""
+"""What a backend that puts its nodes on this machine looks at without changing anything: routes that
+overlap a subnet, SSH ports that accept a connection (netns and docker share them)."""
 from __future__ import annotations
 
 import ipaddress

@@ -1,0 +1,87 @@
+"""How long does ``labctl exercise`` take on the embedded lab, from nothing to the report and the lab
+down again? Whole CLI processes, timed from start to exit, 3 clients; the per-step seconds come from the
+run's own run.json (up, deploy, tcp, udp, proto, report, down), so the profile shows where time goes.
+
+A reference run in the same session (``python labctl.py --version``: interpreter and CLI start-up)
+lets figures from a noisy, shared machine be compared as ratios.
+
+    sudo .venv/bin/python bench/exercise.py [--runs 3] [--json]
+
+Target: 5 s per exercise. Holds /run/labctl-test.lock; uses its own lab (``bex``, 192.168.126.0/24).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LOCK_FILE = "/run/labctl-test.lock"
+TARGET = 5.0
+LAB = """name: bex
+subnet: 192.168.126.0/24
+host_address: 192.168.126.1
+server_address: 192.168.126.2
+clients: 3
+"""
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv[2:])} failed ({proc.returncode}): "
+                         f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: needs root (it builds a namespace lab)")
+    with tempfile.TemporaryDirectory() as tmp, open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lab_file = Path(tmp) / "bex.yml"
+        lab_file.write_text(LAB)
+        cli = [sys.executable, str(REPO / "labctl.py"), "--lab", str(lab_file)]
+        subprocess.run([*cli, "clean"], capture_output=True, cwd=REPO)
+        reference, totals, steps = [], [], {}
+        try:
+            for i in range(args.runs):
+                reference.append(timed([*cli, "--version"]))
+                out = Path(tmp) / f"ex{i}"
+                totals.append(timed([*cli, "exercise", "-o", str(out)]))
+                for step, sec in json.loads((out / "run.json").read_text())["steps_seconds"].items():
+                    steps.setdefault(step, []).append(sec)
+        finally:
+            subprocess.run([*cli, "clean"], capture_output=True, cwd=REPO)
+    med = statistics.median(totals)
+    ref = statistics.median(reference)
+    result = {"runs": args.runs, "exercise_s_median": round(med, 3),
+              "exercise_s_all": [round(t, 3) for t in totals], "target_s": TARGET,
+              "reference_version_s": round(ref, 3), "ratio_to_reference": round(med / ref, 1),
+              "steps_s_median": {k: round(statistics.median(v), 3) for k, v in steps.items()}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"labctl exercise (3 clients, up to down): median {med:.2f} s of {args.runs} runs "
+              f"(target {TARGET:.1f} s) {'OK' if med <= TARGET else 'OVER TARGET'}")
+        print(f"reference labctl --version: {ref:.3f} s; ratio {med / ref:.1f}")
+        print("where the time goes (median s): " + ", ".join(f"{k} {v:.2f}"
+                                                             for k, v in result["steps_s_median"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
