@@ -178,7 +178,7 @@ def feed(b: Builder, chunk: Chunk) -> int:
                         if s[S_OTHER][S_FIN] >= 0:
                             c[C_CLOSING] = 1
                     ns = s[S_NEXTSEQ]
-                    if seq == ns:                    # in order (the first segment this way: general)
+                    if seq == ns or (ns < 0 and not plen):   # in order, or this way's SYN/FIN without data
                         s[S_NEXTSEQ] = (seq + plen + (1 if flags & 3 else 0)) & m32
                         s[S_NSTIME] = t
                         if plen:
