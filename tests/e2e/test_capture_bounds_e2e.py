@@ -13,6 +13,7 @@ import pytest
 from tests.e2e.conftest import REPO
 from tests.e2e.test_capture_e2e import no_tcpdump_left, remote_copies
 from tests.requires import require_tool
+from tests.said import stderr_lines
 
 pytestmark = pytest.mark.lab
 
@@ -62,7 +63,7 @@ def test_size_bound_and_outputs_that_cannot_be_written(netns_lab, tmp_path):
                       (fifo, "is a FIFO"), (Path("/proc/no/x.pcap"), "cannot create it")):
         r = netns_lab.cli("capture", "--duration", "30", "-o", str(bad), timeout=60)
         assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
-        assert "listening" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "listening" not in r.stderr and len(stderr_lines(r.stderr)) == 1, r.stderr
     no_tcpdump_left(netns_lab)
 
 

@@ -96,7 +96,7 @@ def test_exercise_from_nothing_to_the_report_and_down_again(make_lab, tmp_path):
 
 
 def test_a_failed_hour_is_reported_and_the_others_kept(make_lab, tmp_path):
-    from labctl.deploy import stop_server
+    from labctl.deploy import ports_of, stop_server
     from labctl.exercise import run_exercise
     from labctl.remote import Connection
 
@@ -104,12 +104,20 @@ def test_a_failed_hour_is_reported_and_the_others_kept(make_lab, tmp_path):
     inventory = lab.up()
     out = tmp_path / "ex"
 
-    def stop_after_tcp(hour) -> None:
+    def refuse_after_tcp(hour) -> None:
+        # the server is stopped, and its namespace answers the line protocol's port with a TCP reset, so
+        # the next hour's clients are refused even though run starts a server that is not running
         if hour.protocol == "tcp":
             with Connection(inventory.server) as conn:
                 assert stop_server(conn) is True
+            port = ports_of(inventory).proto
+            rules = ("add table inet t_refuse\n"
+                     "add chain inet t_refuse input { type filter hook input priority -10; }\n"
+                     f"add rule inet t_refuse input tcp dport {port} reject with tcp reset\n")
+            subprocess.run(["ip", "netns", "exec", f"{lab.name}-server", "nft", "-f", "-"], input=rules,
+                           text=True, check=True, timeout=30)   # gone with the namespace at teardown
 
-    ex = run_exercise(lab.backend(), out, keep=False, on_hour=stop_after_tcp,
+    ex = run_exercise(lab.backend(), out, keep=False, on_hour=refuse_after_tcp,
                       protocols=("tcp", "proto"))
     assert not ex.brought_up and not ex.taken_down   # it was up: it stays up
     assert [h.protocol for h in ex.hours] == ["tcp", "proto"]

@@ -6,11 +6,12 @@ import os
 import subprocess
 
 from tests.e2e.conftest import leftovers
+from tests.said import stderr_lines
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    lines = stderr_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("labctl: "), proc.stderr
     assert "Traceback" not in proc.stderr
     for needle in needles:

@@ -73,9 +73,15 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         say = _quiet(progress)
         preflight.require_netns()
         check_outside_node_mounts(self.state.root)
+        made_root = not self.state.root.exists()
         secure_dir(self.state.root)  # 0700 and ours, before anything is built (or removed) for it
-        with self._exclusive():
-            return self._up(say, check or (lambda _inventory: None))
+        try:
+            with self._exclusive():
+                return self._up(say, check or (lambda _inventory: None))
+        except BaseException:
+            if made_root:  # refused before anything was built (a conflict, a subnet in use): no leftover
+                _remove_if_empty(self.state.root)
+            raise
 
     def _up(self, say: Progress, check: Check) -> Inventory:
         wanted = plan(self.lab)
@@ -408,3 +414,11 @@ def _ip_batch(commands: list[str], *, force: bool = False) -> None:
     proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
     if proc.returncode != 0 and not force:
         raise BackendError(f"ip -batch failed: {proc.stderr.strip()}")
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove the directory ``path`` if nothing is in it (it was made for a lab that never came up)."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
