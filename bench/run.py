@@ -93,7 +93,8 @@ def spread_of(server_conn: Connection, port: int, start, out: Path) -> float | N
     return result.summary.get("spread_ms")
 
 
-def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool) -> dict[str, list[float]]:
+def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool,
+                  only: set[str] | None = None) -> dict[str, list[float]]:
     server = inventory.server
     port = ports_of(inventory).tcp
     programs = ["go-tcp", "go-udp"] if go_tcp else ["go-udp"]
@@ -148,6 +149,7 @@ def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool) -> dict[str
 
         methods = {"start-at": start_at, **{p: program(p) for p in programs}, "barrier": barrier,
                    "fabric": fabric}
+        methods = {m: fn for m, fn in methods.items() if only is None or m in only or m == "start-at"}
         for i in range(runs):
             for name, fn in methods.items():  # alternating: the machine's drift hits all alike
                 spread = spread_of(server_conn, port, fn, workdir / f"{name}-{i}.pcap")
@@ -178,8 +180,8 @@ def bench_cli(lab: Path, runs: int, *args: str) -> list[float]:
     return times
 
 
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
+def med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
 
 
 def main() -> int:
@@ -188,6 +190,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[3, 31])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--no-cli", action="store_true", help="only the trigger spreads")
+    parser.add_argument("--methods", help="only these, comma-separated (start-at, the reference, always "
+                                          "runs)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/run.py: run as root (it builds namespace labs)")
@@ -212,7 +216,8 @@ def main() -> int:
                     report = ensure(g, ports_of(inventory))
                     if not report.ok:
                         raise SystemExit(f"deploy failed: {report.to_json()}")
-                spreads = bench_spreads(inventory, args.runs, workdir, go_tcp)
+                only = set(args.methods.split(",")) if args.methods else None
+                spreads = bench_spreads(inventory, args.runs, workdir, go_tcp, only)
                 row = {"clients": n, **{k: med(v) for k, v in spreads.items()},
                        "worst late": max(spreads["late"], default=0.0)}
                 if not args.no_cli:

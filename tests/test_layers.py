@@ -14,21 +14,24 @@ from labctl.backends import BACKENDS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "labctl"
 
-STEPS = ("labctl.deploy", "labctl.run", "labctl.capture", "labctl.bringup", "labctl.shell",
-         "labctl.impairment")
-LAB = ("labctl.lab", "labctl.links")              # the lab as data (links: its links: section)
-BELOW_STEPS = ("labctl.errors", *LAB, "labctl.routes", "labctl.inventory", "labctl.safety", "labctl.remote")
+STEPS = ("labctl.deploy", "labctl.run", "labctl.run_result", "labctl.capture", "labctl.bringup",
+         "labctl.shell", "labctl.impairment")
+LAB = ("labctl.lab", "labctl.links", "labctl.programs")  # the lab as data (links:, programs: sections)
+BELOW_STEPS = ("labctl.errors", *LAB, "labctl.routes", "labctl.inventory", "labctl.safety", "labctl.remote",
+               "labctl.remote_process")
 # room -> the rooms it may import, lowest first (design.md, "Rooms and what each may import")
 ROOMS: dict[str, tuple[str, ...]] = {
     "labctl": (),                                   # the version
     "labctl.errors": (),
-    "labctl.lab": ("labctl.errors", "labctl.links"),
+    "labctl.lab": ("labctl.errors", "labctl.links", "labctl.programs"),
     "labctl.links": ("labctl.errors",),
+    "labctl.programs": ("labctl.errors",),
     "labctl.routes": (),                            # this machine's routing table, stdlib only
     "labctl.inventory": ("labctl.errors", *LAB),
     "labctl.backends": ("labctl.errors", *LAB, "labctl.inventory", "labctl.routes"),
     "labctl.safety": ("labctl.errors", "labctl.inventory", "labctl.routes"),
-    "labctl.remote": ("labctl.errors", "labctl.inventory", "labctl.safety"),
+    "labctl.remote": ("labctl.errors", "labctl.inventory", "labctl.safety", "labctl.remote_process"),
+    "labctl.remote_process": (),                    # a running command's channel (paramiko only)
     **{step: (*BELOW_STEPS, *STEPS) for step in STEPS},
     "labctl.exercise": (*BELOW_STEPS, *STEPS, "labctl.analyse"),
     "labctl.analyse": ("labctl.errors",),
