@@ -38,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labctl.capture import capture, summarise  # noqa: E402
+from labctl.analyse.readback import read_back as summarise  # noqa: E402
+from labctl.capture import capture  # noqa: E402
 from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of  # noqa: E402
 from labctl.remote import Connection, Group  # noqa: E402
 from labctl.run import Runner  # noqa: E402
