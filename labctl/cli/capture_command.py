@@ -149,6 +149,8 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
         say(f"capture stopped early: {STOPPED[result.stopped_by]}"
             + (f" ({_mib(args.max_size or MAX_BYTES)} per node, --max-size)" if result.stopped_by == "size"
                else "") + f"; {result.path} is complete up to that moment")
+    if result.run is not None and result.run.interrupted:
+        return 130  # Ctrl-C while the clients ran: each was stopped, the table shows what came back
     if result.run is not None and not result.run.ok:
         return 1
     if result.stopped_by == "size" and result.run is not None:
