@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labctl.analyse.readback import read_back as summarise  # noqa: E402
+from labctl.analyse.readback import read_back  # noqa: E402
 from labctl.capture import capture  # noqa: E402
 from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of  # noqa: E402
 from labctl.remote import Connection, Group  # noqa: E402
@@ -89,13 +89,12 @@ def plain_client_argv(server: str, port: int) -> list[str]:
 
 def spread_of(server_conn: Connection, port: int, start, out: Path) -> float | None:
     """Capture while ``start()`` starts all clients; the pcap's first-to-last client SYN in ms."""
-    result = capture(server_conn, [port], output=out, during=start, settle=0.05, analyse=summarise)
+    result = capture(server_conn, [port], output=out, during=start, settle=0.05, analyse=read_back)
     out.unlink(missing_ok=True)
     return result.summary.get("spread_ms")
 
 
-def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool,
-                  only: set[str] | None = None) -> dict[str, list[float]]:
+def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool) -> dict[str, list[float]]:
     server = inventory.server
     port = ports_of(inventory).tcp
     programs = ["go-tcp", "go-udp"] if go_tcp else ["go-udp"]
@@ -150,7 +149,6 @@ def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool,
 
         methods = {"start-at": start_at, **{p: program(p) for p in programs}, "barrier": barrier,
                    "fabric": fabric}
-        methods = {m: fn for m, fn in methods.items() if only is None or m in only or m == "start-at"}
         for i in range(runs):
             for name, fn in methods.items():  # alternating: the machine's drift hits all alike
                 spread = spread_of(server_conn, port, fn, workdir / f"{name}-{i}.pcap")
@@ -181,8 +179,8 @@ def bench_cli(lab: Path, runs: int, *args: str) -> list[float]:
     return times
 
 
-def med(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
 
 
 def main() -> int:
@@ -191,8 +189,6 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[3, 31])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--no-cli", action="store_true", help="only the trigger spreads")
-    parser.add_argument("--methods", help="only these, comma-separated (start-at, the reference, always "
-                                          "runs)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/run.py: run as root (it builds namespace labs)")
@@ -217,8 +213,7 @@ def main() -> int:
                     report = ensure(g, ports_of(inventory))
                     if not report.ok:
                         raise SystemExit(f"deploy failed: {report.to_json()}")
-                only = set(args.methods.split(",")) if args.methods else None
-                spreads = bench_spreads(inventory, args.runs, workdir, go_tcp, only)
+                spreads = bench_spreads(inventory, args.runs, workdir, go_tcp)
                 row = {"clients": n, **{k: med(v) for k, v in spreads.items()},
                        "worst late": max(spreads["late"], default=0.0)}
                 if not args.no_cli:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from labctl.analyse.pcap_stream import read_points
-from labctl.analyse.pcapwrite import global_header, record, tcp_daytime
 from labctl.capture import CaptureError, capture, default_output
 from labctl.capture_clock import ClockNote, judge_clock
 from labctl.capture_home import check_output
@@ -26,6 +25,7 @@ from labctl.capture_signals import Signals
 from labctl.inventory import Host
 from labctl.remote import Result
 from labctl.tcpdump import Clock, TcpdumpStats, capture_filter, node_script, parse_stats, tcpdump_argv
+from tests.pcapwrite import global_header, record, tcp_daytime
 
 BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 

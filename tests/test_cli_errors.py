@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.analyse.pcapwrite import tcp_daytime, write_pcap
+from tests.pcapwrite import tcp_daytime, write_pcap
 
 ROOT = Path(__file__).resolve().parents[1]
 

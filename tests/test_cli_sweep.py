@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.analyse.pcapwrite import tcp_daytime, write_pcap
 from labctl.cli import build_parser, main
+from tests.pcapwrite import tcp_daytime, write_pcap
 
 NUMBERS = ["0", "-1", "-99999999999999999999", "9" * 400, "1e999", "inf", "-inf", "nan", "0x10", "1.5",
            "abc", "", " ", "\t"]

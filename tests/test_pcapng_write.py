@@ -10,7 +10,7 @@ from labctl.analyse import analyse_file
 from labctl.analyse.pcap import CaptureFileError
 from labctl.analyse.pcap_stream import PcapStream
 from labctl.analyse.pcapng_write import Interface, file_header, packet_block, statistics_block
-from labctl.analyse.pcapwrite import global_header, record, tcp_daytime
+from tests.pcapwrite import global_header, record, tcp_daytime
 from tests.requires import require_tool
 
 

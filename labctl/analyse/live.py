@@ -15,7 +15,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from labctl.analyse.decode import TCP, UDP, decode, network_start
+from labctl.analyse.decode import TCP, UDP, Decoder
+from labctl.analyse.links import LINK
 from labctl.analyse.model import flag_text, split_key
 from labctl.analyse.pcap_stream import StreamPacket
 
@@ -49,7 +50,8 @@ class Lane:
 
 
 def _ip_id(linktype: int, frame: bytes) -> int | None:
-    ns = network_start(linktype, frame, 0, len(frame))
+    link = LINK.get(linktype)
+    ns = link(frame, 0, len(frame)) if link is not None else "not IP"
     if isinstance(ns, str) or ns[0] != 0x0800 or len(frame) < ns[1] + 6:
         return None
     return struct.unpack_from(">H", frame, ns[1] + 4)[0]
@@ -73,13 +75,18 @@ class LiveView:
         self._seen: dict[tuple, Arrow] = {}
         self._lock = threading.Lock()
         self._live = None
+        self._decoder = Decoder()   # one per view: it holds fragments being reassembled
 
     # --- input ------------------------------------------------------------------------------------
 
     def packet(self, index: int, pkt: StreamPacket) -> None:
         frame = pkt.frame
         linktype = self.linktypes[index] if index < len(self.linktypes) else 1
-        d = decode(linktype, frame, 0, len(frame), pkt.orig_len)
+        d = self._decoder.decode(linktype, frame, 0, len(frame), pkt.orig_len)
+        if type(d) is list:        # a tunnel: the packet inside is the one to draw
+            d = d[-1]
+        if d is None:              # a fragment held until its datagram is whole
+            return
         if self.t0 is None:
             self.t0 = pkt.ts_ns
         t_ms = (pkt.ts_ns - self.t0) / 1e6
@@ -88,7 +95,7 @@ class LiveView:
             if not self.terminal:
                 self._line(t_ms, point, "other", "", "", d if isinstance(d, str) else d[-1])
             return
-        proto, key, seq, ack, flags, _win, plen = d
+        proto, key, seq, ack, flags, _win, plen = d[:7]
         src, dst = split_key(key)
         with self._lock:
             self.count += 1

@@ -92,12 +92,14 @@ def read_points(path) -> tuple[list[str], list[int], list[tuple[int, StreamPacke
     """A pcap or pcapng file as capture points (pcapng ``if_name``, else ``capture``), their link
     types, every packet as ``(capture point index, StreamPacket)`` in file order (for replays), and the
     node names the interface descriptions give (``NODE ADDRESS``: address -> node)."""
+    from contextlib import closing
     from pathlib import Path
 
-    from labctl.analyse.pcap import PCAPNG_SHB, _open
+    from labctl.analyse.pcap import PCAPNG_SHB, open_source
 
     p = Path(path)
-    with _open(p) as f:
+    with closing(open_source(p)) as source:
+        f = source.file
         head = f.read(4)
         f.seek(0)
         if len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:

@@ -32,6 +32,8 @@ def start_capture(lab, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen(lab.cli_argv("capture", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
     line = proc.stderr.readline()
+    while line.startswith("labctl: backend "):  # the one line naming the backend in use comes first
+        line = proc.stderr.readline()
     assert "tcpdump listening" in line, line + proc.stderr.read()
     return proc
 

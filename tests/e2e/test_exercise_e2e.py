@@ -151,7 +151,9 @@ def test_capture_without_run_until_duration(netns_lab, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     try:
-        line = _stderr_line(proc, "tcpdump listening")
+        line = proc.stderr.readline()
+        while line.startswith("labctl: backend "):  # the line naming the backend in use comes first
+            line = proc.stderr.readline()
         assert "tcpdump listening on server eth0" in line, line
         assert netns_lab.cli("run", "tcp").returncode == 0
         stdout, stderr = proc.communicate(timeout=60)
@@ -177,7 +179,9 @@ def test_ctrl_c_during_capture_brings_home_the_pcap_and_stops_tcpdump(netns_lab,
         if when == "early":
             _past_start_up(proc.pid)  # connecting, or starting tcpdump: before or while it gets ready
         else:
-            line = _stderr_line(proc, "tcpdump listening")
+            line = proc.stderr.readline()
+            while line.startswith("labctl: backend "):  # the line naming the backend comes first
+                line = proc.stderr.readline()
             assert "tcpdump listening" in line, line
             if when == "listening":
                 assert netns_lab.cli("run", "udp").returncode == 0
@@ -206,16 +210,6 @@ def test_ctrl_c_during_capture_brings_home_the_pcap_and_stops_tcpdump(netns_lab,
     else:  # early, still connecting: nothing was started, so nothing is left and nothing comes home
         assert proc.returncode == 130 and stderr.strip().endswith("labctl: interrupted"), \
             (proc.returncode, stderr)
-
-
-def _stderr_line(proc: subprocess.Popen, needle: str) -> str:
-    """The first stderr line of ``proc`` that holds ``needle`` (lines before it, such as which backend
-    was chosen, are passed over); the last line read if it never comes."""
-    line = ""
-    for line in iter(proc.stderr.readline, ""):
-        if needle in line:
-            return line
-    return line
 
 
 def _past_start_up(pid: int, timeout: float = 60) -> None:
