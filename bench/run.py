@@ -38,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labctl.capture import capture, summarise  # noqa: E402
+from labctl.analyse.readback import read_back  # noqa: E402
+from labctl.capture import capture  # noqa: E402
 from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of  # noqa: E402
 from labctl.remote import Connection, Group  # noqa: E402
 from labctl.run import Runner  # noqa: E402
@@ -88,7 +89,7 @@ def plain_client_argv(server: str, port: int) -> list[str]:
 
 def spread_of(server_conn: Connection, port: int, start, out: Path) -> float | None:
     """Capture while ``start()`` starts all clients; the pcap's first-to-last client SYN in ms."""
-    result = capture(server_conn, [port], output=out, during=start, settle=0.05, analyse=summarise)
+    result = capture(server_conn, [port], output=out, during=start, settle=0.05, analyse=read_back)
     out.unlink(missing_ok=True)
     return result.summary.get("spread_ms")
 

@@ -102,14 +102,15 @@ def default_directory(now: datetime | None = None, base: Path = LOCAL_DIR) -> Pa
 
 def lab_description(backend: Backend, inventory) -> dict:
     """The lab as the report draws it: nodes, roles, addresses, backend, programs, ports."""
-    from labctl.deploy import ports_of, programs_for
+    from labctl.deploy import files_for, ports_of, program_for
 
     ports = ports_of(inventory)
+    builtin = program_for(inventory)    # the exercise deploys the built-in programs
     return {"name": backend.lab.name, "backend": backend.name,
             "subnet": str(getattr(backend.lab, "subnet", "")),
             "ports": {"tcp": ports.tcp, "proto": ports.proto, "time": ports.time},
             "nodes": [{"name": h.name, "role": h.role, "address": h.address,
-                       "programs": sorted(programs_for(h))} for h in inventory.hosts]}
+                       "programs": sorted(f.remote for f in files_for(h, builtin))} for h in inventory.hosts]}
 
 
 def _is_up(backend: Backend) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from labctl.analyse import analyse_file
+from labctl.analyse import analyse_file, summarise
 from labctl.analyse.exercise_report import render_report
 from labctl.analyse.labdrawing import lab_svg
-from labctl.analyse.summary import summarise
 from labctl.analyse.textbook import TCP_TEXTBOOK, differences, late_clients, textbook_conversation
 from labctl.analyse.timeline import marks, spread_ms, timeline_svg
 

@@ -359,3 +359,44 @@ def _icmp_error(proto: int, buf: bytes, l4: int, end: int):
     if iproto not in (TCP, UDP) or len(ports) < 4:
         return None
     return ("icmp", iproto, src + dst + ports, "ICMP " + text)
+
+
+# --- one frame on its own (the live view: no state kept between calls but the fragments') -----------
+
+_ONE = Decoder()
+
+
+def decode(linktype: int, buf: bytes, p: int, incl: int, orig: int):
+    """One frame: ``(proto, key, seq, ack, flags, win, payload_len)`` of the TCP segment or UDP
+    datagram it carries (the innermost one, in a tunnel), an ICMP note, or why not."""
+    r = _ONE.decode(linktype, buf, p, incl, orig)
+    if r is None:
+        return "IP fragment (held until its datagram is complete)"
+    if type(r) is list:
+        r = r[-1]
+    if type(r) is tuple and r[0] in (TCP, UDP):
+        return r[:7]
+    return r
+
+
+def network_start(linktype: int, buf: bytes, p: int, incl: int) -> tuple[int, int] | str:
+    """(Ethernet type, offset of the IP header) of a frame, past VLAN tags, PPPoE, MPLS and LLC, or
+    why there is none."""
+    link = LINK.get(linktype)
+    if link is None:
+        return f"not analysed: {linktype_name(linktype)} frames (link type {linktype})"
+    r = link(buf, p, incl)
+    if type(r) is str:
+        return r
+    et, off = r
+    for _ in range(64):
+        if et in (ET_IPV4, ET_IPV6):
+            return et, off
+        f = tun.LAYER2.get(et)
+        if f is None:
+            return tun.ethertype_reason(et)
+        r = f(buf, p + off, p + incl)
+        if type(r) is str:
+            return r
+        et, off = r[0], r[1] - p
+    return SKIP_DEEP

@@ -8,7 +8,6 @@ numbers are relative to each side's first, as Wireshark shows them.
 """
 from __future__ import annotations
 
-import socket
 import struct
 import sys
 import threading
@@ -17,8 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from labctl.analyse.decode import TCP, UDP, Decoder
-from labctl.analyse.links import ET_IPV4, LINK
-from labctl.analyse.model import flag_text
+from labctl.analyse.links import LINK
+from labctl.analyse.model import flag_text, split_key
 from labctl.analyse.pcap_stream import StreamPacket
 
 TYPE_CHECKING = False
@@ -50,19 +49,10 @@ class Lane:
     packets: int = 0
 
 
-def split_key(key: bytes) -> tuple[str, str]:
-    """(source, destination) endpoints of a decoder key: addresses then ports, IPv4 or IPv6."""
-    n = (len(key) - 4) // 2
-    fam, fmt = (socket.AF_INET, "{}:{}") if n == 4 else (socket.AF_INET6, "[{}]:{}")
-    sport, dport = struct.unpack_from(">HH", key, 2 * n)
-    return (fmt.format(socket.inet_ntop(fam, key[:n]), sport),
-            fmt.format(socket.inet_ntop(fam, key[n:2 * n]), dport))
-
-
 def _ip_id(linktype: int, frame: bytes) -> int | None:
     link = LINK.get(linktype)
-    ns = link(frame, 0, len(frame)) if link is not None else None
-    if not isinstance(ns, tuple) or ns[0] != ET_IPV4 or len(frame) < ns[1] + 6:
+    ns = link(frame, 0, len(frame)) if link is not None else "not IP"
+    if isinstance(ns, str) or ns[0] != 0x0800 or len(frame) < ns[1] + 6:
         return None
     return struct.unpack_from(">H", frame, ns[1] + 4)[0]
 
@@ -83,19 +73,19 @@ class LiveView:
         self.count = 0
         self.t0: int | None = None
         self._seen: dict[tuple, Arrow] = {}
-        self._decoder = Decoder()
         self._lock = threading.Lock()
         self._live = None
+        self._decoder = Decoder()   # one per view: it holds fragments being reassembled
 
     # --- input ------------------------------------------------------------------------------------
 
     def packet(self, index: int, pkt: StreamPacket) -> None:
         frame = pkt.frame
         linktype = self.linktypes[index] if index < len(self.linktypes) else 1
-        d = self._decoder.decode(linktype, frame, 0, len(frame), pkt.orig_len, pkt.ts_ns // 1_000_000)
-        if isinstance(d, list):          # a tunnel: what it carries is what the ladder shows
+        d = self._decoder.decode(linktype, frame, 0, len(frame), pkt.orig_len)
+        if type(d) is list:        # a tunnel: the packet inside is the one to draw
             d = d[-1]
-        if d is None:                    # a fragment held until its datagram is whole
+        if d is None:              # a fragment held until its datagram is whole
             return
         if self.t0 is None:
             self.t0 = pkt.ts_ns

@@ -31,6 +31,18 @@ from labctl.analyse.tcp import F_ISN
 FLAG_NAMES = ((wire.SYN, "SYN"), (wire.FIN, "FIN"), (wire.RST, "RST"), (wire.PSH, "PSH"), (wire.ACK, "ACK"))
 
 
+def split_key(key: bytes) -> tuple[str, str]:
+    """(source endpoint, destination endpoint) of a key: "10.0.0.1:80", "[2001:db8::1]:80"."""
+    import socket
+
+    n = (len(key) - 4) // 2
+    fam = socket.AF_INET if n == 4 else socket.AF_INET6
+    a, b = socket.inet_ntop(fam, key[:n]), socket.inet_ntop(fam, key[n:2 * n])
+    if n != 4:
+        a, b = f"[{a}]", f"[{b}]"
+    return f"{a}:{key[2 * n] << 8 | key[2 * n + 1]}", f"{b}:{key[2 * n + 2] << 8 | key[2 * n + 3]}"
+
+
 def flag_text(flags: int) -> str:
     """Wireshark-style flag label: SYN, SYN-ACK, ACK, PSH-ACK, FIN-ACK, RST, RST-ACK."""
     names = [n for bit, n in FLAG_NAMES if flags & bit]

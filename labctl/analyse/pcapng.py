@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 
-from labctl.analyse.pcap import (
+from labctl.analyse.chunks import (
     BLOCK,
     EPOCH_SPAN,
     MAX_BLOCK,

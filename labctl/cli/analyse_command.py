@@ -117,18 +117,18 @@ def _run(args: argparse.Namespace) -> int:
         write_json(analysis, sys.stdout)
         sys.stdout.flush()
     written = []
-    try:
-        if not args.json or args.svg or args.html:
-            from labctl.analyse import summarise
+    if not args.json or args.svg or args.html:
+        from labctl.analyse import summarise
 
-            listed = 0
-            if args.html:
-                from labctl.analyse.html import LISTED as listed
-            summary = summarise(analysis, listed=listed)
-            if not args.json:
-                from labctl.analyse import terminal
+        listed = 0
+        if args.html:
+            from labctl.analyse.html import LISTED as listed
+        summary = summarise(analysis, listed=listed)
+        if not args.json:
+            from labctl.analyse import terminal
 
-                terminal.render(summary, ladders=args.ladders)
+            terminal.render(summary, ladders=args.ladders)
+        try:
             if args.svg:
                 from labctl.analyse.svg import write_svgs
 
@@ -137,9 +137,9 @@ def _run(args: argparse.Namespace) -> int:
                 from labctl.analyse.html import write_html
 
                 written.append(write_html(summary, args.html))
-    except OSError as exc:  # e.g. the disk filled up while writing
-        raise CliError(f"cannot write {exc.filename or args.html or args.svg}: {exc.strerror or exc}",
-                       code=1) from None
+        except OSError as exc:  # e.g. the disk filled up while writing
+            raise CliError(f"cannot write {exc.filename or args.html or args.svg}: {exc.strerror or exc}",
+                           code=1) from None
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     for w in analysis.warnings:

@@ -9,7 +9,6 @@ import json
 import sys
 import time
 
-from labctl.backends.base import NODE_NOT_UP, NOT_UP
 from labctl.cli import CliError
 
 
@@ -88,6 +87,7 @@ def cmd_up(args: argparse.Namespace, ctx) -> int:
 
 def cmd_down(args: argparse.Namespace, ctx) -> int:
     from labctl import impairment
+    from labctl.backends.base import NOT_UP  # here, not at start-up: no backend module for --help
 
     backend = ctx.backend()
     start = time.perf_counter()
@@ -102,6 +102,7 @@ def cmd_down(args: argparse.Namespace, ctx) -> int:
 
 def cmd_status(args: argparse.Namespace, ctx) -> int:
     from labctl import bringup, impairment
+    from labctl.backends.base import NODE_NOT_UP
     from labctl.cli.impair_command import links_json, print_links
 
     backend = ctx.backend()

@@ -152,6 +152,8 @@ def test_capture_without_run_until_duration(netns_lab, tmp_path):
                             cwd=Path(__file__).resolve().parents[2])
     try:
         line = proc.stderr.readline()
+        while line.startswith("labctl: backend "):  # the line naming the backend in use comes first
+            line = proc.stderr.readline()
         assert "tcpdump listening on server eth0" in line, line
         assert netns_lab.cli("run", "tcp").returncode == 0
         stdout, stderr = proc.communicate(timeout=60)
@@ -178,6 +180,8 @@ def test_ctrl_c_during_capture_brings_home_the_pcap_and_stops_tcpdump(netns_lab,
             _past_start_up(proc.pid)  # connecting, or starting tcpdump: before or while it gets ready
         else:
             line = proc.stderr.readline()
+            while line.startswith("labctl: backend "):  # the line naming the backend comes first
+                line = proc.stderr.readline()
             assert "tcpdump listening" in line, line
             if when == "listening":
                 assert netns_lab.cli("run", "udp").returncode == 0
