@@ -115,15 +115,14 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
             settle: float = SETTLE, remote_dir: str = REMOTE_TMP,
             on_listening: Callable[[list[NodeCapture]], None] | None = None,
             analyse: Callable[[Path], tuple[Analysis, dict]] | None = None, max_bytes: int = MAX_BYTES,
-            stream_to: BinaryIO | None = None, consumers: Sequence[Consumer] = (),
-            alongside: Callable[[], object] | None = None) -> CaptureResult:
+            stream_to: BinaryIO | None = None, consumers: Sequence[Consumer] = ()) -> CaptureResult:
     """Capture ``ports`` on every node of ``conns`` at once until the run, ``duration``, Ctrl-C, the
     size bound or a vanished tcpdump ends it; bring it home to ``output``; fail loudly if anything
     was lost. ``stream_to`` gets the capture as it arrives (pcap for one node, pcapng for several);
     ``consumers`` get every packet as it arrives (the live view). ``analyse(path)`` reads the file
     back and returns ``(analysis, summary)``; it must raise if the file does not read back.
-    ``alongside()`` (the run's preparation: deploy, the lead) runs while the tcpdumps are armed, and
-    ``during`` only starts once both are done; if it raises, the capture is undone and that raised."""
+    Nothing else should talk on the nodes' interfaces while they are armed: what reaches tcpdump's
+    socket before its filter is attached counts as "received by filter" (prepare a run first)."""
     conns = [conns] if isinstance(conns, Connection) or hasattr(conns, "host") else list(conns)
     if not conns:
         raise CaptureError("no node to capture on")
@@ -149,13 +148,8 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
     arm_seconds = 0.0
     try:
         try:
-            side = _Alongside(alongside)
             with signals.held():       # a Ctrl-C here must not leave a tcpdump whose PID we never got
-                try:
-                    _arm(points)
-                except BaseException:
-                    side.join()
-                    raise
+                _arm(points)
                 arm_seconds = time.perf_counter() - t0
                 for p in points:
                     p.clock = judge_clock(p.tcpdump.clock, boot)
@@ -168,10 +162,6 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
                         stdout.start()
                         sinks.insert(0, stdout)
                     dispatcher.start(sinks, [p.clock.correction_ns for p in points])
-            side.join()
-            if side.error is not None:
-                _undo(points)
-                raise side.error
             if on_listening is not None:
                 on_listening([p.tcpdump for p in points])
             if during is not None:
@@ -202,27 +192,6 @@ def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, o
 
 def _part_path(output: Path, node: str) -> Path:
     return output.with_name(f".{output.name}.{node}.part.pcap")
-
-
-class _Alongside:
-    """``fn()`` in a thread of its own; :meth:`join` waits (Ctrl-C still gets through) and keeps
-    what it raised in ``error``."""
-
-    def __init__(self, fn: Callable[[], object] | None) -> None:
-        self.error: BaseException | None = None
-        self._thread = None
-        if fn is not None:
-            def call() -> None:
-                try:
-                    fn()
-                except BaseException as exc:
-                    self.error = exc
-            self._thread = threading.Thread(target=call, name="capture-alongside", daemon=True)
-            self._thread.start()
-
-    def join(self) -> None:
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(0.05)
 
 
 def _undo(points: list[_Point]) -> None:

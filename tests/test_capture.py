@@ -281,23 +281,6 @@ def test_outputs_that_cannot_be_written_are_refused_before_capturing(tmp_path):
     assert not (tmp_path / "new" / "ok.pcap").exists()
 
 
-def test_alongside_runs_while_arming_and_its_failure_undoes_the_capture(tmp_path):
-    server = FakeNode("server", "192.168.20.2", exchange("192.168.20.3", 40000, 100.0))
-    order = []
-    result = capture(server, [8080], output=tmp_path / "a.pcap", alongside=lambda: order.append("prepared"),
-                     during=lambda: order.append("ran"), settle=0)
-    assert order == ["prepared", "ran"] and result.nodes[0].packets == 8
-
-    def broken():
-        raise CaptureError("deploy failed on client1")
-
-    server = FakeNode("server", "192.168.20.2", exchange("192.168.20.3", 40000, 100.0))
-    with pytest.raises(CaptureError, match="deploy failed"):
-        capture(server, [8080], output=tmp_path / "b.pcap", alongside=broken, during=lambda: None)
-    assert "stop 4242 INT" in server.calls and any("rm -f" in c for c in server.calls)
-    assert not (tmp_path / "b.pcap").exists()
-
-
 def test_a_run_that_fails_still_brings_the_capture_home(tmp_path):
     server = FakeNode("server", "192.168.20.2", exchange("192.168.20.3", 40000, 100.0))
 

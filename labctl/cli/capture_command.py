@@ -118,9 +118,11 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
                         {h.address: h.name for h in inventory.hosts})
     stream = sys.stdout.buffer if to_stdout else None
     with Runner(inventory, deploy=True, progress=say) as runner:
-        during = prepare = None
-        if program is not None:  # deploy and the lead first: their SSH traffic must not reach tcpdump's
-            runner.prepare(program)  # socket before its filter is attached (it would count as received)
+        during = None
+        if program is not None:
+            # deploy and the lead first, not while tcpdump is armed: their SSH traffic would reach
+            # tcpdump's socket before its filter is attached and count as "received by filter"
+            runner.prepare(program)
             during = lambda: runner.trigger(program)  # noqa: E731
         conns = [runner.connection(h.name) for h in hosts]
         what = " or ".join(f"port {p}" for p in ports)
@@ -135,7 +137,7 @@ def cmd_capture(args: argparse.Namespace, ctx) -> int:
         try:
             result = capture(conns, ports, output=output, duration=args.duration, during=during,
                              analyse=_analyse, on_listening=listening, max_bytes=args.max_size or MAX_BYTES,
-                             stream_to=stream, consumers=[live] if live else [], alongside=prepare)
+                             stream_to=stream, consumers=[live] if live else [])
         finally:
             if to_stdout:
                 _quiet_stdout()

@@ -164,9 +164,11 @@ def test_a_closed_pipe_stops_the_capture_cleanly(netns_lab, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert "rc=0" in proc.stdout, proc.stderr
     assert "the reader of stdout went away" in proc.stderr and "Traceback" not in proc.stderr
-    for word in proc.stderr.split():
-        if word.startswith("captures/") and word.endswith(".pcap;"):
-            (Path(REPO) / word.rstrip(";")).unlink(missing_ok=True)
+    homes = {w.rstrip(";:") for w in proc.stderr.split() if w.startswith("captures/")}
+    assert homes, proc.stderr
+    for home in homes:                                 # the complete file at home, then tidied away
+        assert (Path(REPO) / home).exists(), home
+        (Path(REPO) / home).unlink(missing_ok=True)
     no_tcpdump_left(netns_lab)
     assert not remote_copies(netns_lab)
 

@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from labctl.backends import forward_guard
@@ -418,7 +418,5 @@ def _ip_batch(commands: list[str], *, force: bool = False) -> None:
 
 def _remove_if_empty(path: Path) -> None:
     """Remove the directory ``path`` if nothing is in it (it was made for a lab that never came up)."""
-    try:
+    with suppress(OSError):
         path.rmdir()
-    except OSError:
-        pass
