@@ -17,7 +17,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, NodeDeploy, ensure, ports_of
@@ -31,8 +30,10 @@ DEFAULT_SEND = {"proto": ("GET TIME", "SAY HI")}
 
 # The lead: SAFETY x the slowest node's measured (exec + Python start) + MARGIN. Both are slack for
 # jitter, not the cost itself: the cost is measured on every run, under the same contention (all
-# nodes at once). The measurement runs `date` and a Python start with the client's imports; the client
-# also compiles its script and resolves the address: the two are within a few ms of each other.
+# nodes at once). The measurement starts the client program itself (``--help``: Python's start, the
+# script compiled, its imports); the real start also resolves the address and makes a socket, within a
+# few ms of that. (A bare ``python3 -c 'import ...'`` measures too little: under bursty load clients
+# then woke up late.)
 SAFETY = 1.3
 MARGIN = 0.02          # s
 MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse rather than wait
@@ -116,8 +117,11 @@ class RunResult:
                 "start_at": round(self.start_at, 6), "lead_ms": round(self.lead * 1000.0, 1)}
 
 
-# What a client node runs to be measured: its clock, then a Python start like the client's.
-MEASURE = "date +%s.%N && python3 -c 'import argparse, json, socket, time'"
+
+
+def measure_script(remote_dir: str = REMOTE_DIR) -> str:
+    """What a client node runs to be measured: its clock, then a start of the client program."""
+    return f"date +%s.%N; python3 {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; true"
 
 
 def client_argv(protocol: str, server: str, port: int, start_at: float, *, remote_dir: str = REMOTE_DIR,
@@ -257,32 +261,26 @@ class Runner:
         return [c.host.name for c in self.group if c.host.role == "client"]
 
     def prepare(self) -> Prepared:
-        """Bring the nodes up to date (:func:`labctl.deploy.ensure`) and measure every client's start.
+        """Bring the nodes up to date (:func:`labctl.deploy.ensure`), then measure every client's start.
 
-        Both at once, on the same connections (the measurement needs nothing deployed): one round trip
-        of wall time, not two. A node deploy could not bring up to date is not measured.
+        One after the other: measured while deploy's probes still run, the clients' Python starts
+        would compete with them for the CPU and the lead would come out longer than the start needs.
         """
         prep = Prepared()
-        clients = self.group.subset(self.client_names)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure")
-        try:
-            measuring = pool.submit(clients.map, self._measure)
-            report = ensure(self.group, self.ports, remote_dir=self.remote_dir) if self.deploy else None
-            measured = measuring.result()
-        finally:
-            pool.shutdown(wait=False)  # on Ctrl-C, do not wait for the measurement here
-        if report is not None:
+        if self.deploy:
+            report = ensure(self.group, self.ports, remote_dir=self.remote_dir)
             prep.deployed = [n for n in report.nodes if n.ok and n.changed]
             prep.unreachable = {n.node: str(n.error) for n in report.nodes if not n.ok}
             if prep.deployed:
                 self.progress(f"deployed to {', '.join(n.node for n in prep.deployed)}")
             if self.server.name in prep.unreachable:  # the clients will say what that means
                 self.progress(f"server {self.server.address}: {prep.unreachable[self.server.name]}")
+        clients = [n for n in self.client_names if n not in prep.unreachable]
+        measured = self.group.subset(clients).map(self._measure)
         for name, exc in measured.failures.items():
-            prep.unreachable.setdefault(name, reason(exc))
+            prep.unreachable[name] = reason(exc)
         for name, (cost, offset) in measured.results.items():
-            if name not in prep.unreachable:
-                prep.costs[name], prep.offsets[name] = cost, offset
+            prep.costs[name], prep.offsets[name] = cost, offset
         if prep.costs:
             prep.lead = choose_lead(list(prep.costs.values()))
         self.prepared = prep
@@ -292,7 +290,7 @@ class Runner:
         """One client node's (exec + Python start) in seconds, and its clock's offset from ours."""
         conn.open()
         before, t0 = time.time(), time.perf_counter()
-        stdout = conn.run(MEASURE, timeout=30).stdout
+        stdout = conn.run(measure_script(self.remote_dir), timeout=30).stdout
         cost, after = time.perf_counter() - t0, time.time()
         lines = stdout.strip().splitlines()  # `date +%s.%N` is the first line
         remote = float(lines[0]) if lines and _is_float(lines[0]) else None
