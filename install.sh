@@ -15,7 +15,7 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 packages=(python3 python3-venv python3-pip openssh-server openssh-client tcpdump tshark iproute2
-          nftables ethtool procps util-linux rdate ca-certificates)
+          nftables ethtool procps util-linux rdate netcat-openbsd ca-certificates)
 if [ "$dev" = 1 ]; then
   # tests: the HTML report in a real browser, shellcheck on the provisioners, ruby for the Vagrantfile
   # (HashiCorp's vagrant package puts none on PATH), the Vagrant VM test (vagrant-libvirt on

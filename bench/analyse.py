@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))     # the synthetic pcap writer lives with the tests
 
-from labctl.analyse.pcapwrite import write_bench_capture  # noqa: E402
+from pcapwrite import write_bench_capture  # noqa: E402
 
 
 def timed(argv: list[str]) -> tuple[float, float, float, float]:

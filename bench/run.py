@@ -1,17 +1,22 @@
 """Benchmark: how close together do the clients start? And how long do `run` and `capture --run` take?
 
-Brings up its own namespace labs (3 and 31 clients, unique names and subnets, holding the lab lock),
-deploys, and then, in the same run and alternating, for each way of starting the clients:
+Brings up its own namespace labs (3 and 31 clients, unique names, holding the lab lock), deploys, and
+then, in the same run and alternating, for each way of starting the clients:
 
-  start-at  labctl's way: connections open, every client gets one start instant (--start-at) and
-            sleeps until it with its socket ready (labctl.run.Runner.trigger)
+  start-at  labctl's way with the built-in client: launched by startat.py ahead of one instant, the
+            client's own --start-at (socket ready, asleep until it) (labctl.run.Runner.trigger("tcp"))
+  go-tcp    labctl's way with the seed's Go TCP client (a program labctl did not write): startat.py
+            execs it ahead and holds its connect() until the instant (Runner.trigger of a program)
+  go-udp    the same with the seed's Go UDP client (its first datagram)
   barrier   connections open, one thread per client released at once by a threading.Barrier,
-            each then execs the client (the best a fan-out can do)
+            each then execs the built-in client (the best a fan-out can do)
   fabric    Fabric ThreadingGroup's pattern: a fresh SSH connection per host in a thread, then exec
 
-spread = first to last client's SYN in the server's pcap (tcpdump --immediate-mode -U on the server
-node), median over --runs runs. Then `run tcp` and `capture --run tcp` as whole CLI processes
-(median wall time). Prints a table with ratios against start-at. Figures go in the exercise note.
+spread = first to last client's first packet (SYN, or datagram) in the server's pcap (tcpdump
+--immediate-mode -U on the server node), median over --runs runs. The seed's Go TCP client dials
+192.168.20.2:8080 hard-coded, so the labs are on 192.168.20.0/24 when nothing on this machine uses that
+subnet; otherwise on subnets of their own, without go-tcp (said so). Then `run tcp` and `capture --run
+tcp` as whole CLI processes (median wall time). Prints a table with ratios against start-at.
 
     .venv/bin/python bench/run.py [--clients 3 31] [--runs 10]
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import os
 import shlex
 import statistics
@@ -32,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labctl.capture import capture, summarise  # noqa: E402
+from labctl.analyse.readback import read_back  # noqa: E402
+from labctl.capture import capture  # noqa: E402
 from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of  # noqa: E402
 from labctl.remote import Connection, Group  # noqa: E402
 from labctl.run import Runner  # noqa: E402
@@ -40,14 +47,34 @@ from labctl.run import Runner  # noqa: E402
 LOCK_FILE = "/run/labctl-test.lock"
 STATE_ROOT = Path("/run/labctl")
 SUBNETS = {3: 78, 31: 79}
+SEED = Path(os.environ.get("LABCTL_BENCH_DIR") or REPO.parent / "shared" / "bench")
+GO_SUBNET = ipaddress.IPv4Network("192.168.20.0/24")  # the seed's Go TCP client dials 192.168.20.2:8080
+TARGETS = {3: (1.0, 0.5, 2.0), 31: (20.0, 2.0, None)}  # spread ms (the Go client's), run tcp s, capture s
 
 
-def lab_file(directory: Path, clients: int) -> Path:
-    octet = SUBNETS.get(clients, 80)
+def subnet_in_use(net: ipaddress.IPv4Network) -> list[str]:
+    """This machine's addresses and routes inside ``net`` (another lab's bridge, a real network)."""
+    found = []
+    addrs = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    for line in addrs.splitlines():
+        words = line.split()
+        if "inet" in words and ipaddress.IPv4Interface(words[words.index("inet") + 1]).ip in net:
+            found.append(f"{words[1]} {words[words.index('inet') + 1]}")
+    for line in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout.splitlines():
+        dest = line.split()[0]
+        if dest != "default" and ipaddress.IPv4Network(dest, strict=False).overlaps(net):
+            found.append(f"route {line}")
+    return found
+
+
+def lab_file(directory: Path, clients: int, on_go_subnet: bool) -> Path:
+    octet = 20 if on_go_subnet else SUBNETS.get(clients, 80)
     name = f"bench{clients}"
     path = directory / f"{name}.yml"
+    go = (f"programs:\n  go-tcp:\n    server: builtin\n    client: {SEED}/seed-tcpclient\n"
+          f"  go-udp:\n    server: builtin\n    client: {SEED}/seed-udpclient {{server}}:{{port}}\n")
     path.write_text(f"name: {name}\nsubnet: 192.168.{octet}.0/24\nhost_address: 192.168.{octet}.1\n"
-                    f"server_address: 192.168.{octet}.2\nclients: {clients}\n")
+                    f"server_address: 192.168.{octet}.2\nclients: {clients}\n{go}")
     return path
 
 
@@ -62,28 +89,41 @@ def plain_client_argv(server: str, port: int) -> list[str]:
 
 def spread_of(server_conn: Connection, port: int, start, out: Path) -> float | None:
     """Capture while ``start()`` starts all clients; the pcap's first-to-last client SYN in ms."""
-    result = capture(server_conn, [port], output=out, during=start, settle=0.05, analyse=summarise)
+    result = capture(server_conn, [port], output=out, during=start, settle=0.05, analyse=read_back)
     out.unlink(missing_ok=True)
     return result.summary.get("spread_ms")
 
 
-def bench_spreads(inventory, runs: int, workdir: Path) -> dict[str, list[float]]:
+def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool) -> dict[str, list[float]]:
     server = inventory.server
     port = ports_of(inventory).tcp
-    spreads: dict[str, list[float]] = {"start-at": [], "barrier": [], "fabric": []}
+    programs = ["go-tcp", "go-udp"] if go_tcp else ["go-udp"]
+    spreads: dict[str, list[float]] = {m: [] for m in ("start-at", *programs, "barrier", "fabric")}
     lates: list[float] = []
+    startups: dict[str, list[float]] = {p: [] for p in programs}
     failed: list[str] = []
-    with Runner(inventory) as runner:
-        runner.prepare()
-        server_conn = runner.connection(server.name)
-        clients = [runner.connection(n) for n in runner.client_names]
+    runners = {name: Runner(inventory) for name in ("start-at", *programs)}  # each prepared once
+    try:
+        runners["start-at"].prepare("tcp")
+        for name in programs:
+            runners[name].prepare(name)
+        base = runners["start-at"]
+        server_conn = base.connection(server.name)
+        clients = [base.connection(n) for n in base.client_names]
         argv = plain_client_argv(server.address, port)
 
         def start_at():
-            result = runner.trigger("tcp")
+            result = base.trigger("tcp")
             late = [r.late_ms for r in result.results if r.late_ms is not None]
             lates.append(max(late) if late else 0.0)
-            failed.extend(f"{r.node}: {r.error}" for r in result.results if not r.ok)
+            failed.extend(f"start-at {r.node}: {r.error}" for r in result.results if not r.ok)
+
+        def program(name: str):
+            def go():
+                result = runners[name].trigger(name)
+                failed.extend(f"{name} {r.node}: {r.error}" for r in result.results if not r.ok)
+                startups[name].extend(r.to_json()["timings"].get("startup_ms", 0.0) for r in result.results)
+            return go
 
         def barrier():
             gate = threading.Barrier(len(clients))
@@ -107,15 +147,21 @@ def bench_spreads(inventory, runs: int, workdir: Path) -> dict[str, list[float]]
             for t in threads:
                 t.join()
 
-        methods = {"start-at": start_at, "barrier": barrier, "fabric": fabric}
+        methods = {"start-at": start_at, **{p: program(p) for p in programs}, "barrier": barrier,
+                   "fabric": fabric}
         for i in range(runs):
             for name, fn in methods.items():  # alternating: the machine's drift hits all alike
                 spread = spread_of(server_conn, port, fn, workdir / f"{name}-{i}.pcap")
                 if spread is not None:
                     spreads[name].append(spread)
+    finally:
+        for r in runners.values():
+            r.close()
     if failed:
-        print(f"start-at: {len(failed)} client failures: {failed[:5]}", file=sys.stderr)
+        print(f"{len(failed)} client failures: {failed[:5]}", file=sys.stderr)
     spreads["late"] = lates
+    for name, values in startups.items():
+        spreads[f"{name} startup"] = values
     return spreads
 
 
@@ -150,8 +196,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="labctl-bench-") as tmp, open(LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         workdir = Path(tmp)
+        busy = subnet_in_use(GO_SUBNET)
+        go_tcp = not busy
+        if busy:
+            print(f"192.168.20.0/24 is in use here ({'; '.join(busy)}): the seed's Go TCP client (it dials "
+                  "192.168.20.2) is left out; the Go UDP client takes the address", file=sys.stderr)
         for n in args.clients:
-            lab = lab_file(workdir, n)
+            lab = lab_file(workdir, n, go_tcp)
             try:
                 cli(lab, "up")
                 from labctl.backends.netns import NetnsBackend
@@ -162,11 +213,13 @@ def main() -> int:
                     report = ensure(g, ports_of(inventory))
                     if not report.ok:
                         raise SystemExit(f"deploy failed: {report.to_json()}")
-                spreads = bench_spreads(inventory, args.runs, workdir)
+                spreads = bench_spreads(inventory, args.runs, workdir, go_tcp)
                 row = {"clients": n, **{k: med(v) for k, v in spreads.items()},
                        "worst late": max(spreads["late"], default=0.0)}
                 if not args.no_cli:
                     row["run tcp"] = med(bench_cli(lab, args.runs, "run", "tcp", "--json"))
+                    if go_tcp:
+                        row["run go-tcp"] = med(bench_cli(lab, args.runs, "run", "go-tcp", "--json"))
                     if n <= 3:
                         out = str(workdir / "c.pcap")
                         row["capture --run tcp"] = med(bench_cli(
@@ -174,34 +227,54 @@ def main() -> int:
                 rows.append(row)
             finally:
                 cli(lab, "down", check=False)
-    print(f"\ntrigger spread: first to last client SYN in the server's pcap, median of {args.runs} "
-          "(lower is better; ratio = method / start-at)")
-    print(f"{'clients':>7}  {'start-at ms':>11}  {'barrier ms':>10} {'ratio':>6}  "
-          f"{'fabric ms':>9} {'ratio':>6}  {'wake delay ms (median / worst)':>30}")
+    report_rows(rows, args)
+    return 0
+
+
+def report_rows(rows: list[dict], args) -> None:
+    def cell(r: dict, key: str, base: float) -> str:
+        v = r.get(key)
+        return f"{'-':>9} {'':>6}" if v is None else f"{v:>9.2f} {v / base:>6.1f}"
+
+    print(f"\ntrigger spread: first to last client's first packet in the server's pcap, median of "
+          f"{args.runs} (lower is better; ratio = method / start-at, the built-in client)")
+    heads = "  ".join(f"{h:>9} {'ratio':>6}" for h in ("go-tcp ms", "go-udp ms", "barrier ms", "fabric ms"))
+    print(f"{'clients':>7}  {'start-at ms':>11}  {heads}  {'wake delay ms (med / worst)':>27}")
     for r in rows:
         base = r["start-at"] or float("nan")
-        print(f"{r['clients']:>7}  {r['start-at']:>11.2f}  {r['barrier']:>10.2f} {r['barrier'] / base:>6.1f}"
-              f"  {r['fabric']:>9.2f} {r['fabric'] / base:>6.1f}  "
-              f"{r['late']:>19.2f} / {r['worst late']:.2f}")
+        cells = "  ".join(cell(r, k, base) for k in ("go-tcp", "go-udp", "barrier", "fabric"))
+        late = f"{r['late']:>16.2f} / {r['worst late']:.2f}"
+        print(f"{r['clients']:>7}  {r['start-at']:>11.2f}  {cells}  {late}")
+    for r in rows:
+        ups = [f"{k.split()[0]} {r[k]:.1f} ms" for k in ("go-tcp startup", "go-udp startup")
+               if r.get(k) is not None]
+        if ups:
+            print(f"{r['clients']:>3} clients: what exec costs (startat: execve to the first network call, "
+                  f"median; off the critical path, held): {', '.join(ups)}")
     if not args.no_cli:
         print(f"\nwhole CLI process, wall time, median of {args.runs}")
         for r in rows:
             line = f"{r['clients']:>3} clients: run tcp {r['run tcp']:.3f} s"
+            if "run go-tcp" in r:
+                line += f", run go-tcp {r['run go-tcp']:.3f} s"
             if "capture --run tcp" in r:
                 line += f", capture --run tcp {r['capture --run tcp']:.3f} s"
             print(line)
-    targets = {3: (1.0, 0.5, 2.0), 31: (20.0, 2.0, None)}
     failed = []
     for r in rows:
-        spread_t, run_t, cap_t = targets.get(r["clients"], (None, None, None))
+        spread_t, run_t, cap_t = TARGETS.get(r["clients"], (None, None, None))
+        go = r.get("go-tcp") if r.get("go-tcp") is not None else r.get("go-udp")
+        which = "go-tcp" if r.get("go-tcp") is not None else "go-udp"
+        if spread_t is not None and go is not None and not go <= spread_t:
+            failed.append(f"{which} spread {go:.2f} ms > {spread_t} ms for {r['clients']} clients")
         if spread_t is not None and not r["start-at"] <= spread_t:
-            failed.append(f"spread {r['start-at']:.2f} ms > {spread_t} ms for {r['clients']} clients")
+            failed.append(f"start-at spread {r['start-at']:.2f} ms > {spread_t} ms for {r['clients']} "
+                          "clients")
         if run_t is not None and "run tcp" in r and not r["run tcp"] <= run_t:
             failed.append(f"run tcp {r['run tcp']:.3f} s > {run_t} s for {r['clients']} clients")
         if cap_t is not None and "capture --run tcp" in r and not r["capture --run tcp"] <= cap_t:
             failed.append(f"capture --run tcp {r['capture --run tcp']:.3f} s > {cap_t} s")
     print("\ntargets: " + ("all met" if not failed else "MISSED: " + "; ".join(failed)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,326 +1,412 @@
-"""Capture: tcpdump on a node's lab interface over SSH, stopped by PID, the pcap brought home.
+"""Capture: tcpdump on one node or on several at once, every packet streamed home as it is captured.
 
-tcpdump runs with ``--immediate-mode -U``: packets go to the file as they arrive, not when a buffer
-fills, so stopping it loses nothing still in the kernel's ring. It is stopped with SIGINT by its PID,
-and its three statistics lines are read back from its log: a capture where ``captured`` differs from
-``received by filter``, or anything was ``dropped by kernel``, is incomplete and reported as a failure
-(the pcap is still brought home, so nothing is lost). ``timeout`` around tcpdump bounds its life even
-if this process is killed outright.
+Each node's tcpdump (:mod:`labctl.tcpdump`) is armed before anything is triggered: :func:`capture`
+starts them all in parallel and returns to ``during`` (the triggered run) only once every one said
+``listening on``. Each stream is written home as it arrives; one node's capture is its pcap as tcpdump
+wrote it, several are merged into one pcapng, one interface per node (``client2/eth0``, described
+``client2 192.168.20.4``), packets in time order. Each node's clock is probed in the same exec: nodes on
+this machine's kernel share its clock; a VM whose offset the probe can tell from zero gets its
+timestamps corrected, and the output says so. The completeness checks hold per node: tcpdump's
+``captured`` must equal ``received by filter`` with 0 dropped, and the file at home must hold exactly
+``captured`` packets. The node's own copy is removed only once home holds all of it; otherwise the
+error says where it still is.
 
-Ctrl-C (or SIGTERM) at any moment ends the capture cleanly: tcpdump is stopped, the pcap is fetched,
-and the remote copy removed; further Ctrl-Cs during that clean-up are held back until it is done.
-Written against :class:`~labctl.remote.Connection` and the inventory only.
+The capture ends when ``during`` returns (+ ``settle``), ``duration`` elapses, Ctrl-C, the size bound
+is reached on a node, a stream's reader (``-o -``) goes away, or a tcpdump vanishes, each noticed at
+once. Ctrl-C (or SIGTERM) at any moment ends the capture cleanly; further ones are held back until
+the clean-up is done. Written against :class:`~labctl.remote.Connection` and the inventory only.
 """
 from __future__ import annotations
 
 import contextlib
-import re
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
+from labctl.analyse.pcap_stream import PcapStream
+from labctl.analyse.pcapng_write import Interface
+from labctl.capture_clock import ClockNote, judge_clock, local_boot_id
+from labctl.capture_home import (
+    HOLD,
+    Consumer,
+    Dispatcher,
+    Part,
+    RawFile,
+    StdoutPcap,
+    check_output,
+    merge,
+    read_packets,
+)
+from labctl.capture_result import STOPPED, CaptureResult, NodeResult  # noqa: F401
+from labctl.capture_signals import Signals
 from labctl.errors import LabctlError
-from labctl.inventory import Host
 from labctl.remote import Connection
+from labctl.tcpdump import (  # noqa: F401  (re-exported: the capture's vocabulary)
+    BUFFER_KIB,
+    MAX_BYTES,
+    MAX_SECONDS,
+    REMOTE_TMP,
+    CaptureError,
+    NodeCapture,
+    TcpdumpStats,
+    capture_filter,
+    parse_stats,
+    tcpdump_argv,
+)
 
 if TYPE_CHECKING:  # types only: capture runs what it is handed, it imports neither
     from labctl.analyse.model import Analysis
     from labctl.run import RunResult
 
 LOCAL_DIR = Path("captures")
-REMOTE_TMP = "/tmp"       # the node's /tmp (each namespace node has its own): pcap and log while capturing
-MAX_SECONDS = 3600        # tcpdump's life is bounded by `timeout` even if labctl is killed outright
 SETTLE = 0.15             # s after the run's last client returned, for the closing FIN/ACKs
-READY = "listening on"
-# tcpdump's kernel ring, KiB. In immediate mode libpcap gives every packet a frame as large as the
-# interface's biggest packet (64 KiB with offloads), so the default 2 MiB holds ~30 packets: a probe
-# here lost 183 of a 200-datagram burst that way. 32 MiB holds ~500.
-BUFFER_KIB = 32768
-
-_STAT_RE = {
-    "captured": re.compile(r"^(\d+) packets? captured", re.M),
-    "received": re.compile(r"^(\d+) packets? received by filter", re.M),
-    "dropped": re.compile(r"^(\d+) packets? dropped by kernel", re.M),
-}
 
 
-class CaptureError(LabctlError):
-    """The capture failed or is incomplete; the message says where the pcap is, if anywhere."""
-
-
-@dataclass(frozen=True)
-class TcpdumpStats:
-    """tcpdump's own count of what it saw, from the three lines it prints when it stops."""
-
-    captured: int
-    received: int
-    dropped: int
-
-    @property
-    def complete(self) -> bool:
-        return self.captured == self.received and self.dropped == 0
-
-    def __str__(self) -> str:
-        return (f"{self.captured} captured, {self.received} received by filter, "
-                f"{self.dropped} dropped by kernel")
-
-
-def parse_stats(log: str) -> TcpdumpStats:
-    """Read tcpdump's statistics lines; raise :class:`CaptureError` if they are not all there."""
-    found = {}
-    for key, regex in _STAT_RE.items():
-        matches = regex.findall(log)
-        if not matches:
-            tail = " / ".join(log.strip().splitlines()[-3:]) or "(empty log)"
-            raise CaptureError(f"tcpdump did not report its statistics (did it crash?); its log: {tail}")
-        found[key] = int(matches[-1])
-    return TcpdumpStats(**found)
-
-
-def capture_filter(ports: Sequence[int]) -> str:
-    """The BPF filter for ``ports``: ``port 8080 or port 8081``."""
-    if not ports:
-        raise CaptureError("no port to capture")
-    for p in ports:
-        if not 1 <= int(p) <= 65535:
-            raise CaptureError(f"port {p} is not in 1..65535")
-    return " or ".join(f"port {int(p)}" for p in dict.fromkeys(ports))
-
-
-def tcpdump_argv(interface: str, remote_file: str, ports: Sequence[int],
-                 max_seconds: float = MAX_SECONDS) -> list[str]:
-    """tcpdump writing every byte of every packet straight to ``remote_file``, bounded by ``timeout``."""
-    return ["timeout", "--signal=INT", "--kill-after=5", f"{max(1, int(max_seconds + 0.999))}",
-            "tcpdump", "-i", interface, "-n", "--immediate-mode", "-U", "-s", "0", "-B", str(BUFFER_KIB),
-            "-w", remote_file,
-            capture_filter(ports)]
-
-
-def default_output(ports: Sequence[int], now: datetime | None = None, directory: Path = LOCAL_DIR) -> Path:
-    """``captures/<UTC time>-port8080.pcap`` (ports joined with '-')."""
+def default_output(ports: Sequence[int], now: datetime | None = None, directory: Path = LOCAL_DIR,
+                   nodes: int = 1) -> Path:
+    """``captures/<UTC time>-port8080.pcap`` (ports joined with '-'; ``.pcapng`` for several nodes)."""
     now = now or datetime.now(timezone.utc)
     stamp = now.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-    return directory / f"{stamp}-port{'-'.join(str(p) for p in dict.fromkeys(ports))}.pcap"
+    suffix = ".pcap" if nodes == 1 else ".pcapng"
+    return directory / f"{stamp}-port{'-'.join(str(p) for p in dict.fromkeys(ports))}{suffix}"
 
 
-# --- signals ------------------------------------------------------------------------------------------
+class _Point:
+    """One capture point at home: its tcpdump, the file its stream goes to, the stream's parser."""
 
-class _Signals:
-    """SIGINT/SIGTERM as one KeyboardInterrupt, or held back while something must not be interrupted.
+    def __init__(self, index: int, conn: Connection, ports: Sequence[int], file: Path,
+                 dispatcher: Dispatcher | None, wake: threading.Event, **kwargs) -> None:
+        self.index = index
+        self.file = RawFile(file)
+        self.parser = PcapStream()
+        self.parse_error: LabctlError | None = None
+        self._dispatcher = dispatcher
+        self.tcpdump = NodeCapture(conn, ports, self._sink, wake=wake, **kwargs)
+        self.stats: TcpdumpStats | None = None
+        self.clock: ClockNote | None = None
 
-    Only the first signal interrupts: the clean-up it triggers (stop tcpdump, fetch the pcap) must run
-    to the end however often an impatient user presses Ctrl-C (each step has its own timeout).
-    """
-
-    def __init__(self) -> None:
-        self.holding = 0
-        self.fired = False
-        self.pending: int | None = None
-        self.saved: dict[int, object] = {}
-
-    def _handler(self, signum: int, _frame: object) -> None:
-        if self.holding or self.fired:
-            self.pending = signum
+    def _sink(self, _node: NodeCapture, data: bytes) -> None:
+        self.file.write(data)
+        if self.parse_error is not None:
             return
-        self.fired = True
-        raise KeyboardInterrupt
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, self._handler)
-
-    def restore(self) -> None:
-        for sig, old in self.saved.items():
-            signal.signal(sig, old)
-        self.saved.clear()
-
-    @contextmanager
-    def held(self, reraise: bool = True) -> Iterator[None]:
-        """Hold signals back inside the block; raise KeyboardInterrupt after it if one came."""
-        self.holding += 1
         try:
-            yield
-        finally:
-            self.holding -= 1
-        if reraise and not self.holding and self.pending is not None and not self.fired:
-            self.pending = None
-            self.fired = True
-            raise KeyboardInterrupt
+            packets = self.parser.feed(data)
+        except LabctlError as exc:
+            self.parse_error = exc
+            return
+        if self._dispatcher is not None:
+            self._dispatcher.put(self.index, packets)
+
+    @property
+    def host(self):
+        return self.tcpdump.host
+
+    def interface(self) -> Interface:
+        return Interface(self.host.name, self.tcpdump.interface, self.host.address,
+                         self.parser.linktype if self.parser.linktype is not None else 1,
+                         self.parser.snaplen or 262144, self.clock.comment if self.clock else "")
 
 
-# --- the capture --------------------------------------------------------------------------------------
-
-class Tcpdump:
-    """One tcpdump on one node: started, stopped by PID, its pcap fetched and its remote files removed."""
-
-    def __init__(self, conn: Connection, ports: Sequence[int], *, interface: str | None = None,
-                 remote_dir: str = REMOTE_TMP, max_seconds: float = MAX_SECONDS) -> None:
-        self.conn = conn
-        self.host: Host = conn.host
-        self.ports = list(ports)
-        self.interface = interface or self.host.lab_interface
-        stamp = f"{time.time():.6f}".replace(".", "-")
-        self.remote_file = f"{remote_dir}/labctl-capture-{stamp}.pcap"
-        self.remote_log = f"{remote_dir}/labctl-capture-{stamp}.log"
-        self.max_seconds = max_seconds
-        self.pid: int | None = None
-
-    def start(self) -> int:
-        """Start tcpdump and return once it printed ``listening on`` (sudo: not every user is root)."""
-        argv = tcpdump_argv(self.interface, self.remote_file, self.ports, self.max_seconds)
-        self.pid = self.conn.start(argv, log=self.remote_log, ready=READY, timeout=15, sudo=True)
-        return self.pid
-
-    def stop(self) -> TcpdumpStats:
-        """SIGINT by PID, wait until it is gone, read its statistics from its log."""
-        if self.pid is None:
-            raise CaptureError("tcpdump was not started")
-        self.conn.stop(self.pid, sig="INT", timeout=10, sudo=True)
-        self.pid = None
-        log = self.conn.run(["cat", self.remote_log], check=False, sudo=True, timeout=30).stdout
-        return parse_stats(log)
-
-    def fetch(self, local: Path) -> Path:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        return self.conn.get(self.remote_file, local)
-
-    def remove_remote(self) -> None:
-        self.conn.run(["rm", "-f", self.remote_file, self.remote_log], check=False, sudo=True, timeout=30)
-
-
-@dataclass
-class CaptureResult:
-    """A finished capture: where the pcap is, what tcpdump counted, what the analysis read back."""
-
-    path: Path
-    node: str
-    interface: str
-    ports: list[int]
-    stats: TcpdumpStats
-    seconds: float
-    interrupted: bool = False
-    run: RunResult | None = None         # what ``during`` returned: the triggered run (capture --run)
-    analysis: Analysis | None = None     # what ``analyse`` made of the file
-    summary: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"path": str(self.path), "node": self.node, "interface": self.interface, "ports": self.ports,
-                "stats": {"captured": self.stats.captured, "received": self.stats.received,
-                          "dropped": self.stats.dropped},
-                "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
-                "summary": self.summary,
-                "run": self.run.to_json() if self.run is not None else None}
-
-
-def capture(conn: Connection, ports: Sequence[int], *, output: Path | None = None,
+def capture(conns: Connection | Sequence[Connection], ports: Sequence[int], *, output: Path | None = None,
             duration: float | None = None, during: Callable[[], RunResult | None] | None = None,
             settle: float = SETTLE, remote_dir: str = REMOTE_TMP,
-            on_listening: Callable[[Tcpdump], None] | None = None,
-            analyse: Callable[[Path], tuple[Analysis, dict]] | None = None) -> CaptureResult:
-    """Capture ``ports`` on ``conn``'s node until ``during()`` returns (+ ``settle``), ``duration``
-    elapses, or Ctrl-C; bring the pcap home to ``output``; fail loudly if tcpdump lost anything.
-
-    ``during`` runs while tcpdump listens (``capture --run`` passes the triggered run); its return
-    value lands in :attr:`CaptureResult.run`. ``analyse(path)`` reads the pcap back and returns
-    ``(analysis, summary)``; it must raise if the file does not read back.
-    """
+            on_listening: Callable[[list[NodeCapture]], None] | None = None,
+            analyse: Callable[[Path], tuple[Analysis, dict]] | None = None, max_bytes: int = MAX_BYTES,
+            stream_to: BinaryIO | None = None, consumers: Sequence[Consumer] = (),
+            alongside: Callable[[], object] | None = None) -> CaptureResult:
+    """Capture ``ports`` on every node of ``conns`` at once until the run, ``duration``, Ctrl-C, the
+    size bound or a vanished tcpdump ends it; bring it home to ``output``; fail loudly if anything
+    was lost. ``stream_to`` gets the capture as it arrives (pcap for one node, pcapng for several);
+    ``consumers`` get every packet as it arrives (the live view). ``analyse(path)`` reads the file
+    back and returns ``(analysis, summary)``; it must raise if the file does not read back.
+    ``alongside()`` (the run's preparation: deploy, the lead) runs while the tcpdumps are armed, and
+    ``during`` only starts once both are done; if it raises, the capture is undone and that raised."""
+    conns = [conns] if isinstance(conns, Connection) or hasattr(conns, "host") else list(conns)
+    if not conns:
+        raise CaptureError("no node to capture on")
     if duration is not None and not 0 < duration <= MAX_SECONDS:
         raise CaptureError(f"--duration must be between 0 and {MAX_SECONDS} seconds")
-    output = output or default_output(ports)
-    dump = Tcpdump(conn, ports, remote_dir=remote_dir,
-                   max_seconds=(duration + 30 if duration else MAX_SECONDS))
-    signals = _Signals()
+    output = Path(output) if output is not None else default_output(ports, nodes=len(conns))
+    check_output(output)
+    several = len(conns) > 1
+    wake = threading.Event()
+    taps = stream_to is not None or bool(consumers)
+    dispatcher = Dispatcher(HOLD if several else 0.0) if taps else None
+    max_seconds = duration + 30 if duration else MAX_SECONDS
+    boot = local_boot_id()
+    points = [_Point(i, c, ports, _part_path(output, c.host.name) if several else output, dispatcher,
+                     wake, remote_dir=remote_dir, max_seconds=max_seconds, max_bytes=max_bytes,
+                     local_boot=boot) for i, c in enumerate(conns)]
+    signals = Signals()
     signals.install()
-    interrupted = False
+    stopped_by = "run"
     run_result = None
-    stats: TcpdumpStats | None = None
+    failure: Exception | None = None
     t0 = time.perf_counter()
+    arm_seconds = 0.0
     try:
         try:
+            side = _Alongside(alongside)
             with signals.held():       # a Ctrl-C here must not leave a tcpdump whose PID we never got
-                dump.start()
+                try:
+                    _arm(points)
+                except BaseException:
+                    side.join()
+                    raise
+                arm_seconds = time.perf_counter() - t0
+                for p in points:
+                    p.clock = judge_clock(p.tcpdump.clock, boot)
+                stdout = None
+                if dispatcher is not None:
+                    sinks: list[Consumer] = list(consumers)
+                    if stream_to is not None:
+                        _await_headers(points)
+                        stdout = StdoutPcap(stream_to, [p.interface() for p in points], wake)
+                        stdout.start()
+                        sinks.insert(0, stdout)
+                    dispatcher.start(sinks, [p.clock.correction_ns for p in points])
+            side.join()
+            if side.error is not None:
+                _undo(points)
+                raise side.error
             if on_listening is not None:
-                on_listening(dump)
+                on_listening([p.tcpdump for p in points])
             if during is not None:
-                run_result = during()
-                time.sleep(settle)
-            elif duration is not None:
-                time.sleep(duration)
+                try:
+                    run_result = during()
+                except Exception as exc:  # the run failed: the capture still comes home, then this
+                    failure = exc
+                stopped_by = _wait(points, wake, settle, stdout) or "run"
             else:
-                while True:
-                    time.sleep(3600)
+                stopped_by = _wait(points, wake, duration, stdout) or "duration"
         except KeyboardInterrupt:
-            interrupted = True
+            stopped_by = "ctrl-c"
         finally:
             with signals.held(reraise=False):  # clean-up runs to the end, whatever arrives meanwhile
-                if dump.pid is not None:
-                    try:
-                        stats = dump.stop()
-                    finally:
-                        try:
-                            dump.fetch(output)
-                        finally:
-                            dump.remove_remote()
-                else:  # tcpdump never got going: remove its log, without hiding why
-                    with contextlib.suppress(LabctlError):
-                        dump.remove_remote()
+                _stop_all(points)
+                if dispatcher is not None:
+                    dispatcher.close()
     finally:
         signals.restore()
     seconds = time.perf_counter() - t0
-    assert stats is not None
-    result = CaptureResult(output, conn.host.name, dump.interface, list(ports), stats, seconds,
-                           interrupted=interrupted, run=run_result)
-    if not stats.complete:
-        why = ("the kernel dropped packets: machine overloaded? capture fewer ports" if stats.dropped else
-               "packets the kernel passed to tcpdump are not in the file (or other traffic hit the "
-               "interface while tcpdump attached its filter)")
-        raise CaptureError(f"capture INCOMPLETE on {conn.host.name}: tcpdump says {stats}; the pcap is at "
-                           f"{output} but may be missing packets ({why}); capture again")
-    if analyse is not None:
-        try:
-            result.analysis, result.summary = analyse(output)
-        except LabctlError as exc:
-            raise CaptureError(f"{output} does not read back: {exc}") from None
-        packets = result.summary.get("packets")
-        if packets is not None and packets != stats.captured:
-            raise CaptureError(f"{output} holds {packets} packets but tcpdump captured {stats.captured}")
+    result = CaptureResult(output, [], list(ports), seconds, stopped_by, run_result, arm_seconds=arm_seconds)
+    _bring_home(points, output, result)
+    if failure is not None:
+        raise failure
+    _check(points, result, analyse)
     return result
 
 
-def summarise(path: Path) -> tuple[object, dict]:
-    """Read the pcap back with :mod:`labctl.analyse`; packets per protocol, conversations per client.
+def _part_path(output: Path, node: str) -> Path:
+    return output.with_name(f".{output.name}.{node}.part.pcap")
 
-    ``spread_ms``: first to last client's first packet (its SYN, or its first datagram): the spread
-    of a triggered run as the wire saw it. ``open``: TCP conversations that did not close.
-    """
-    from labctl.analyse import analyse_file
 
-    analysis = analyse_file(path)
-    protocols: dict[str, int] = {}
-    clients: dict[str, dict[str, int]] = {}
-    first: dict[str, float] = {}
-    still_open = 0
-    for conv in analysis.conversations():
-        protocols[conv.proto] = protocols.get(conv.proto, 0) + conv.packets
-        ip = conv.client.rsplit(":", 1)[0].strip("[]")
-        per = clients.setdefault(ip, {})
-        per[conv.proto] = per.get(conv.proto, 0) + 1
-        first[ip] = min(first.get(ip, conv.start), conv.start)
-        if conv.proto == "tcp" and conv.closed_by is None:
-            still_open += 1
-    other = analysis.packets - sum(protocols.values())
-    if other:
-        protocols["other"] = other
-    spread = (max(first.values()) - min(first.values())) * 1000.0 if len(first) > 1 else None
-    summary = {"packets": analysis.packets, "protocols": protocols, "clients": clients,
-               "spread_ms": None if spread is None else round(spread, 3), "open": still_open,
-               "warnings": list(analysis.warnings)}
-    return analysis, summary
+class _Alongside:
+    """``fn()`` in a thread of its own; :meth:`join` waits (Ctrl-C still gets through) and keeps
+    what it raised in ``error``."""
+
+    def __init__(self, fn: Callable[[], object] | None) -> None:
+        self.error: BaseException | None = None
+        self._thread = None
+        if fn is not None:
+            def call() -> None:
+                try:
+                    fn()
+                except BaseException as exc:
+                    self.error = exc
+            self._thread = threading.Thread(target=call, name="capture-alongside", daemon=True)
+            self._thread.start()
+
+    def join(self) -> None:
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.05)
+
+
+def _undo(points: list[_Point]) -> None:
+    """Stop every tcpdump, remove what it left at home and on the node (nothing was captured yet)."""
+    _stop_all(points)
+    for p in points:
+        p.file.close()
+        with contextlib.suppress(LabctlError):
+            p.tcpdump.remove_remote()
+        p.file.path.unlink(missing_ok=True)
+
+
+def _arm(points: list[_Point]) -> None:
+    """Start every tcpdump at once; if any fails, stop the others and say which failed and why."""
+    errors: dict[str, BaseException] = {}
+
+    def arm(p: _Point) -> None:
+        try:
+            p.tcpdump.start()
+        except BaseException as exc:
+            errors[p.host.name] = exc
+
+    threads = [threading.Thread(target=arm, args=(p,), daemon=True) for p in points[1:]]
+    for t in threads:
+        t.start()
+    arm(points[0])
+    for t in threads:
+        t.join()
+    if errors:
+        _undo([p for p in points if p.host.name not in errors])
+        for p in points:
+            p.file.close()
+            with contextlib.suppress(LabctlError):
+                p.tcpdump.remove_remote()
+            p.file.path.unlink(missing_ok=True)
+        first = next(iter(errors.values()))
+        if len(errors) > 1:
+            raise CaptureError("; ".join(str(e) for e in errors.values()))
+        raise first
+
+
+def _await_headers(points: list[_Point], timeout: float = 1.0) -> None:
+    """tcpdump writes its file header when it opens ``-w -``; wait briefly for every node's."""
+    deadline = time.monotonic() + timeout
+    while any(p.parser.header is None for p in points) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _wait(points: list[_Point], wake: threading.Event, seconds: float | None,
+          stdout: StdoutPcap | None) -> str | None:
+    """Sleep ``seconds`` (None: until Ctrl-C) unless something ends the capture first: say what."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        if any(p.tcpdump.bound_hit for p in points):
+            return "size"
+        if any(p.tcpdump.vanished for p in points):
+            return "vanished"
+        if stdout is not None and stdout.reader_gone():
+            return "reader"
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        most = 60 if stdout is None else 0.25   # a closed pipe with nothing to write says so by poll
+        wake.wait(most if left is None else min(left, most))
+        wake.clear()
+
+
+def _each(points: list[_Point], fn: Callable[[_Point], object]) -> list:
+    """``fn(point)`` for every point at once (the first in this thread); results in order, an
+    exception counting as None (one node's trouble never loses the others)."""
+    out: list = [None] * len(points)
+
+    def call(i: int) -> None:
+        try:
+            out[i] = fn(points[i])
+        except Exception:
+            out[i] = None
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(1, len(points))]
+    for t in threads:
+        t.start()
+    if points:
+        call(0)
+    for t in threads:
+        t.join()
+    return out
+
+
+def _stop_all(points: list[_Point]) -> None:
+    """Stop every started tcpdump by its PID, all at once; keep their statistics."""
+    for p, stats in zip(points, _each(points, lambda p: p.tcpdump.stop())):
+        p.stats = stats
+        p.file.close()
+
+
+def _bring_home(points: list[_Point], output: Path, result: CaptureResult) -> None:
+    """Make sure home holds each node's whole stream (fetch the node's copy if the stream broke),
+    merge several into one pcapng, and only then remove the nodes' copies."""
+    problems = []
+    for p in points:
+        td = p.tcpdump
+        broken = td.lost or p.file.written != td.bytes
+        if broken and p.file.error is None and td.remote_size() not in (None, p.file.written):
+            try:  # the stream broke but the node kept writing its copy: fetch that instead
+                td.fetch_remote(p.file.path)
+                p.file.written = p.file.path.stat().st_size
+            except (LabctlError, OSError):
+                pass
+    if len(points) > 1 and all(p.file.error is None for p in points):
+        parts = [Part(p.interface(), p.file.path, p.clock.correction_ns if p.clock else 0, p.stats)
+                 for p in points]
+        counts = merge(parts, output)
+        for p in points:
+            p.file.path.unlink(missing_ok=True)
+    else:
+        counts = [sum(1 for _ in read_packets(p.file.path)) if p.file.error is None else 0 for p in points]
+    removed = _each(points, lambda p: p.file.error is None and _remove_if_home(p.tcpdump, p.file.written))
+    for p, count, gone in zip(points, counts, removed):
+        td = p.tcpdump
+        kept = not gone
+        if kept:
+            problems.append(f"{td.host.name}:{td.remote_file}")
+        result.nodes.append(NodeResult(td.host.name, td.host.address, td.interface, p.stats, count,
+                                       p.clock or judge_clock(None, None), td.remote_file, kept))
+    errors = [p for p in points if p.file.error is not None]
+    if errors:
+        why = errors[0].file.error.strerror or str(errors[0].file.error)
+        raise CaptureError(f"cannot write the capture home to {output} ({why}); it is still on the "
+                           f"node{'s' if len(problems) > 1 else ''}: {', '.join(problems)} "
+                           "(labctl ssh NODE cat FILE > copy.pcap)")
+
+
+def _remove_if_home(td: NodeCapture, home_bytes: int) -> bool:
+    """Remove the node's copy if it is no larger than what home holds (one exec); True if removed."""
+    f = td.remote_file
+    script = (f"s=$(stat -c %s {f} 2>/dev/null) || exit 0; "
+              f"if [ \"$s\" -le {int(home_bytes)} ]; then rm -f {f}; else echo KEPT $s; fi")
+    try:
+        r = td.conn.run(["sh", "-c", script], check=False, sudo=True, timeout=30)
+    except LabctlError:
+        return False
+    return r.ok and "KEPT" not in r.stdout
+
+
+def _check(points: list[_Point], result: CaptureResult, analyse) -> None:
+    """Fail loudly if a tcpdump vanished or lost packets, or home does not hold what it captured."""
+    out = result.path
+    for p, n in zip(points, result.nodes):
+        td = p.tcpdump
+        if td.vanished or (n.stats is None and not td.bound_hit):
+            what = (f"tcpdump on {n.node} ended by itself after {td.ended_at - td.started_at:.1f} s "
+                    + ("(killed? it printed no statistics)" if n.stats is None else f"({n.stats})")
+                    if td.vanished else f"tcpdump on {n.node} did not report its statistics")
+            lost = f" ({td.lost})" if td.lost else ""
+            raise CaptureError(f"{what}{lost}: {out} holds the {n.packets} packet"
+                               f"{'' if n.packets == 1 else 's'} it sent and is INCOMPLETE; capture again")
+        if n.stats is not None and _tail_in_ring(n.stats, result.stopped_by):
+            late = n.stats.received - n.stats.captured
+            result.notes.append(f"{n.node}: {late} packet{'' if late == 1 else 's'} still in the kernel's "
+                                "ring when tcpdump stopped mid-traffic (after the last one in the file)")
+        elif n.stats is not None and not n.stats.complete:
+            why = ("the kernel dropped packets: machine overloaded? capture fewer ports" if n.stats.dropped
+                   else "packets the kernel passed to tcpdump are not in the file (or other traffic hit "
+                        "the interface while tcpdump attached its filter)")
+            raise CaptureError(f"capture INCOMPLETE on {n.node}: tcpdump says {n.stats}; the pcap is at "
+                               f"{out} but may be missing packets ({why}); capture again")
+        if n.stats is not None and n.packets != n.stats.captured:
+            raise CaptureError(f"{out} holds {n.packets} packets from {n.node} but tcpdump captured "
+                               f"{n.stats.captured}")
+    if analyse is not None:
+        try:
+            result.analysis, result.summary = analyse(out)
+        except LabctlError as exc:
+            raise CaptureError(f"{out} does not read back: {exc}") from None
+        packets = result.summary.get("packets")
+        total = sum(n.packets for n in result.nodes)
+        if packets is not None and packets != total:
+            raise CaptureError(f"{out} holds {packets} packets but tcpdump captured {total}")
+
+
+def _tail_in_ring(stats: TcpdumpStats, stopped_by: str) -> bool:
+    """Stopped while traffic still flowed (the size bound, Ctrl-C, a reader gone), tcpdump counts as
+    received the packets that reached its ring after it was told to stop: nothing dropped, and the
+    file is complete up to its last packet. (A run's or a duration's end stays strict.)"""
+    return (stopped_by in ("size", "ctrl-c", "reader") and stats.dropped == 0
+            and stats.received > stats.captured)
+

@@ -102,14 +102,15 @@ def default_directory(now: datetime | None = None, base: Path = LOCAL_DIR) -> Pa
 
 def lab_description(backend: Backend, inventory) -> dict:
     """The lab as the report draws it: nodes, roles, addresses, backend, programs, ports."""
-    from labctl.deploy import ports_of, programs_for
+    from labctl.deploy import files_for, ports_of, program_for
 
     ports = ports_of(inventory)
+    builtin = program_for(inventory)    # the exercise deploys the built-in programs
     return {"name": backend.lab.name, "backend": backend.name,
             "subnet": str(getattr(backend.lab, "subnet", "")),
             "ports": {"tcp": ports.tcp, "proto": ports.proto, "time": ports.time},
             "nodes": [{"name": h.name, "role": h.role, "address": h.address,
-                       "programs": sorted(programs_for(h))} for h in inventory.hosts]}
+                       "programs": sorted(f.remote for f in files_for(h, builtin))} for h in inventory.hosts]}
 
 
 def _is_up(backend: Backend) -> bool:
@@ -131,7 +132,11 @@ def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progr
     from labctl import bringup
 
     say = progress or (lambda _msg: None)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:  # before anything is brought up: a folder that cannot be made is one line, nothing started
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabctlError(f"cannot make the exercise folder {str(directory)[:200]}: "
+                          f"{exc.strerror or exc}") from None
     hours = [Hour(p, title) for p, title in HOURS if protocols is None or p in protocols]
     if loss:
         hours += [Hour(p, f"Lossy round: the time over {p.upper()} with {loss:g} % loss on every link",
@@ -229,7 +234,8 @@ class _Lossy:
 
 def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progress) -> None:
     """One captured hour; its failure is recorded in ``hour``, never raised."""
-    from labctl.capture import capture, summarise
+    from labctl.analyse.readback import read_back
+    from labctl.capture import capture
     from labctl.run import port_for
 
     protocol, title = hour.protocol, hour.title
@@ -240,7 +246,7 @@ def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progres
         "while every client calls at once")
     try:
         result = capture(conn, [port_for(protocol, ports)], output=hour.pcap,
-                         during=lambda p=protocol: runner.trigger(p), analyse=summarise)
+                         during=lambda p=protocol: runner.trigger(p), analyse=read_back)
         hour.run = result.run.to_json() if result.run is not None else None
         hour.capture = {"node": result.node, "interface": result.interface,
                         "stats": {"captured": result.stats.captured,

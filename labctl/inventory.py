@@ -16,6 +16,8 @@ machines at all::
         host_key: ssh-ed25519 AAAAC3Nza...   # the node's pinned host key ...
         # known_hosts: ~/.ssh/known_hosts    # ... or a known_hosts file that lists it
         interface: lab-br           # optional: the bridge `ip route get ADDRESS` must leave by
+        host_address: 192.168.20.1  # optional: this machine's lab address, the route's source (checked
+                                    # where `ip` is missing or no interface is given: macOS, Windows)
         lab_interface: eth0         # optional: the node's own lab interface (where tcpdump listens)
 
 A host without a host key is refused: labctl never trusts a key it has not been given.
@@ -43,7 +45,7 @@ FORMATS = ("yaml", "json")
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
                   "ssh-rsa")
 REQUIRED = ("name", "role", "address", "key")
-OPTIONAL = ("port", "user", "host_key", "known_hosts", "interface", "lab_interface")
+OPTIONAL = ("port", "user", "host_key", "known_hosts", "interface", "lab_interface", "host_address")
 TOP_LEVEL = ("hosts", "lab", "backend")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
@@ -71,6 +73,7 @@ class Host:
     host_key: str = ""                  # pinned public host key, OpenSSH line "ssh-ed25519 AAAA..."
     interface: str | None = None        # the lab's bridge on this machine: `ip route get` must leave by it
     lab_interface: str = "eth0"         # the node's own lab interface (where tcpdump listens)
+    host_address: str | None = None     # this machine's lab address: the route's source must be it
 
     @property
     def known_hosts_name(self) -> str:
@@ -116,19 +119,44 @@ def load_inventory(path: str | Path, lab: Lab | None = None, *, check_keys: bool
     ``check_keys`` also checks that each private key exists and is private (0600).
     """
     path = Path(path)
+    text = _read_inventory_text(path)
     try:
-        text = path.read_text()
+        raw = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1} column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise InventoryError(f"inventory file {path} is not valid YAML{where}: {problem}") from None
+    return parse_inventory(raw, base_dir=path.resolve().parent, lab=lab, where=str(path),
+                           check_keys=check_keys)
+
+
+MAX_INVENTORY_BYTES = 4 << 20  # 200 hosts take ~100 KiB; more is not an inventory
+
+
+def _read_inventory_text(path: Path) -> str:
+    """The file as text: a directory, a device (/dev/zero never ends), a FIFO, binary or huge: one line."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise InventoryError(f"inventory file {path} is a directory: --inventory takes a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise InventoryError(f"inventory file {path} is not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_INVENTORY_BYTES + 1)
     except FileNotFoundError:
         raise InventoryError(f"inventory file {path} not found (write one with: "
                              "labctl inventory --format yaml > FILE)") from None
     except OSError as exc:
-        raise InventoryError(f"inventory file {path}: {exc.strerror}") from None
+        raise InventoryError(f"inventory file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise InventoryError(f"inventory file {path} is larger than {MAX_INVENTORY_BYTES >> 20} MiB: "
+                             "not an inventory")
     try:
-        raw = yaml.safe_load(text)  # JSON is YAML too
-    except yaml.YAMLError as exc:
-        raise InventoryError(f"inventory file {path} is not valid YAML: {exc}") from None
-    return parse_inventory(raw, base_dir=path.resolve().parent, lab=lab, where=str(path),
-                           check_keys=check_keys)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"inventory file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                             f"offset {exc.start})") from None
 
 
 def parse_inventory(raw: Any, *, base_dir: Path, lab: Lab | None = None, where: str = "inventory",
@@ -192,9 +220,16 @@ def _parse_host(entry: Any, index: int, base_dir: Path, where: str, check_keys: 
     for what, value in (("interface", interface), ("lab_interface", lab_interface)):
         if value is not None and not _IFNAME_RE.match(str(value)):
             raise InventoryError(f"{where}: {what} {value!r} is not an interface name")
+    host_address = entry.get("host_address")
+    if host_address is not None:
+        try:
+            host_address = str(ipaddress.ip_address(str(host_address)))
+        except ValueError:
+            raise InventoryError(f"{where}: host_address {host_address!r} is not an IP address "
+                                 "(this machine's address on the lab network)") from None
     return Host(name=name, role=role, address=address, port=port, user=user, key_file=key_file,
                 host_key=host_key, interface=str(interface) if interface else None,
-                lab_interface=lab_interface)
+                lab_interface=lab_interface, host_address=host_address)
 
 
 def _resolve(value: Any, base_dir: Path) -> Path:
@@ -301,6 +336,8 @@ def inventory_document(inventory: Inventory) -> dict[str, Any]:
         if h.interface:
             entry["interface"] = h.interface
         entry["lab_interface"] = h.lab_interface
+        if h.host_address:
+            entry["host_address"] = h.host_address
         hosts.append(entry)
     doc["hosts"] = hosts
     return doc

@@ -1,4 +1,4 @@
-"""The lab as plain data: subnet, nodes, roles and ports, loaded and validated from the lab file.
+"""The lab as plain data: subnet, nodes, roles, ports and programs, loaded and validated from the lab file.
 
 Nothing here creates anything; backends realise a :class:`Lab` (Mininet's topology/realisation split).
 
@@ -21,6 +21,7 @@ import yaml
 
 from labctl.errors import LabctlError
 from labctl.links import LinkError, Links, check_names, parse_links
+from labctl.programs import ProgramError, ProgramSpec, parse_section
 
 DEFAULT_LAB_FILE = Path(__file__).resolve().parent.parent / "lab.yml"
 MAX_CLIENTS = 200
@@ -74,6 +75,8 @@ class Lab:
     ports: Ports = field(default_factory=Ports)
     vagrant: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     links: Links = ()         # loss/delay/jitter/rate per node (labctl.links), applied by up
+    backend: str | None = None  # netns, vagrant, docker or ssh: which backend drives it (labctl.choice)
+    programs: dict[str, ProgramSpec] = field(default_factory=dict, compare=False, hash=False)
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -223,6 +226,22 @@ def _links_section(key: str, value: Any) -> dict[str, Any]:
         raise LabError(str(exc)) from None
 
 
+def _backend_section(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, str) or not value.isidentifier():
+        raise LabError(f"{key}: a backend's name, e.g. backend: vagrant (got {value!r})")
+    return {key: value}
+
+
+def _programs_section(key: str, value: Any) -> dict[str, Any]:
+    """Servers and clients of the user's own (labctl.programs holds their parsing and checks)."""
+    try:
+        return {key: parse_section(value)}
+    except ProgramError as exc:
+        raise LabError(str(exc)) from None
+
+
 SECTIONS: dict[str, Section] = {
     "name": _as_is,
     "subnet": _as_is,
@@ -232,6 +251,8 @@ SECTIONS: dict[str, Section] = {
     "ports": _ports_section,
     "vagrant": _mapping,
     "links": _links_section,
+    "backend": _backend_section,
+    "programs": _programs_section,
 }
 REQUIRED = ("name",)
 

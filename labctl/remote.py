@@ -18,10 +18,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Generic, TypeVar, Union
 
 # paramiko imports `invoke` only for ssh_config's `Match exec`, which labctl never uses; skipping it
 # saves ~40 ms per labctl process.
@@ -31,7 +30,10 @@ import paramiko  # noqa: E402
 
 from labctl.errors import LabctlError  # noqa: E402
 from labctl.inventory import Host  # noqa: E402
-from labctl.safety import check_routes, unsafe_hosts  # noqa: E402
+from labctl.safety import check_host, unsafe_hosts  # noqa: E402
+
+if TYPE_CHECKING:
+    from labctl.remote_process import RemoteProcess
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -141,7 +143,7 @@ class Connection:
                 return self
             host = self.host
             if not self._route_checked:
-                check_routes([host.address], host.interface)
+                check_host(host)
                 self._route_checked = True
             if host.key_file is None:
                 raise RemoteError(f"{host.name}: the inventory names no private key")
@@ -158,8 +160,12 @@ class Connection:
                                auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False)
             except paramiko.BadHostKeyException:
                 client.close()
-                raise HostKeyError(f"{host.name} ({host.address}): host key does not match the pinned "
-                                   "key; refusing (node rebuilt? run labctl up to re-pin)") from None
+                # `up` keeps the pins of a lab it finds running (a changed key is what pinning is there
+                # to catch), so only a fresh build pins anew; an inventory's pins are the user's own
+                raise HostKeyError(f"{host.name} ({host.address}): host key does not match the pinned key; "
+                                   "refusing (if the node was rebuilt on purpose: labctl down, then "
+                                   "labctl up makes and pins fresh keys; with --backend ssh, put its new "
+                                   "key, checked out of band, in the inventory)") from None
             except paramiko.AuthenticationException:
                 client.close()
                 raise RemoteError(f"{host.name} ({host.address}): the node refused labctl's key") from None
@@ -209,6 +215,20 @@ class Connection:
         if check and not result.ok:
             raise CommandFailed(result)
         return result
+
+    def launch(self, cmd: Command, *, sudo: bool = False) -> RemoteProcess:
+        """Start a command and return at once; its stdin stays open (see :mod:`labctl.remote_process`)."""
+        from labctl.remote_process import RemoteProcess
+
+        line = command_line(cmd, sudo=sudo, user=self.host.user)
+        self.open()
+        assert self._client is not None
+        try:
+            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(line)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.host.name}: lost the connection starting `{line}`: {exc}") from None
+        return RemoteProcess(self.host.name, line, chan)
 
     def sftp(self) -> paramiko.SFTPClient:
         self.open()
@@ -278,6 +298,54 @@ class Connection:
                   f"echo STOPPED")
         result = self.run(["sh", "-c", script], sudo=sudo, timeout=timeout + 10)
         return result.stdout.strip() == "STOPPED"
+
+    def stream(self, cmd: Command, *, sudo: bool = False) -> Stream:
+        """Start ``cmd`` and return at once: its output is read as it comes with :meth:`Stream.pump`
+        (``tcpdump -w -``); :meth:`Stream.close` ends the channel, not the remote process."""
+        line = command_line(cmd, sudo=sudo, user=self.host.user)
+        self.open()
+        assert self._client is not None
+        try:
+            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(line)
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.host.name}: could not start `{line}`: {exc}") from None
+        return Stream(self.host.name, line, chan)
+
+
+class Stream:
+    """A remote command whose stdout and stderr are handed on as they arrive."""
+
+    def __init__(self, host: str, line: str, chan: paramiko.Channel) -> None:
+        self.host, self.line, self._chan = host, line, chan
+
+    def pump(self, on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None]) -> int:
+        """Pass every piece of output to the callbacks until the command ends; return its exit status
+        (-1 if the connection was lost before it said). Either callback may raise to stop early."""
+        chan = self._chan
+        fd = chan.fileno()
+        try:
+            while True:
+                got = False
+                while chan.recv_ready():
+                    on_stdout(chan.recv(65536))
+                    got = True
+                while chan.recv_stderr_ready():
+                    on_stderr(chan.recv_stderr(65536))
+                    got = True
+                if chan.eof_received and chan.exit_status_ready() and not got \
+                        and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    return chan.recv_exit_status()
+                if chan.closed and not got:
+                    return -1
+                if not got:
+                    select.select([fd], [], [], 0.5)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.host}: lost the connection running `{self.line}`: {exc}") from None
+
+    def close(self) -> None:
+        self._chan.close()
 
 
 def _drain(chan: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes]:
@@ -369,14 +437,32 @@ class Group:
         if not self.connections:
             return outcome
 
-        def call(conn: Connection) -> None:
-            try:
-                outcome.results[conn.host.name] = fn(conn)
-            except Exception as exc:  # a failed host must not lose the others
-                outcome.failures[conn.host.name] = exc
+        todo = list(self.connections.values())
+        left = [len(todo)]
+        done = threading.Condition()
 
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            list(pool.map(call, self.connections.values()))
+        def worker() -> None:
+            while True:
+                with done:
+                    if not todo:
+                        return
+                    conn = todo.pop(0)
+                try:
+                    outcome.results[conn.host.name] = fn(conn)
+                except Exception as exc:  # a failed host must not lose the others
+                    outcome.failures[conn.host.name] = exc
+                with done:
+                    left[0] -= 1
+                    done.notify_all()
+
+        # Daemon threads, and a wait in slices: Ctrl-C reaches the caller at once instead of after
+        # every host's call has returned (a pool's exit joins its workers), and a process that exits
+        # then is not held up by calls still blocked on a dead host.
+        for _ in range(self.max_workers):
+            threading.Thread(target=worker, daemon=True, name="labctl-group").start()
+        with done:
+            while left[0]:
+                done.wait(0.2)
         order = list(self.connections)
         outcome.results = {n: outcome.results[n] for n in order if n in outcome.results}
         outcome.failures = {n: outcome.failures[n] for n in order if n in outcome.failures}

@@ -1,136 +1,113 @@
-"""Run: start the time client on every client node at the same instant, gather replies and timings.
+"""Run: start a program's client on every client node at one instant, gather replies and timings.
 
-Why a start time and not a fast fan-out: whatever starts the clients (Fabric threads, a barrier, a
-bash loop of ``ssh … &``) pays an SSH exec plus a Python start per node *after* the trigger, and those
-costs vary by tens of milliseconds. Instead every client gets ``--start-at T``: it starts, resolves the
-server's address, creates its socket, then sleeps until ``T`` and only then sends. All that is needed
-is a lead long enough for every client to be asleep before ``T``; it is derived from a measurement
-taken just before (one round trip per node that also times a Python start there, all nodes at once,
-so it sees the same contention the real start will), never a constant.
+Why a start instant and not a fast fan-out: whatever starts the clients (Fabric threads, a barrier, a
+bash loop of ``ssh … &``) pays an SSH exec plus the program's start-up per node *after* the trigger,
+and those costs vary by tens of milliseconds. Instead every client is started ahead of one instant
+``T`` by the launcher ``scripts/startat.py``: it checks the program, forks and execs it at once, and
+holds its first network call until ``T`` (a seccomp filter; without one it sleeps and execs at
+``T``). All that is needed is a lead long enough for every client to be waiting before ``T``; it is
+derived from a measurement taken just before (one round trip per node that also times a Python start
+there, all nodes at once, so it sees the same contention the real start will), never a constant.
 
+The built-in client (``timeclient.py``) is launched by startat too, for the same timeout, clean-up
+and timings, but keeps its own ``--start-at``: it makes its socket ahead and spins the last
+milliseconds, which measured tighter than a held Python program (bench/startat.py: 3 clients 2.1
+vs 3.8 ms, 31 clients 4-12 vs 70-275 ms on the wire, on this loaded machine).
+
+Each client runs inside a small shell that holds its stdin, the SSH channel's: EOF on it (labctl
+hangs up on Ctrl-C, or its connection drops because labctl was killed) stops the client's launcher,
+which stops the client's process group. So nothing is left running on a node, whatever happens here.
 Written against :class:`~labctl.remote.Group` and the inventory only.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, NodeDeploy, ensure, ports_of
+from labctl.deploy import (
+    CLIENT_PROGRAM,
+    LAUNCHER,
+    PYTHON,
+    REMOTE_DIR,
+    NodeDeploy,
+    ensure,
+    ports_of,
+    program_for,
+)
 from labctl.errors import LabctlError
-from labctl.inventory import Host, Inventory
-from labctl.lab import Ports
+from labctl.inventory import Inventory
+from labctl.programs import BUILTIN_NAMES, MAX_TIMEOUT, Program, ProgramSpec
 from labctl.remote import Connection, Group, reason
+from labctl.remote_process import RemoteProcess, wait_all
+from labctl.run_result import LATE_MS, SAFETY, ClientResult, RunResult, parse_client
 
-PROTOCOLS = ("tcp", "udp", "proto", "time")
+__all__ = ["LATE_MS", "SAFETY", "ClientResult", "RunError", "RunResult", "Runner", "choose_lead"]
+
+PROTOCOLS = BUILTIN_NAMES
 DEFAULT_SEND = {"proto": ("GET TIME", "SAY HI")}
-
-# The lead: SAFETY x the slowest node's measured (exec + Python start) + MARGIN. Both are slack for
-# jitter, not the cost itself: the cost is measured on every run, under the same contention (all
-# nodes at once). The measurement starts the client program itself (``--help``: Python's start, the
-# script compiled, its imports); the real start also resolves the address and makes a socket, within a
-# few ms of that. (A bare ``python3 -c 'import ...'`` measures too little: under bursty load clients
-# then woke up late.)
-SAFETY = 1.3
+BUILTIN_TIMEOUT = 3.0  # timeclient's own --timeout default (per attempt)
+# The lead: SAFETY x the slowest node's measured start + MARGIN (slack for jitter, not the cost itself).
 MARGIN = 0.02          # s
 MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse rather than wait
-# A client is "late" (a failure) when it was not yet asleep when the start instant came. If the client
-# reports when it went to sleep (timings.ready) that decides. Otherwise its wake-up delay does, above
-# LATE_MS: clients asleep in time were seen to wake up to ~13 ms late with 3 clients and ~76 ms with
-# 31 on this loaded 2-core machine (every one of them asleep >= 220 ms before the instant), which is
-# scheduling noise, not a failure; the table still shows any delay >= 1 ms.
-LATE_MS = 100.0
-
+KILL_GRACE = 1.0       # s startat gives a client's group between SIGTERM and SIGKILL
+NODE_SLACK = 5.0       # s past a client's timeout before labctl gives up on its node's answer
+INTERRUPT_GRACE = 0.8  # s after Ctrl-C for the launchers to report what their clients did
+MAX_STARTUP = 5.0      # s: a first network call later than this after exec is the program's design
 
 
 class RunError(LabctlError):
     """The run could not be started at all (no client reachable, bad options)."""
 
 
-def port_for(protocol: str, ports: Ports) -> int:
+def port_for(protocol: str, ports) -> int:
     return {"tcp": ports.tcp, "udp": ports.tcp, "proto": ports.proto, "time": ports.time}[protocol]
 
 
-@dataclass
-class ClientResult:
-    """One client node's outcome: its reply, or why it has none."""
-
-    node: str
-    address: str
-    ok: bool
-    reply: str | None = None
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)   # the client's own epoch timestamps
-    late_ms: float | None = None
-
-    def ms(self, what: str) -> float | None:
-        """Milliseconds from the client's start to ``what`` (connected, first_byte, done)."""
-        start, t = self.timings.get("start"), self.timings.get(what)
-        if start is None or t is None:
-            return None
-        return (t - start) * 1000.0
-
-    def to_json(self) -> dict:
-        timings = dict(self.timings)
-        for what, key in (("connected", "connect_ms"), ("first_byte", "first_byte_ms"), ("done", "total_ms")):
-            value = self.ms(what)
-            if value is not None:
-                timings[key] = round(value, 3)
-        if self.late_ms is not None:
-            timings["late_ms"] = round(self.late_ms, 3)
-        return {"node": self.node, "address": self.address, "ok": self.ok, "reply": self.reply,
-                "error": self.error, "timings": timings}
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise RunError(f"--timeout {timeout:g}: a client's timeout is more than 0 and at most "
+                       f"{MAX_TIMEOUT:g} s (every client is killed when it runs past it)")
 
 
-@dataclass
-class RunResult:
-    """One triggered run over all client nodes."""
-
-    protocol: str
-    server: str
-    port: int
-    start_at: float
-    lead: float
-    results: list[ClientResult]
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.results) and all(r.ok for r in self.results)
-
-    @property
-    def spread_ms(self) -> float | None:
-        """First to last client start, from the clients' own timestamps (a pcap gives the wire's)."""
-        starts = [r.timings["start"] for r in self.results if r.ok and "start" in r.timings]
-        if len(starts) < 2:
-            return 0.0 if starts else None
-        return (max(starts) - min(starts)) * 1000.0
-
-    def to_json(self) -> dict:
-        spread = self.spread_ms
-        return {"protocol": self.protocol, "server": self.server, "port": self.port,
-                "results": [r.to_json() for r in self.results],
-                "spread_ms": None if spread is None else round(spread, 3),
-                "start_at": round(self.start_at, 6), "lead_ms": round(self.lead * 1000.0, 1)}
+def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
+    """What a client node runs to be measured: its clock, a start of the launcher (a Python start:
+    what an interpreted client costs too), its clock again; for the built-in client also a start of it."""
+    py = " ".join(PYTHON)
+    script = f"date +%s.%N; {py} {remote_dir}/{LAUNCHER} --help > /dev/null 2>&1; date +%s.%N; "
+    if builtin:
+        script += f"{py} {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; "
+    return script + "true"
 
 
+def launcher_argv(argv: Sequence[str], at: float, timeout: float, node: str,
+                  remote_dir: str = REMOTE_DIR) -> list[str]:
+    return [*PYTHON, f"{remote_dir}/{LAUNCHER}", "--at", f"{at:.6f}", "--timeout", f"{timeout:g}",
+            "--node", node, "--", *argv]
 
 
-def measure_script(remote_dir: str = REMOTE_DIR) -> str:
-    """What a client node runs to be measured: its clock, then a start of the client program."""
-    return f"date +%s.%N; python3 {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; true"
+# Runs the launcher with the client's stdin from $1 (or nothing), and stops it when our stdin (the
+# SSH channel) ends: we hung up, or the connection dropped because labctl died.
+TETHER = ('in=$1; shift; exec 3<&0; '
+          'if [ -n "$in" ]; then printf %s "$in" | "$@" & else "$@" < /dev/null & fi; p=$!; '
+          '( while read -r _ <&3; do :; done; kill -TERM $p 2>/dev/null ) & w=$!; '
+          'wait $p; rc=$?; kill $w 2>/dev/null; exit $rc')
 
 
-def client_argv(protocol: str, server: str, port: int, start_at: float, *, remote_dir: str = REMOTE_DIR,
-                send: Sequence[str] = (), timeout: float | None = None,
-                retries: int | None = None) -> list[str]:
-    """The client's command line on a node."""
+def tethered(argv: Sequence[str], stdin: str | None = None) -> list[str]:
+    return ["sh", "-c", TETHER, "sh", stdin or "", *argv]
+
+
+def builtin_client_argv(protocol: str, server: str, port: int, start_at: float, *,
+                        remote_dir: str = REMOTE_DIR, send: Sequence[str] = (), timeout: float | None = None,
+                        retries: int | None = None) -> list[str]:
+    """The built-in client's command line on a node (its own --start-at)."""
     if protocol not in PROTOCOLS:
         raise RunError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-    argv = ["python3", f"{remote_dir}/{CLIENT_PROGRAM}", protocol, server, "--port", str(port),
+    argv = [*PYTHON, f"{remote_dir}/{CLIENT_PROGRAM}", protocol, server, "--port", str(port),
             "--start-at", f"{start_at:.6f}", "--late-tolerance-ms", f"{LATE_MS:g}", "--json"]
     for line in send:
         argv += ["--send", line]
@@ -139,6 +116,9 @@ def client_argv(protocol: str, server: str, port: int, start_at: float, *, remot
     if retries is not None:
         argv += ["--retries", str(retries)]
     return argv
+
+
+client_argv = builtin_client_argv  # (the name older callers use)
 
 
 def safety() -> float:
@@ -157,7 +137,7 @@ def safety() -> float:
 
 
 def choose_lead(costs: Sequence[float]) -> float:
-    """The lead before the start instant, from each node's measured exec + Python start (seconds)."""
+    """The lead before the start instant, from each node's measured start (seconds)."""
     if not costs:
         raise RunError("no client node could be measured")
     lead = safety() * max(costs) + MARGIN
@@ -172,8 +152,7 @@ def clock_offset(before: float, after: float, remote: float | None) -> float:
 
     ``remote`` was read on the node somewhere between ``before`` and ``after`` (our clock), so the
     true offset lies in ``[remote - after, remote - before]``. Only when that interval excludes zero
-    (a VM whose clock is off by more than the round trip) is a correction applied; the namespaces
-    share one clock and never get one.
+    (a VM whose clock is off by more than the round trip) is a correction applied.
     """
     if remote is None:
         return 0.0
@@ -183,47 +162,14 @@ def clock_offset(before: float, after: float, remote: float | None) -> float:
     return (low + high) / 2.0
 
 
-def parse_client_output(host: Host, stdout: str, stderr: str, exited: int,
-                        start_at: float) -> ClientResult:
-    """Turn the client's ``--json`` line (or its absence) into a :class:`ClientResult`."""
-    data = None
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            data = json.loads(line)
-            break
-        except ValueError:
-            continue
-    if not isinstance(data, dict):
-        why = (stderr.strip().splitlines() or stdout.strip().splitlines() or [f"exit status {exited}"])[-1]
-        return ClientResult(host.name, host.address, False, error=f"client gave no result: {why}")
-    timings = {k: float(v) for k, v in (data.get("timings") or {}).items() if isinstance(v, (int, float))}
-    late = data.get("late_ms")
-    late = float(late) if isinstance(late, (int, float)) else None
-    ready = timings.get("ready", data.get("ready"))
-    ready = float(ready) if isinstance(ready, (int, float)) else None
-    if ready is not None:
-        is_late = ready > start_at
-    else:
-        is_late = data.get("late")
-        if not isinstance(is_late, bool):
-            is_late = late is not None and late > LATE_MS
-    ok = bool(data.get("ok")) and exited == 0
-    error = data.get("error") or (None if ok else f"client exited {exited}")
-    if ok and is_late:
-        ok, error = False, (f"woke up {late or 0:.1f} ms after the start instant (it was not asleep in "
-                            f"time; on a busy machine set LABCTL_LEAD_SAFETY above {SAFETY})")
-    reply = data.get("reply")
-    if isinstance(reply, list):
-        reply = " | ".join(str(r) for r in reply)
-    return ClientResult(host.name, host.address, ok, None if reply is None else str(reply).rstrip("\n"),
-                        None if ok else str(error), timings, late)
-
-
 @dataclass
 class Prepared:
     """What :meth:`Runner.prepare` found: who is reachable, what it cost, what deploy changed."""
 
-    costs: dict[str, float] = field(default_factory=dict)      # node -> seconds (exec + Python start)
+    program: str = ""
+    resolved: Program | None = None                            # what was deployed and measured
+    costs: dict[str, float] = field(default_factory=dict)      # node -> seconds (exec + starts)
+    python: dict[str, float] = field(default_factory=dict)     # node -> seconds of one Python start there
     offsets: dict[str, float] = field(default_factory=dict)    # node -> clock offset applied (s)
     unreachable: dict[str, str] = field(default_factory=dict)  # node -> reason
     deployed: list[NodeDeploy] = field(default_factory=list)
@@ -243,6 +189,7 @@ class Runner:
         self.deploy = deploy
         self.progress = progress or (lambda _msg: None)
         self.prepared: Prepared | None = None
+        self.startup: dict[tuple[str, str], float] = {}  # (program, node) -> its measured start-up (s)
 
     def __enter__(self) -> Runner:
         return self
@@ -260,87 +207,164 @@ class Runner:
     def client_names(self) -> list[str]:
         return [c.host.name for c in self.group if c.host.role == "client"]
 
-    def prepare(self) -> Prepared:
-        """Bring the nodes up to date (:func:`labctl.deploy.ensure`), then measure every client's start.
+    def program(self, program: Program | ProgramSpec | str | None) -> Program:
+        return program if isinstance(program, Program) else program_for(self.inventory, program)
 
-        One after the other: measured while deploy's probes still run, the clients' Python starts
-        would compete with them for the CPU and the lead would come out longer than the start needs.
-        """
-        prep = Prepared()
+    def prepare(self, program: Program | ProgramSpec | str | None = None) -> Prepared:
+        """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`), then measure
+        every client's start."""
+        program = self.program(program)
+        prep = Prepared(program=program.name, resolved=program)
         if self.deploy:
-            report = ensure(self.group, self.ports, remote_dir=self.remote_dir)
+            report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
             prep.deployed = [n for n in report.nodes if n.ok and n.changed]
             prep.unreachable = {n.node: str(n.error) for n in report.nodes if not n.ok}
+            for n in report.nodes:
+                if n.ok and n.stopped:
+                    self.progress(f"{n.node}: stopped {', '.join(n.stopped)}: it held the ports of "
+                                  f"{program.name}")
             if prep.deployed:
-                self.progress(f"deployed to {', '.join(n.node for n in prep.deployed)}")
+                self.progress(f"deployed {program.name} to {', '.join(n.node for n in prep.deployed)}")
             if self.server.name in prep.unreachable:  # the clients will say what that means
                 self.progress(f"server {self.server.address}: {prep.unreachable[self.server.name]}")
         clients = [n for n in self.client_names if n not in prep.unreachable]
-        measured = self.group.subset(clients).map(self._measure)
+        builtin = program.client is None
+        measured = self.group.subset(clients).map(lambda c: self._measure(c, builtin))
         for name, exc in measured.failures.items():
             prep.unreachable[name] = reason(exc)
-        for name, (cost, offset) in measured.results.items():
-            prep.costs[name], prep.offsets[name] = cost, offset
+        for name, (cost, python, offset) in measured.results.items():
+            prep.costs[name], prep.python[name], prep.offsets[name] = cost, python, offset
         if prep.costs:
-            prep.lead = choose_lead(list(prep.costs.values()))
+            prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
         self.prepared = prep
         return prep
 
-    def _measure(self, conn: Connection) -> tuple[float, float]:
-        """One client node's (exec + Python start) in seconds, and its clock's offset from ours."""
+    def _start_cost(self, program: Program, node: str, prep: Prepared) -> float:
+        """Round trip + launcher start, and the program's own start-up: the built-in's was measured;
+        another program's is what it took last time here, its ``startup:``, or one Python start."""
+        if program.client is None:
+            return prep.costs[node]
+        startup = program.spec.startup or self.startup.get((program.name, node), prep.python.get(node, 0.05))
+        return prep.costs[node] + startup
+
+    def _measure(self, conn: Connection, builtin: bool) -> tuple[float, float, float]:
+        """One client node's (round trip + starts) and one Python start there, in seconds; its clock's
+        offset from ours."""
         conn.open()
         before, t0 = time.time(), time.perf_counter()
-        stdout = conn.run(measure_script(self.remote_dir), timeout=30).stdout
+        stdout = conn.run(measure_script(self.remote_dir, builtin), timeout=30).stdout
         cost, after = time.perf_counter() - t0, time.time()
-        lines = stdout.strip().splitlines()  # `date +%s.%N` is the first line
-        remote = float(lines[0]) if lines and _is_float(lines[0]) else None
-        return cost, clock_offset(before, after, remote)
+        lines = [float(w) for w in stdout.split() if _is_float(w)]
+        remote = lines[0] if lines else None
+        python = lines[1] - lines[0] if len(lines) > 1 else cost
+        return cost, max(python, 0.0), clock_offset(before, after, remote)
 
-    def trigger(self, protocol: str, *, send: Sequence[str] | None = None, timeout: float | None = None,
-                retries: int | None = None, lead: float | None = None) -> RunResult:
-        """Start the client on every reachable client node at one instant; gather every outcome."""
-        if protocol not in PROTOCOLS:
-            raise RunError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-        prep = self.prepared or self.prepare()
-        port = port_for(protocol, self.ports)
-        if port == 0:
-            raise RunError(f"the lab turns {protocol} off (port 0 in the lab file)")
-        send = DEFAULT_SEND.get(protocol, ()) if send is None else send
+    def trigger(self, program: Program | ProgramSpec | str = "tcp", *, send: Sequence[str] | None = None,
+                timeout: float | None = None, retries: int | None = None,
+                lead: float | None = None) -> RunResult:
+        """Start the client on every reachable client node at one instant; gather every outcome.
+
+        Ctrl-C (KeyboardInterrupt) while the clients run hangs up on them (each node stops its client's
+        process group) and returns at once with what came back, ``interrupted`` set.
+        """
+        program = self.program(program)
+        check_timeout(timeout)
+        builtin = program.client is None
+        if not builtin and (send or retries is not None):
+            raise RunError(f"--send and --retries are for the built-in clients; give {program.name}'s "
+                           "client what it needs in its command (or input: in the lab file)")
+        if program.port == 0:
+            raise RunError(f"the lab turns {program.name} off (port 0 in the lab file)")
+        prep = self.prepared if self.prepared and self.prepared.resolved == program else self.prepare(program)
+        protocol = program.spec.builtin or "tcp"
+        send = DEFAULT_SEND.get(protocol, ()) if send is None and builtin else (send or ())
         names = [n for n in self.client_names if n in prep.costs]
         if not names and not self.client_names:
             raise RunError("the inventory has no client nodes")
         lead = prep.lead if lead is None else lead
-        wait = lead + (timeout or 3.0) * (1 + (retries or 2)) + 10.0
+        if builtin:  # the launcher's timeout covers the lead and every attempt of the client
+            budget = (timeout or BUILTIN_TIMEOUT) * (1 + (retries or 0)) + 1.0
+        else:
+            budget = timeout or program.timeout
         t0 = time.perf_counter()
-        start_at = time.time() + lead
+        now = time.time()
+        start_at = now + lead
 
-        def go(conn: Connection):
-            at = start_at + prep.offsets.get(conn.host.name, 0.0)
-            argv = client_argv(protocol, self.server.address, port, at, remote_dir=self.remote_dir,
-                               send=send, timeout=timeout, retries=retries)
-            return conn.run(argv, timeout=wait, check=False)
+        def argv_for(conn: Connection) -> list[str]:
+            host, off = conn.host, prep.offsets.get(conn.host.name, 0.0)
+            if builtin:
+                inner = builtin_client_argv(protocol, self.server.address, program.port, start_at + off,
+                                            remote_dir=self.remote_dir, send=send, timeout=timeout,
+                                            retries=retries)
+                return launcher_argv(inner, now + off, lead + budget, host.name, self.remote_dir)
+            inner = program.client.argv(self.remote_dir, server=self.server.address, port=program.port,
+                                        node=host.name, address=host.address)
+            return launcher_argv(inner, start_at + off, budget, host.name, self.remote_dir)
 
-        outcome = self.group.subset(names).map(go) if names else None
+        launched: dict[str, RemoteProcess] = {}
+        failures: dict[str, str] = {}
+        interrupted = False
+        try:
+            def launch(conn: Connection) -> None:
+                launched[conn.host.name] = conn.launch(tethered(argv_for(conn), program.spec.input))
+
+            outcome = self.group.subset(names).map(launch) if names else None
+            if outcome is not None:
+                failures = {n: reason(e) for n, e in outcome.failures.items()}
+            deadline = time.monotonic() + lead + budget + KILL_GRACE + NODE_SLACK
+            late = wait_all(list(launched.values()), deadline)
+            for proc in late:  # the node did not answer in time: hang up (it stops the client), give up
+                proc.hangup()
+            wait_all(late, time.monotonic() + KILL_GRACE + 0.5)
+        except KeyboardInterrupt:
+            interrupted = True
+            for proc in list(launched.values()):
+                proc.hangup()
+            wait_all(list(launched.values()), time.monotonic() + INTERRUPT_GRACE)
+        finally:
+            for proc in list(launched.values()):
+                proc.close()
         results = []
         for name in self.client_names:
             host = self.connection(name).host
+            proc = launched.get(name)
             if name in prep.unreachable:
                 results.append(ClientResult(name, host.address, False, error=prep.unreachable[name]))
-            elif outcome is not None and name in outcome.results:
-                r = outcome.results[name]
+            elif name in failures or proc is None:
+                why = failures.get(name, "interrupted before it started" if interrupted else "not started")
+                results.append(ClientResult(name, host.address, False, error=why))
+            else:
                 off = prep.offsets.get(name, 0.0)  # the client's clock is ours + off
-                res = parse_client_output(host, r.stdout, r.stderr, r.exited, start_at + off)
+                res = parse_client(name, host.address, proc.text("stdout"), proc.text("stderr"), proc.exited,
+                                   start_at=start_at + off, builtin=builtin, timeout=budget)
+                if interrupted and (not res.ok or not proc.finished):
+                    res.ok, res.error = False, "interrupted (Ctrl-C): its client was stopped"
+                elif not proc.finished or proc.lost:
+                    res.ok = False
+                    res.error = proc.lost or (f"no answer from {name} within {budget:g} s of the instant "
+                                              f"(+{NODE_SLACK:g} s): its client was stopped")
                 if off:
                     res.timings = {k: v - off for k, v in res.timings.items()}
                 results.append(res)
-            elif outcome is not None and name in outcome.failures:
-                results.append(ClientResult(name, host.address, False, error=reason(outcome.failures[name])))
+        self._learn(program, results, lead, prep)
+        return RunResult(program.name, self.server.address, program.port, start_at, lead, results,
+                         time.perf_counter() - t0, interrupted=interrupted)
+
+    def _learn(self, program: Program, results: list[ClientResult], lead: float, prep: Prepared) -> None:
+        """What a client's start-up took (exec to its first network call) sets the next run's lead
+        (--repeat, capture); a built-in client that was not asleep in time lengthens it."""
+        for r in results:
+            t = r.timings
+            if program.client is not None and "ready" in t and "execve" in t:
+                startup = t["ready"] - t["execve"]
+                if 0.0 <= startup <= MAX_STARTUP:  # (longer: the program waits on purpose, not start-up)
+                    self.startup[(program.name, r.node)] = startup
         late = [r.late_ms for r in results if r.late_ms is not None and not r.ok
                 and r.error and "not asleep in time" in r.error]
-        if late:  # the node got slower since it was measured: give the next run (--repeat) more lead
+        if late:  # the node got slower since it was measured
             prep.lead = min(MAX_LEAD, max(prep.lead, lead + safety() * max(late) / 1000.0))
-        return RunResult(protocol, self.server.address, port, start_at, lead, results,
-                         time.perf_counter() - t0)
+        elif program.client is not None and prep.costs:
+            prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
 
 
 def _is_float(word: str) -> bool:

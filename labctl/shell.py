@@ -22,7 +22,7 @@ from pathlib import Path
 
 from labctl.errors import LabctlError
 from labctl.inventory import Host, known_hosts_text
-from labctl.safety import check_route
+from labctl.safety import check_host
 
 SSH_CLIENT = "ssh"
 
@@ -62,10 +62,12 @@ def ssh_argv(client: str, host: Host, *, known_hosts: Path, command: str | None)
 
 def open_shell(host: Host, words: Sequence[str]) -> int:
     """Run the system ssh client on ``host`` (a shell, or ``words``); return its exit status."""
-    check_route(host.address, host.interface)
+    check_host(host)  # ip route get where it can, else the route's source address (any host system)
     client = shutil.which(SSH_CLIENT)
     if client is None:
-        raise ShellError("the ssh client is missing; install it with: apt-get install -y openssh-client")
+        how = ("add Windows' OpenSSH Client (Settings > Apps > Optional features), or run labctl in WSL2"
+               if os.name == "nt" else "install it with: apt-get install -y openssh-client")
+        raise ShellError(f"the ssh client is missing; {how}")
     with tempfile.TemporaryDirectory(prefix="labctl-ssh-") as tmp:  # 0700, removed whatever happens
         known_hosts = Path(tmp) / "known_hosts"
         fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

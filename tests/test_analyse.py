@@ -5,6 +5,7 @@ tests/requires.py: skipped visibly here without it, a failure under CI).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -13,10 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from labctl.analyse import CaptureFileError, analyse_file, render_terminal
-from labctl.analyse import conversations as cv
-from labctl.analyse.pcapwrite import (
+from pcapwrite import (
     eth,
     global_header,
     ipv4,
@@ -29,11 +27,22 @@ from labctl.analyse.pcapwrite import (
     write_bench_capture,
     write_pcap,
 )
-from labctl.analyse.report import write_json, write_json_fast
+
+from labctl.analyse import CaptureFileError, analyse_file, decode, json_report, render_terminal
+from labctl.analyse import tcp as tcp_state
+from labctl.analyse.json_report import write_json
+from labctl.analyse.milliseconds import FloatClock
 from tests.requires import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 C, S = "10.0.0.2", "10.0.0.1"
+
+
+def _document(analysis) -> dict:
+    """The --json document of an analysis, parsed."""
+    out = io.StringIO()
+    write_json(analysis, out)
+    return json.loads(out.getvalue())
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -138,7 +147,7 @@ def test_non_ip_frames_are_counted_not_analysed(tmp_path):
     p = write_pcap(tmp_path / "x.pcap", [(1.0, arp), (1.1, lldp), (1.2, icmp), *_exchange(2.0)])
     a = analyse_file(p)
     assert a.tcp_count == 1 and a.udp_count == 1
-    assert a.builder.skipped == {"not IP (ARP, LLDP, ...)": 2, "IP but neither TCP nor UDP (ICMP, ...)": 1}
+    assert a.builder.skipped == {"not IP: ARP": 1, "not IP: LLDP": 1, "IP but neither TCP nor UDP: ICMP": 1}
     assert a.packets == 13
 
 
@@ -176,7 +185,7 @@ def test_snaplen_cut_packets(tmp_path):
     (t,) = list(a.tcp())
     assert t.payload_bytes == 21          # from the IP length, not from the cut frame
     assert t.bytes == 8 * 54 + 21          # frame lengths on the wire
-    assert a.builder.skipped == {cv.dec.SKIP_CUT: 1}
+    assert a.builder.skipped == {decode.SKIP_CUT: 1}
     assert any("snapshot length 60" in w for w in a.warnings)
 
 
@@ -207,7 +216,7 @@ def test_pcapng_same_as_pcap(tmp_path, tsresol):
     ng.write_bytes(_pcapng(frames, tsresol=tsresol))
     b = analyse_file(ng)
     assert b.info.format == "pcapng"
-    assert [c.as_dict() for c in a.conversations()] == [c.as_dict() for c in b.conversations()]
+    assert _document(a)["conversations"] == _document(b)["conversations"]
 
 
 def test_pcapng_truncated(tmp_path):
@@ -231,10 +240,13 @@ def test_link_types(tmp_path, linktype, wrap):
     assert t.packets == 8 and t.server_payload == 21 and t.handshake and u.packets == 2
 
 
-def test_unsupported_link_type(tmp_path):
-    p = write_pcap(tmp_path / "x.pcap", [], linktype=105)   # 802.11
-    with pytest.raises(CaptureFileError, match="link type 105 is not supported"):
-        analyse_file(p)
+def test_link_type_without_ip_is_named_not_refused(tmp_path):
+    p = write_pcap(tmp_path / "x.pcap", [(1.0, bytes(64))], linktype=189)   # USB (Linux)
+    a = analyse_file(p)
+    assert a.tcp_count == a.udp_count == 0
+    assert a.builder.skipped == {"not analysed: USB (Linux) frames (link type 189) carry no IP this tool "
+                                 "decodes": 1}
+    assert a.linktype_names == ["USB (Linux)"]
 
 
 def test_big_endian_and_nanosecond_pcap(tmp_path):
@@ -247,7 +259,7 @@ def test_big_endian_and_nanosecond_pcap(tmp_path):
             f.write(struct.pack(">IIII", sec, round((ts - sec) * 1e9), len(fr), len(fr)) + fr)
     a = analyse_file(p)
     b = analyse_file(write_pcap(tmp_path / "le.pcap", frames))
-    assert [c.as_dict() for c in a.conversations()] == [c.as_dict() for c in b.conversations()]
+    assert _document(a)["conversations"] == _document(b)["conversations"]
 
 
 # --- TCP analysis -------------------------------------------------------------------------------------
@@ -352,17 +364,17 @@ def test_refused_connection(tmp_path):
 
 def test_fold_and_unfold_keep_everything(tmp_path, monkeypatch):
     """Closed conversations are folded into bytes; a late packet unfolds them and carries on."""
-    monkeypatch.setattr(cv, "FOLD_AFTER", 0)
+    monkeypatch.setattr(tcp_state, "FOLD_AFTER", 0)
     frames = tcp_daytime(C, 40000, S, 8080, 10.0)
     frames.append((12.0, tcp_frame(S, 8080, C, 40000, 5000 + 22, 1002, 0x11)))  # late FIN again
     a = analyse_file(write_pcap(tmp_path / "late.pcap", frames), detail=0)
     (t,) = list(a.tcp())
     assert t.packets == 9 and t.retransmissions == 1
     b = analyse_file(write_pcap(tmp_path / "d.pcap", tcp_daytime(C, 40000, S, 8080, 10.0)), detail=0)
-    assert type(b.builder.tcp[0]) is not list     # folded
+    assert type(b.builder.tcp.convs[0]) is not list     # folded
     c = analyse_file(write_pcap(tmp_path / "e.pcap", tcp_daytime(C, 40000, S, 8080, 10.0)), detail=5)
-    assert type(c.builder.tcp[0]) is list         # kept for its ladder
-    assert next(b.tcp()).as_dict() == next(c.tcp()).as_dict()
+    assert type(c.builder.tcp.convs[0]) is list         # kept for its ladder
+    assert dataclasses.replace(next(b.tcp()), ladder=None) == dataclasses.replace(next(c.tcp()), ladder=None)
 
 
 def test_udp_exchanges_and_icmp(tmp_path):
@@ -385,21 +397,27 @@ def test_udp_exchanges_and_icmp(tmp_path):
 
 # --- output -------------------------------------------------------------------------------------------
 
-def test_json_fast_equals_reference(tmp_path):
+def test_json_says_what_the_conversations_say(tmp_path):
+    """The JSON lines and the conversations the ladders and tables show come from the same figures."""
     frames = _exchange() + _scenario("rto", 40010) + _scenario("reuse", 40020) + _scenario("refused", 40030)
     frames.sort(key=lambda f: f[0])
     a = analyse_file(write_pcap(tmp_path / "x.pcap", frames))
-    s1, s2 = io.StringIO(), io.StringIO()
-    write_json(a, s1)
-    write_json_fast(a, s2)
-    d1, d2 = json.loads(s1.getvalue()), json.loads(s2.getvalue())
-    assert d1 == d2
-    conv = d1["conversations"][0]
-    for k in ("proto", "client", "server", "packets", "bytes", "payload_bytes", "retransmissions", "syn",
-              "fin", "rst", "closed_by", "rtt_ms", "exchanges", "ttfb_ms", "duration_ms",
-              "overhead_pct"):
-        assert k in conv
-    assert d1["summary"]["tcp"]["conversations"] == 5    # the reused 4-tuple counts twice
+    doc = _document(a)
+    convs = list(a.conversations())
+    assert len(doc["conversations"]) == len(convs) == 6
+    for line, c in zip(doc["conversations"], convs):
+        assert (line["proto"], line["client"], line["server"]) == (c.proto, c.client, c.server)
+        assert (line["packets"], line["bytes"]) == (c.packets, c.bytes)
+        assert (line["payload_bytes"], line["server_payload_bytes"]) == (c.payload_bytes, c.server_payload)
+        for k in ("rtt_ms", "ttfb_ms", "duration_ms"):
+            want = getattr(c, k)
+            assert line[k] == (None if want is None else round(want, 3)), k
+        assert [e["answered"] for e in line["exchanges"]] == [e.answered for e in c.exchanges]
+        if c.proto == "tcp":
+            assert (line["closed_by"], line["refused"], line["handshake"], line["retransmissions"]) == (
+                c.closed_by, c.refused, c.handshake, c.retransmissions)
+    assert doc["summary"]["tcp"]["conversations"] == 5    # the reused 4-tuple counts twice
+    assert doc["summary"]["tcp"]["refused"] == 1 and doc["summary"]["tcp"]["retransmissions"] == 1
 
 
 def _stories(tmp_path: Path) -> list[Path]:
@@ -416,27 +434,57 @@ def _stories(tmp_path: Path) -> list[Path]:
             write_pcap(tmp_path / "s.pcap", frames), bench]
 
 
-def test_fast_json_text_equals_the_float_path(tmp_path):
-    """fastjson (integer microseconds, cached texts) writes the same bytes as report.emit_rows (floats)."""
+def test_exact_microseconds_write_the_float_text(tmp_path, monkeypatch):
+    """MicroClock (integer microseconds, cached texts) writes the same bytes as FloatClock (floats)."""
     for p in _stories(tmp_path):
         a = analyse_file(p)
-        fast, slow = io.StringIO(), io.StringIO()
-        write_json_fast(a, fast)
-        a.builder.units = 0          # not microseconds: the float path
-        write_json_fast(a, slow)
-        assert fast.getvalue() == slow.getvalue(), p
+        assert json_report.clock_for(a.builder).exact
+        exact, floats = io.StringIO(), io.StringIO()
+        write_json(a, exact)
+        monkeypatch.setattr(json_report, "clock_for", lambda b: FloatClock(b.times.seconds))
+        write_json(a, floats)
+        monkeypatch.undo()
+        assert exact.getvalue() == floats.getvalue(), p
 
 
 def test_folding_early_changes_nothing(tmp_path, monkeypatch):
     """Closed conversations folded from the first one (FOLD_FROM = 0) unfold exactly: same document."""
     for p in _stories(tmp_path):
         plain = io.StringIO()
-        write_json_fast(analyse_file(p, detail=0), plain)
-        monkeypatch.setattr(cv, "FOLD_FROM", 0)
+        write_json(analyse_file(p, detail=0), plain)
+        monkeypatch.setattr(tcp_state, "FOLD_FROM", 0)
         folded = io.StringIO()
-        write_json_fast(analyse_file(p, detail=0), folded)
+        write_json(analyse_file(p, detail=0), folded)
         monkeypatch.undo()
         assert folded.getvalue() == plain.getvalue(), p
+
+
+def _big_endian_copy(src: Path, dst: Path) -> Path:
+    """The same capture with big-endian headers: the fast path does not read those."""
+    data = src.read_bytes()
+    magic, vmaj, vmin, tz, sig, snaplen, network = struct.unpack_from("<IHHiIII", data)
+    out = [struct.pack(">IHHiIII", magic, vmaj, vmin, tz, sig, snaplen, network)]
+    o = 24
+    while o < len(data):
+        sec, frac, incl, orig = struct.unpack_from("<IIII", data, o)
+        out.append(struct.pack(">IIII", sec, frac, incl, orig) + data[o + 16:o + 16 + incl])
+        o += 16 + incl
+    dst.write_bytes(b"".join(out))
+    return dst
+
+
+@pytest.mark.parametrize("detail", [0, 8])
+def test_fast_path_equals_general_path(tmp_path, detail):
+    """Every packet through the general analysis gives the state the fast path's short cuts give."""
+    for p in _stories(tmp_path):
+        general = analyse_file(_big_endian_copy(p, tmp_path / "be.pcap"), detail=detail).builder
+        fast = analyse_file(p, detail=detail).builder
+        assert fast.tcp.keys == general.tcp.keys and len(fast.tcp) == len(general.tcp), p
+        for i in range(len(fast.tcp)):
+            assert list(fast.tcp.flat(i)) == list(general.tcp.flat(i)), (p, i)
+            assert fast.tcp.detail_of(i) == general.tcp.detail_of(i), (p, i)
+        assert fast.udp.convs == general.udp.convs and fast.udp.icmp == general.udp.icmp, p
+        assert (fast.packets, fast.bytes, fast.skipped) == (general.packets, general.bytes, general.skipped)
 
 
 def test_json_cli_on_bench_capture(tmp_path):
@@ -497,7 +545,7 @@ def test_parallel_json_is_the_same_document(tmp_path):
     from labctl.analyse.parallel import write_json_parallel
 
     single, multi = io.StringIO(), io.StringIO()
-    write_json_fast(analyse_file(p, detail=0), single)
+    write_json(analyse_file(p, detail=0), single)
     for jobs in (2, 3):
         multi = io.StringIO()
         write_json_parallel(p, multi, jobs)

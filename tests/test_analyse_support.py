@@ -99,6 +99,66 @@ def ours(analysis) -> Counter:
     return result
 
 
+def tshark_bytes(n: int) -> str:
+    """A byte count as tshark 4.0's conversation table prints it."""
+    if n < 10_000:
+        return f"{n} bytes"
+    if n < 10_000_000:
+        return f"{n // 1000} kB"
+    return f"{n // 1000_000} MB"
+
+
+def tshark_table(path: Path) -> Counter:
+    """tshark's TCP and UDP conversation tables: (proto, endpoint, endpoint, frames, bytes as printed)."""
+    out = subprocess.run(["tshark", "-n", "-r", str(path), "-q", "-z", "conv,tcp", "-z", "conv,udp"],
+                         capture_output=True, text=True).stdout
+    table: Counter = Counter()
+    proto = None
+    for line in out.splitlines():
+        if line.startswith(("TCP Conversations", "UDP Conversations")):
+            proto = line[:3].lower()
+        m = re.match(r"^(\S+)\s+<->\s+(\S+)\s+\d+\s+\d+\s+\w+\s+\d+\s+\d+\s+\w+\s+(\d+)\s+(\d+ \w+)", line)
+        if m and proto:
+            a, b, frames, nbytes = m.groups()
+            table[(proto, *sorted((a, b)), int(frames), nbytes)] += 1
+    return table
+
+
+def our_table(analysis) -> Counter:
+    """labctl's conversations in tshark's terms (IPv6 endpoints without brackets, bytes rounded)."""
+    def ep(x: str) -> str:
+        return x[1:].replace("]:", ":") if x.startswith("[") else x
+
+    return Counter((c.proto, *sorted((ep(c.client), ep(c.server))), c.packets, tshark_bytes(c.bytes))
+                   for c in analysis.conversations())
+
+
+TCP_FLAGS = ("retransmission", "fast_retransmission", "spurious_retransmission", "out_of_order",
+             "duplicate_ack")
+
+
+def tshark_tcp_flags(path: Path) -> dict[str, int]:
+    """How many segments tshark marks with each of ``TCP_FLAGS`` (one pass)."""
+    argv = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=f"]
+    for f in TCP_FLAGS:
+        argv += ["-e", f"tcp.analysis.{f}"]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    counts = dict.fromkeys(TCP_FLAGS, 0)
+    for line in out.splitlines():
+        for f, v in zip(TCP_FLAGS, line.split("\t")):
+            counts[f] += v == "1"
+    return counts
+
+
+def our_tcp_flags(analysis) -> dict[str, int]:
+    convs = list(analysis.tcp())
+    return {"retransmission": sum(c.retransmissions for c in convs),
+            "fast_retransmission": sum(c.fast_retransmissions for c in convs),
+            "spurious_retransmission": sum(c.spurious_retransmissions for c in convs),
+            "out_of_order": sum(c.out_of_order for c in convs),
+            "duplicate_ack": sum(c.dup_acks for c in convs)}
+
+
 def tshark_count(path: Path, display_filter: str) -> int:
     require_tool("tshark")
     out = subprocess.run(["tshark", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e",

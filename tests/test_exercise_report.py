@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from labctl.analyse import analyse_file
+from labctl.analyse import analyse_file, summarise
 from labctl.analyse.exercise_report import render_report
 from labctl.analyse.labdrawing import lab_svg
 from labctl.analyse.textbook import TCP_TEXTBOOK, differences, late_clients, textbook_conversation
@@ -37,7 +37,7 @@ def test_spread_is_first_to_last_client_first_packet():
 
 def test_textbook_differences_name_the_fin_with_the_data_or_the_separate_packets():
     analysis = analyse_file(PCAP)
-    tcp = analysis.shown("tcp", 1)[0]
+    tcp = summarise(analysis).shown("tcp", 1)[0]
     book = textbook_conversation(tcp)
     assert [p.label for p in book.ladder] == [p.label for p in TCP_TEXTBOOK] and book.retransmissions == 0
     said = " ".join(differences(tcp))

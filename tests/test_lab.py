@@ -95,7 +95,8 @@ BAD_CONTENT = [
     ("name: 12\n", "name: expected text, got 12"),
     # the top level and its keys
     ("- a\n- b\n", "expected settings .key: value. at the top level, got a list"),
-    (NAMED + "colour: blue\n", r"unknown setting 'colour' \(known: clients, host_address, links, name"),
+    (NAMED + "colour: blue\n",
+     r"unknown setting 'colour' \(known: backend, clients, host_address, links, name"),
     (NAMED + "1: x\n", "unknown setting '1'"),
     (NAMED + "clients: 2\nclients: 30\n", "line 3 column 1: not valid YAML: 'clients' is set twice"),
     # YAML errors: one line with where
@@ -226,7 +227,8 @@ def test_a_good_lab_file_still_reaches_the_command(tmp_path):
     path = write(tmp_path, NAMED + "subnet: 192.168.62.0/24\nhost_address: 192.168.62.1\n"
                            "server_address: 192.168.62.2\nclients: 1\nports: {time: 0}\n")
     proc = _status(path, tmp_path)
-    assert proc.returncode == 1 and "192.168.62.3" in proc.stdout and "lab is not up" in proc.stdout, proc
+    # the file's own lab (its name), not the default one: status says in one line that it is not up
+    assert proc.returncode == 1 and "lab htest (netns) is not up" in proc.stdout, proc
 
 
 def test_a_small_subnet_fits_as_many_clients_as_it_has_addresses(tmp_path):
@@ -249,3 +251,12 @@ def test_a_lab_built_in_code_is_checked_like_a_file():
     with pytest.raises(LabError, match="proto and time are both 8081"):
         Lab(ports=Ports(time=8081))
     assert Lab(ports=Ports(time=0)).ports.time == 0
+
+
+def test_the_backend_key_names_which_backend_drives_the_lab(tmp_path):
+    path = tmp_path / "lab.yml"
+    path.write_text("name: htest\nbackend: vagrant\n")
+    assert load_lab(path).backend == "vagrant"
+    path.write_text("name: htest\nbackend: [vagrant]\n")
+    with pytest.raises(LabError, match=r"a backend's name, e\.g\. backend: vagrant"):
+        load_lab(path)

@@ -140,6 +140,8 @@ def test_commands_of_a_lab_that_is_not_up_print_one_line(tmp_path, capsys, monke
                         "server_address: 192.168.119.2\nclients: 1\n")
     code = main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "ssh", "server", "true"])
     err = capsys.readouterr().err
+    assert err.startswith("labctl: backend netns (the default: no lab running)\n")  # which backend, and why
+    err = err.split("\n", 1)[1]
     assert code == 1 and err.startswith("labctl: lab is not up: run labctl up") and "Traceback" not in err
     assert main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "status", "--json"]) == 1
     assert not any(n["up"] for n in json.loads(capsys.readouterr().out)["nodes"])

@@ -10,13 +10,14 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from loopback_sshd import free_port, loopback_sshd
 
 from labctl.capture import CaptureError, capture, parse_stats
-from labctl.deploy import SERVER_FILES, SERVER_PID, ensure, probe, stop_server
+from labctl.deploy import ensure, probe, program_for, stop_server
 from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group
@@ -47,9 +48,8 @@ def loop_lab(loop_sshd, tmp_path):
     remote.mkdir()
     inventory = Inventory(backend="loop", hosts=hosts, lab=lab)
     yield inventory, str(remote)
-    # stop whatever server the test left running, by its recorded PID
-    pid_file = remote / SERVER_PID
-    if pid_file.exists():
+    # stop whatever server the test left running, by its recorded PID (the keeper stops its group)
+    for pid_file in (remote / "servers").glob("*.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
@@ -61,9 +61,14 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
         first = ensure(g, ports, remote_dir=remote)
         assert first.ok, first.to_json()
         server = first.nodes[0]
-        assert sorted(server.copied) == sorted(SERVER_FILES) and server.server.startswith("started pid ")
+        assert "timeserver.py" in server.copied  # (the launcher: shared with the "clients" here)
+        there = set(server.copied + server.unchanged)
+        assert {"serverctl.py", "startat.py", "timeserver_protocol.py"} <= there
+        assert server.server.startswith("started pid ")
+        assert set(server.listening) >= {f"tcp {ports.tcp}", f"udp {ports.tcp}", f"tcp {ports.proto}"}
         # the three "clients" share one directory here: whoever looks first copies, the others may not
-        assert all(n.copied + n.unchanged == ["timeclient.py"] for n in first.nodes[1:])
+        assert all(sorted(n.copied + n.unchanged) == ["startat.py", "startat_hold.py", "timeclient.py"]
+                   for n in first.nodes[1:])
         assert any(n.copied for n in first.nodes[1:])
         pid = int(server.server.split()[-1])
         assert Path(f"/proc/{pid}").exists()
@@ -85,7 +90,7 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
         assert stop_server(g.connections["server"], remote_dir=remote) is True
-        assert probe(g.connections["server"], remote).server_pid is None
+        assert probe(g.connections["server"], program_for(inventory), remote).server_pid is None
 
 
 def test_deploy_reports_a_dead_node_and_keeps_the_others(loop_lab):
@@ -150,5 +155,67 @@ def test_deploy_refuses_to_share_the_port_with_a_foreign_server(loop_lab):
         with Group([inventory.server]) as g:
             report = ensure(g, inventory.lab.ports, remote_dir=remote)
     assert not report.ok
-    assert f"port {inventory.lab.ports.tcp} is already in use" in report.nodes[0].error
-    assert not (Path(remote) / SERVER_PID).exists()
+    tcp = inventory.lab.ports.tcp
+    assert f"port tcp {tcp} is already in use by pid {os.getpid()}" in report.nodes[0].error
+    assert not list((Path(remote) / "servers").glob("*.pid"))
+
+
+def _program(inventory, remote, **entry):
+    from labctl.programs import parse_program
+
+    return program_for(inventory, parse_program("mine", entry))
+
+
+def test_run_a_foreign_client_through_the_launcher_over_real_ssh(loop_lab, tmp_path):
+    """The whole path of `labctl run` for a program labctl did not write: deploy, startat, the tether."""
+    from labctl.run import Runner
+
+    inventory, remote = loop_lab
+    client = tmp_path / "client.py"  # a student's client: not executable, run with its interpreter
+    client.write_text("import socket, sys\ns = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
+                      "print('got', s.recv(100).decode().strip(), 'on', sys.argv[3])\n")
+    client.chmod(0o644)
+    program = _program(inventory, remote, server="builtin", client=f"{client} {{server}} {{port}} {{node}}")
+    with Runner(inventory, remote_dir=remote) as runner:
+        result = runner.trigger(program)
+    assert result.ok, [r.error for r in result.results]
+    assert sorted(r.reply.split()[-1] for r in result.results) == ["client1", "client2", "client3"]
+    assert all(r.reply.startswith("got 20") and r.exit == 0 for r in result.results)
+    assert all({"start", "ready", "execve", "exec", "end"} <= set(r.timings) for r in result.results)
+    assert result.spread_ms is not None
+
+
+def test_ctrl_c_during_run_stops_every_client_and_keeps_what_came_back(loop_lab, tmp_path):
+    import threading
+
+    from labctl.run import Runner
+
+    inventory, remote = loop_lab
+    marker = f"labctl-test-hang-{os.getpid()}-{free_port()}"
+    # a client that hangs, and a child of it, both with the marker in their command lines
+    client = ("python3 -c 'import subprocess, sys, time; "
+              "subprocess.Popen([sys.executable, *sys.argv[1:]]); time.sleep(300)' "
+              f"-c 'import time; time.sleep(300)' {marker}")
+    program = _program(inventory, remote, server="builtin", client=client, timeout=300)
+    running: list[str] = []
+
+    def ctrl_c() -> None:
+        running.extend(subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with Runner(inventory, remote_dir=remote) as runner:
+        runner.prepare(program)
+        timer = threading.Timer(runner.prepared.lead + 1.0, ctrl_c)
+        timer.start()
+        try:
+            result = runner.trigger(program)
+        finally:
+            timer.cancel()
+    assert len(running) >= 6  # (while it ran: 3 clients and a child each)
+    assert result.interrupted and not result.ok and len(result.results) == 3
+    assert all(r.error == "interrupted (Ctrl-C): its client was stopped" for r in result.results)
+    deadline = time.monotonic() + 5
+    left = ["?"]
+    while left and time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == []  # nothing of any client is left running

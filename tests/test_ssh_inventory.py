@@ -72,7 +72,8 @@ def test_a_full_inventory_loads(keys, tmp_path):
 def test_export_round_trips_in_both_formats(keys, tmp_path):
     lab = load_lab()
     hosts = tuple(Host(n.name, n.role, n.address, key_file=keys["client"], host_key=keys["host_keys"][i],
-                       interface="lab-br") for i, n in enumerate(lab.nodes))
+                       interface="lab-br", host_address=lab.host_address if i else None)
+                  for i, n in enumerate(lab.nodes))
     original = Inventory("netns", hosts, lab)
     for fmt in ("yaml", "json"):
         text = dump_inventory(original, fmt)
@@ -210,3 +211,10 @@ def test_the_ssh_backend_serves_an_exported_inventory_as_its_own(keys, tmp_path)
     doc["backend"] = "netns"
     inv = make_backend("ssh", load_lab(), tmp_path, inventory_file=_write(tmp_path, doc)).inventory()
     assert inv.backend == "ssh" and inv.lab == load_lab() and len(inv) == 4
+
+
+def test_host_address_is_this_machines_lab_address(keys, tmp_path):
+    inv = load_inventory(_write(tmp_path, _doc(keys, host_address="192.168.20.1")))
+    assert inv.server.host_address == "192.168.20.1" and inv.get("client1").host_address is None
+    with pytest.raises(InventoryError, match="host_address 'lab-host' is not an IP address"):
+        load_inventory(_write(tmp_path, _doc(keys, host_address="lab-host")))

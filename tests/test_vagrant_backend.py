@@ -24,6 +24,7 @@ from labctl.backends.vagrant.preflight import (
     vbox_allowed_ranges,
     vbox_network_problem,
 )
+from labctl.errors import LabctlError
 from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
 
@@ -175,8 +176,17 @@ def test_status_inventory_halt_and_down(fake, backend):
     assert fake.calls()[-1]["args"] == ["destroy", "--force"]
     assert not backend.pins_file.exists()
     fake.update(machines=dict.fromkeys(["server", "client1", "client2", "client3"], "running"))
-    with pytest.raises(LabNotUp, match="no pinned host key for server"):
-        backend.inventory()
+    # VMs that a plain `vagrant up` made: the first inventory adopts them (reads and pins each host key,
+    # installs labctl's key for root over vagrant ssh), once
+    before = len(fake.calls())
+    inventory = backend.inventory()
+    assert backend.pins_file.exists() and backend.client_key.is_file()
+    assert [h.name for h in inventory] == ["server", "client1", "client2", "client3"]
+    ssh_calls = [c for c in fake.calls()[before:] if c["args"][:1] == ["ssh"]]
+    assert len(ssh_calls) == 4 and all("LABCTL_KEY_OK" in " ".join(c["args"]) for c in ssh_calls)
+    before = len(fake.calls())
+    backend.inventory()
+    assert not [c for c in fake.calls()[before:] if c["args"][:1] == ["ssh"]], "adopted once, not per command"
 
 
 def test_a_failed_vagrant_up_is_one_clear_error_quoting_its_log(fake, backend):
@@ -395,5 +405,5 @@ def test_an_unwritable_state_dir_is_a_clear_error(fake, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     b = make_backend("vagrant", load_lab(), blocker / "lab")
-    with pytest.raises(BackendError, match=r"cannot create the lab's state directory .*--state-dir"):
+    with pytest.raises(LabctlError, match=r"cannot create state directory .*--state-dir"):
         b.up()

@@ -13,8 +13,8 @@ from labctl.analyse.html import CSS as BASE_CSS
 from labctl.analyse.html import _table
 from labctl.analyse.labdrawing import lab_svg
 from labctl.analyse.model import Analysis, Conversation
-from labctl.analyse.report import ProtoSummary, summaries
 from labctl.analyse.story import comparison_rows, findings, reflection
+from labctl.analyse.summary import ProtoSummary, summarise, totals
 from labctl.analyse.svg import ladder_group, svg_document
 from labctl.analyse.textbook import SLOW_MS, differences, late_clients, textbook_conversation
 from labctl.analyse.timeline import spread_ms, timeline_svg
@@ -32,7 +32,7 @@ td.reply{text-align:left;font-family:"DejaVu Sans Mono",monospace;font-size:13px
 
 
 def _first(analysis: Analysis | None, proto: str) -> Conversation | None:
-    shown = analysis.shown(proto, 1) if analysis is not None else []
+    shown = summarise(analysis).shown(proto, 1) if analysis is not None else []
     return shown[0] if shown else None
 
 
@@ -104,8 +104,8 @@ def _textbook(conv: Conversation, proto: str) -> list[str]:
 
 
 def _pair(analyses: dict[str, Analysis], tcp_key: str, udp_key: str) -> tuple[ProtoSummary, ProtoSummary]:
-    tcp = summaries(analyses[tcp_key])[0] if tcp_key in analyses else ProtoSummary("tcp")
-    udp = summaries(analyses[udp_key])[1] if udp_key in analyses else ProtoSummary("udp")
+    tcp = totals(analyses[tcp_key].builder)[0] if tcp_key in analyses else ProtoSummary("tcp")
+    udp = totals(analyses[udp_key].builder)[1] if udp_key in analyses else ProtoSummary("udp")
     return tcp, udp
 
 
@@ -164,22 +164,21 @@ def render_report(data: dict, directory: Path) -> str:
         out.append(f"<h3>Under {data.get('loss', 0):g} % loss</h3>")
         out.extend(_textbook(lossy_tcp, "tcp")[1:])
     if analyses:
-        anyone = next(iter(analyses.values()))
         tcp, udp = _pair(analyses, "tcp", "udp")
         out.append("<h2>Comparison (TCP hour against UDP hour)</h2>")
         out.append(_table(*comparison_rows(tcp, udp)))
         out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
-                                                     for s in findings(anyone, tcp, udp)) + "</ul>")
+                                                     for s in findings(tcp, udp)) + "</ul>")
         ltcp, ludp = _pair(analyses, "tcp-lossy", "udp-lossy")
         if ltcp.conversations or ludp.conversations:
             out.append(f"<h3>The lossy round: {data.get('loss', 0):g} % loss on every link</h3>")
             out.append(_table(*comparison_rows(ltcp, ludp)))
             out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
-                                                         for s in findings(anyone, ltcp, ludp)) + "</ul>")
+                                                         for s in findings(ltcp, ludp)) + "</ul>")
         out.append("<h2>Reflection, answered from this run</h2>")
         lossy_round = ltcp.conversations or ludp.conversations
-        lossy_answers = dict(reflection(anyone, ltcp, ludp)) if lossy_round else {}
-        for question, answers in reflection(anyone, tcp, udp):
+        lossy_answers = dict(reflection(ltcp, ludp)) if lossy_round else {}
+        for question, answers in reflection(tcp, udp):
             out.append(f'<p class="q">{escape(question)}</p>')
             out.extend(f"<p>{escape(a)}</p>" for a in answers)
             if lossy_answers:

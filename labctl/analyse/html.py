@@ -7,10 +7,12 @@ import datetime as dt
 from html import escape
 from pathlib import Path
 
-from labctl.analyse.model import Analysis, Conversation
-from labctl.analyse.report import summaries
+from labctl.analyse.model import Conversation
 from labctl.analyse.story import comparison_rows, findings, reflection
+from labctl.analyse.summary import Summary
 from labctl.analyse.svg import ladder_group, svg_document
+
+LISTED = 200     # conversations in the table of every conversation (summarise(analysis, listed=LISTED))
 
 CSS = """
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;color:#111;background:#fff;margin:24px auto;
@@ -56,20 +58,21 @@ def _conv_rows(convs: list[Conversation]) -> list[list[str]]:
     return rows
 
 
-def render_html(analysis: Analysis, max_rows: int = 200) -> str:
-    tcp, udp = summaries(analysis)
-    tcp_shown = analysis.shown("tcp", 2)
-    udp_shown = analysis.shown("udp", 2)
+def render_html(summary: Summary) -> str:
+    f = summary.facts
+    tcp, udp = summary.tcp, summary.udp
+    tcp_shown = summary.shown("tcp", 2)
+    udp_shown = summary.shown("udp", 2)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>TCP vs UDP — {escape(Path(analysis.path).name)}</title>",
+           f"<title>TCP vs UDP — {escape(Path(f.path).name)}</title>",
            f"<style>{CSS}</style></head><body>",
            "<h1>TCP vs UDP, seen on the wire</h1>",
-           f'<p class="meta">Capture <b>{escape(analysis.path)}</b>: {analysis.packets} packets, '
-           f"{analysis.bytes} bytes ({escape(analysis.info.format)}, "
-           f"{escape(', '.join(analysis.linktype_names))}); {analysis.tcp_count} TCP and "
-           f"{analysis.udp_count} UDP conversations. Report made by labctl on "
+           f'<p class="meta">Capture <b>{escape(f.path)}</b>: {f.packets} packets, '
+           f"{f.bytes} bytes ({escape(f.format)}, "
+           f"{escape(', '.join(f.link_types))}); {f.tcp_conversations} TCP and "
+           f"{f.udp_conversations} UDP conversations. Report made by labctl on "
            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
-    for w in analysis.warnings:
+    for w in f.warnings:
         out.append(f'<p class="warn">Warning: {escape(w)}</p>')
     out.append("<h2>The ladders</h2>")
     out.append("<p>Time runs down. Each arrow is one packet, labelled with its TCP flags, relative "
@@ -89,33 +92,29 @@ def render_html(analysis: Analysis, max_rows: int = 200) -> str:
     headers, rows = comparison_rows(tcp, udp)
     out.append(_table(headers, rows))
     out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
-                                                 for s in findings(analysis, tcp, udp)) + "</ul>")
+                                                 for s in findings(tcp, udp)) + "</ul>")
     out.append("<h2>Reflection</h2>")
-    for question, answers in reflection(analysis, tcp, udp):
+    for question, answers in reflection(tcp, udp):
         out.append(f'<p class="q">{escape(question)}</p>')
         out.extend(f"<p>{escape(a)}</p>" for a in answers)
     out.append("<h2>Every conversation</h2>")
-    convs = []
-    for i, c in enumerate(analysis.conversations()):
-        if i >= max_rows:
-            break
-        convs.append(c)
-    total = analysis.tcp_count + analysis.udp_count
+    convs = summary.listed
+    total = f.tcp_conversations + f.udp_conversations
     out.append(_table(["", "client", "server", "packets", "bytes", "payload", "overhead", "RTT ms",
                        "first byte ms", "duration ms", ""], _conv_rows(convs)))
     if total > len(convs):
         out.append(f'<p class="small">First {len(convs)} of {total} conversations; '
                    "'labctl analyse FILE --json' lists them all.</p>")
-    if analysis.builder.skipped:
+    if f.not_analysed:
         out.append('<p class="small">Not analysed: ' + escape("; ".join(
-            f"{n} {why}" for why, n in sorted(analysis.builder.skipped.items()))) + "</p>")
+            f"{n} {why}" for why, n in f.not_analysed.items())) + "</p>")
     out.append("</body></html>\n")
     return "\n".join(out)
 
 
-def write_html(analysis: Analysis, path: str | Path) -> Path:
+def write_html(summary: Summary, path: str | Path) -> Path:
     p = Path(path)
     if p.parent and not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_html(analysis), encoding="utf-8")
+    p.write_text(render_html(summary), encoding="utf-8")
     return p

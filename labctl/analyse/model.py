@@ -1,42 +1,54 @@
-"""What an analysis found, in the exercise's words: conversations, their packets and exchanges.
+"""A capture's conversations in the exercise's words: Analysis, Conversation, Exchange, Packet.
 
-``Analysis`` wraps the builder's compact state and turns it into ``Conversation`` objects on demand
-(``tcp()``, ``udp()``, ``conversations()``), so a capture with 100,000 conversations never holds
-100,000 objects at once unless asked to.
+``analyse_file`` (``__init__.py``) returns an ``Analysis``: the capture's facts (packets, bytes, link
+types, what was not analysed, warnings) and its conversations' compact state. ``tcp()``, ``udp()`` and
+``conversations()`` turn that into ``Conversation`` objects one at a time (from ``figures.py``, with
+times as floats: ``milliseconds.FloatClock``), so a capture of 100,000 conversations never holds
+100,000 objects at once unless asked to. Only the conversations whose packets were kept (the first
+``detail`` of each protocol) come with a ``ladder``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from labctl.analyse import conversations as cv
+from labctl.analyse import decode as dec
+from labctl.analyse import wire
+from labctl.analyse.conversations import Builder
+from labctl.analyse.figures import (
+    TCP_CLIENT,
+    tcp_figures,
+    tcp_rows,
+    tcp_times,
+    udp_figures,
+    udp_rows,
+    udp_times,
+)
+from labctl.analyse.milliseconds import FloatClock
 from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
+from labctl.analyse.tcp import F_ISN
 
-FLAG_NAMES = ((cv.SYN, "SYN"), (cv.FIN, "FIN"), (cv.RST, "RST"), (cv.PSH, "PSH"), (cv.ACK, "ACK"))
+FLAG_NAMES = ((wire.SYN, "SYN"), (wire.FIN, "FIN"), (wire.RST, "RST"), (wire.PSH, "PSH"), (wire.ACK, "ACK"))
+
+
+def split_key(key: bytes) -> tuple[str, str]:
+    """(source endpoint, destination endpoint) of a key: "10.0.0.1:80", "[2001:db8::1]:80"."""
+    import socket
+
+    n = (len(key) - 4) // 2
+    fam = socket.AF_INET if n == 4 else socket.AF_INET6
+    a, b = socket.inet_ntop(fam, key[:n]), socket.inet_ntop(fam, key[n:2 * n])
+    if n != 4:
+        a, b = f"[{a}]", f"[{b}]"
+    return f"{a}:{key[2 * n] << 8 | key[2 * n + 1]}", f"{b}:{key[2 * n + 2] << 8 | key[2 * n + 3]}"
 
 
 def flag_text(flags: int) -> str:
     """Wireshark-style flag label: SYN, SYN-ACK, ACK, PSH-ACK, FIN-ACK, RST, RST-ACK."""
     names = [n for bit, n in FLAG_NAMES if flags & bit]
-    if flags & cv.SYN and flags & cv.ACK:
+    if flags & wire.SYN and flags & wire.ACK:
         return "SYN-ACK"
     return "-".join(names) if names else "(none)"
-
-
-def endpoint(addr: bytes, port: int) -> str:
-    import socket
-
-    if len(addr) == 4:
-        return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
-    return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
-
-
-def split_key(key: bytes) -> tuple[str, str]:
-    """(source endpoint, destination endpoint) of a key."""
-    n = (len(key) - 4) // 2
-    sport = int.from_bytes(key[2 * n:2 * n + 2], "big")
-    dport = int.from_bytes(key[2 * n + 2:], "big")
-    return endpoint(key[:n], sport), endpoint(key[n:2 * n], dport)
 
 
 @dataclass
@@ -61,17 +73,11 @@ class Exchange:
     request_bytes: int
     reply_ms: float | None
     reply_bytes: int
-    replies: int = 0
     note: str = ""
 
     @property
     def answered(self) -> bool:
         return self.reply_ms is not None
-
-    def as_dict(self) -> dict:
-        return {"request_ms": _r(self.request_ms), "request_bytes": self.request_bytes,
-                "reply_ms": _r(self.reply_ms), "reply_bytes": self.reply_bytes,
-                "answered": self.answered, **({"note": self.note} if self.note else {})}
 
 
 class ByteCounts:
@@ -127,41 +133,19 @@ class Conversation(ByteCounts):
     def got_answer(self) -> bool:
         return self.server_payload > 0
 
-    def as_dict(self) -> dict:
-        d = {"proto": self.proto, "client": self.client, "server": self.server,
-             "start": round(self.start, 6), "packets": self.packets, "bytes": self.bytes,
-             "payload_bytes": self.payload_bytes, "client_payload_bytes": self.client_payload,
-             "server_payload_bytes": self.server_payload, "header_bytes": self.header_bytes,
-             "overhead_pct": round(self.overhead_pct, 1), "duration_ms": _r(self.duration_ms),
-             "rtt_ms": _r(self.rtt_ms), "ttfb_ms": _r(self.ttfb_ms)}
-        if self.proto == "tcp":
-            d.update(retransmissions=self.retransmissions, fast_retransmissions=self.fast_retransmissions,
-                     spurious_retransmissions=self.spurious_retransmissions,
-                     out_of_order=self.out_of_order, dup_acks=self.dup_acks, syn=self.syn,
-                     synack=self.synack, fin=self.fin, rst=self.rst, closed_by=self.closed_by,
-                     handshake=self.handshake, refused=self.refused)
-        else:
-            d.update(requests=sum(1 for e in self.exchanges if e.request_ms is not None),
-                     unanswered=self.unanswered)
-        d["exchanges"] = [e.as_dict() for e in self.exchanges]
-        return d
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
-
-
-def _ms(t: float | None, t0: float) -> float | None:
-    return None if t is None else (t - t0) * 1000.0
+    @property
+    def unusual(self) -> bool:
+        """Retransmitted, refused, reset, unanswered or out of order: worth a ladder of its own."""
+        return bool(self.retransmissions or self.refused or self.rst or self.unanswered or self.out_of_order)
 
 
 @dataclass
 class Analysis:
-    """The result of analysing one capture file."""
+    """One capture file read into its conversations."""
 
     path: str
     info: ReadInfo
-    builder: cv.Builder
+    builder: Builder
 
     @property
     def packets(self) -> int:
@@ -175,11 +159,11 @@ class Analysis:
     def warnings(self) -> list[str]:
         w = list(self.info.warnings)
         for reason, n in sorted(self.builder.skipped.items()):
-            if reason in (cv.dec.SKIP_CUT, cv.dec.SKIP_BAD):
+            if reason in (dec.SKIP_CUT, dec.SKIP_BAD):
                 w.append(f"{n} packet(s) {reason}: not analysed" + (
                     f" (snapshot length {self.info.snaplen}; capture with -s 0)"
-                    if reason == cv.dec.SKIP_CUT else ""))
-        return w
+                    if reason == dec.SKIP_CUT else ""))
+        return w + list(self.builder.notes)
 
     @property
     def linktype_names(self) -> list[str]:
@@ -195,95 +179,69 @@ class Analysis:
 
     def tcp(self) -> Iterator[Conversation]:
         b = self.builder
-        for i in range(len(b.tcp)):
-            yield tcp_conversation(i, b.tcp_flat(i), b.tcp_keys[i], b.tcp_detail(i), b.seconds)
+        clock = FloatClock(b.times.seconds)
+        for i, (ca, cp, sa, sp, t0, k) in enumerate(tcp_rows(b, exact=False)):
+            conv = tcp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
+            detail = b.tcp.detail_of(i)
+            if detail is not None:
+                f = b.tcp.flat(i)
+                isns = [f[F_ISN], f[F_ISN + 12]]
+                conv.ladder = _tcp_ladder(detail, isns, k[TCP_CLIENT], t0, b.times.seconds)
+            yield conv
 
     def udp(self) -> Iterator[Conversation]:
         b = self.builder
-        for i, c in enumerate(b.udp):
-            yield udp_conversation(i, c, b.icmp.get(c[cv.U_KEY]), b.seconds)
+        clock = FloatClock(b.times.seconds)
+        for i, (ca, cp, sa, sp, t0, k) in enumerate(udp_rows(b)):
+            conv = udp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
+            detail = b.udp.detail_of(i)
+            if detail is not None:
+                conv.ladder = _udp_ladder(detail, t0, b.times.seconds)
+            yield conv
 
     def conversations(self) -> Iterator[Conversation]:
         yield from self.tcp()
         yield from self.udp()
 
-    def shown(self, proto: str, limit: int) -> list[Conversation]:
-        """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
-        (retransmitted, refused, unanswered), or more unusual ones when there are no ordinary ones."""
-        convs = [c for c in (self.tcp() if proto == "tcp" else self.udp()) if c.ladder is not None]
-        if limit <= 0 or not convs:
-            return []
-        normal = [c for c in convs if not _unusual(c)][:limit]
-        odd = [c for c in convs if _unusual(c)]
-        return normal + odd[:max(1, limit - len(normal))]
 
-
-def _unusual(c: Conversation) -> bool:
-    return bool(c.retransmissions or c.refused or c.rst or c.unanswered or c.out_of_order)
-
-
-def tcp_conversation(index: int, f, key: bytes, detail: list | None, seconds: Callable[[int], float]
+def tcp_conversation(index: int, client: str, server: str, t0: int, k: tuple, clock: FloatClock
                      ) -> Conversation:
-    """A TCP conversation from its flat state ``f`` (see ``conversations.F_*``); times via ``seconds``."""
-    a, b = split_key(key)
-    # who is the client: whoever sent the SYN; without one, the side with the higher port
-    syn_a, syn_b = f[cv.F_SYN], f[cv.F_SYN + 12]
-    if syn_a or syn_b:
-        cd = 0 if syn_a >= syn_b else 1
-    elif f[cv.F_SYNACK] or f[cv.F_SYNACK + 12]:
-        cd = 1 if f[cv.F_SYNACK] else 0
-    else:
-        cd = 0 if _port(a) >= _port(b) else 1
-    sd = 1 - cd
-    c_, s_ = 12 * cd, 12 * sd
-    t0 = seconds(f[cv.F_FIRST])
-    bursts = [(f[i], seconds(f[i + 1]), f[i + 2]) for i in range(cv.F_SIZE, len(f), 3)]
-    exchanges: list[Exchange] = []
-    for d, first, nbytes in bursts:
-        if d == cd:
-            exchanges.append(Exchange(_ms(first, t0), nbytes, None, 0))
-        elif exchanges and exchanges[-1].reply_ms is None:
-            exchanges[-1].reply_ms = _ms(first, t0)
-            exchanges[-1].reply_bytes = nbytes
-            exchanges[-1].replies = 1
-        else:
-            exchanges.append(Exchange(None, 0, _ms(first, t0), nbytes, 1))
-    first_server = next((first for d, first, _ in bursts if d == sd), None)
-    fin_c, fin_s = f[cv.F_FIN + c_], f[cv.F_FIN + s_]
-    fin_c = None if fin_c < 0 else seconds(fin_c)
-    fin_s = None if fin_s < 0 else seconds(fin_s)
-    rst_c, rst_s = f[cv.F_RST + c_], f[cv.F_RST + s_]
-    closed_by = None
-    if fin_c is not None or fin_s is not None:
-        closed_by = "client" if fin_s is None or (fin_c is not None and fin_c <= fin_s) else "server"
-    elif rst_c or rst_s:
-        closed_by = "client (RST)" if rst_c and not rst_s else "server (RST)"
-    refused = bool(rst_s) and not (f[cv.F_SYNACK + s_]) and bool(f[cv.F_SYN + c_])
-    irtt = None if f[cv.F_IRTT] < 0 else seconds(f[cv.F_IRTT]) - seconds(f[cv.F_IRTT0])
-    handshake = bool(f[cv.F_SYN + c_] and f[cv.F_SYNACK + s_] and irtt is not None)
-    conv = Conversation(
-        proto="tcp", index=index, client=(a, b)[cd], server=(a, b)[sd], start=t0,
-        packets=f[cv.F_PKTS], bytes=f[cv.F_BYTES], payload_bytes=f[cv.F_PAY] + f[cv.F_PAY + 12],
-        client_payload=f[cv.F_PAY + c_], server_payload=f[cv.F_PAY + s_],
-        duration_ms=(seconds(f[cv.F_LAST]) - t0) * 1000.0,
-        rtt_ms=None if irtt is None else irtt * 1000.0,
-        ttfb_ms=_ms(first_server, t0), retransmissions=f[cv.F_RETRANS],
-        fast_retransmissions=f[cv.F_FASTRT], spurious_retransmissions=f[cv.F_SPURIOUS],
-        out_of_order=f[cv.F_OOO], dup_acks=f[cv.F_DUPACK], syn=syn_a + syn_b,
-        synack=f[cv.F_SYNACK] + f[cv.F_SYNACK + 12],
-        fin=(fin_c is not None) + (fin_s is not None), rst=rst_c + rst_s, closed_by=closed_by,
-        refused=refused, handshake=handshake, exchanges=exchanges)
-    if detail is not None:
-        conv.ladder = _tcp_ladder(detail, [f[cv.F_ISN], f[cv.F_ISN + 12]], cd, t0, seconds)
-    return conv
+    """A TCP conversation from its figures (``figures.tcp_rows``)."""
+    fig = tcp_figures(k)
+    since = clock.since
+    exchanges = [Exchange(None if rq is None else since(t0, rq), rqb,
+                          None if rp is None else since(t0, rp), rpb) for rq, rqb, rp, rpb in fig.exchanges]
+    rtt, ttfb, duration = tcp_times(fig, clock, t0)
+    return Conversation(
+        proto="tcp", index=index, client=client, server=server, start=clock.seconds(t0),
+        packets=fig.packets, bytes=fig.bytes, payload_bytes=fig.client_payload + fig.server_payload,
+        client_payload=fig.client_payload, server_payload=fig.server_payload, duration_ms=duration,
+        rtt_ms=rtt, ttfb_ms=ttfb,
+        retransmissions=fig.retransmissions, fast_retransmissions=fig.fast_retransmissions,
+        spurious_retransmissions=fig.spurious_retransmissions, out_of_order=fig.out_of_order,
+        dup_acks=fig.dup_acks, syn=fig.syn, synack=fig.synack, fin=fig.fin, rst=fig.rst,
+        closed_by=fig.closed_by, refused=fig.refused, handshake=fig.handshake, exchanges=exchanges)
 
 
-def _port(ep: str) -> int:
-    return int(ep.rsplit(":", 1)[1])
+def udp_conversation(index: int, client: str, server: str, t0: int, k: tuple, clock: FloatClock
+                     ) -> Conversation:
+    """A UDP conversation from its figures (``figures.udp_rows``)."""
+    fig = udp_figures(k)
+    since = clock.since
+    exchanges = [Exchange(None if rq is None else since(t0, rq), rqb,
+                          None if rp is None else since(t0, rp), rpb, note or "")
+                 for rq, rqb, rp, rpb, note in fig.exchanges]
+    rtt, ttfb, duration = udp_times(fig, clock, t0)
+    return Conversation(
+        proto="udp", index=index, client=client, server=server, start=clock.seconds(t0),
+        packets=fig.packets, bytes=fig.bytes, payload_bytes=fig.client_payload + fig.server_payload,
+        client_payload=fig.client_payload, server_payload=fig.server_payload, duration_ms=duration,
+        rtt_ms=rtt, ttfb_ms=ttfb, exchanges=exchanges)
 
 
-def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: float, seconds: Callable[[int], float]
-                ) -> list[Packet]:
+def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: int, seconds) -> list[Packet]:
+    """The packets kept for a TCP conversation, with sequence numbers relative to each side's first."""
+    start = seconds(t0)
     isn = [None if x < 0 else x for x in isns]
     out: list[Packet] = []
     for rec in detail:
@@ -294,16 +252,16 @@ def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: float, seconds: Call
         t, d, flags, seq, ack_sw, plen, orig, _win = rec
         base = isn[d]
         if base is None:   # no SYN seen in this direction: count from the first sequence number
-            base = isn[d] = (seq - 1) & cv.M32 if not flags & cv.SYN else seq
-        rseq = (seq - base) & cv.M32
+            base = isn[d] = (seq - 1) & wire.M32 if not flags & wire.SYN else seq
+        rseq = (seq - base) & wire.M32
         rack = None
-        if flags & cv.ACK:
-            ack = cv.swap32(ack_sw)
+        if flags & wire.ACK:
+            ack = wire.swap32(ack_sw)
             obase = isn[1 - d]
             if obase is None:
-                obase = isn[1 - d] = (ack - 1) & cv.M32
-            rack = (ack - obase) & cv.M32
-        out.append(Packet((seconds(t) - t0) * 1000.0, d == cd, flag_text(flags), rseq, rack, plen, orig))
+                obase = isn[1 - d] = (ack - 1) & wire.M32
+            rack = (ack - obase) & wire.M32
+        out.append(Packet((seconds(t) - start) * 1000.0, d == cd, flag_text(flags), rseq, rack, plen, orig))
     # point at the original of each retransmission: the picture then tells its story
     for i, p in enumerate(out):
         if any(n in ("retransmission", "fast retransmission") for n in p.notes):
@@ -315,40 +273,13 @@ def _tcp_ladder(detail: list, isns: list[int], cd: int, t0: float, seconds: Call
     return out
 
 
-def udp_conversation(index: int, c: list, icmp: list | None, seconds: Callable[[int], float]
-                     ) -> Conversation:
-    a, b = split_key(c[cv.U_KEY])
-    t0 = seconds(c[cv.U_FIRST])
-    exchanges = []
-    for i in range(cv.U_SIZE, len(c), 5):
-        rq, rqb, rp, rpb, n = c[i:i + 5]
-        exchanges.append(Exchange(None if rq < 0 else _ms(seconds(rq), t0), rqb,
-                                  None if rp < 0 else _ms(seconds(rp), t0), rpb, n))
-    for num, _ts, text in icmp or ():
-        if 0 <= num < len(exchanges):
-            exchanges[num].note = text
-    first_reply = next((e.reply_ms for e in exchanges if e.reply_ms is not None), None)
-    rtt = next((e.reply_ms - e.request_ms for e in exchanges
-                if e.reply_ms is not None and e.request_ms is not None), None)
-    conv = Conversation(
-        proto="udp", index=index, client=a, server=b, start=t0, packets=c[cv.U_PKTS],
-        bytes=c[cv.U_BYTES], payload_bytes=c[cv.U_PAY] + c[cv.U_PAY + 1], client_payload=c[cv.U_PAY],
-        server_payload=c[cv.U_PAY + 1], duration_ms=(seconds(c[cv.U_LAST]) - t0) * 1000.0, rtt_ms=rtt,
-        ttfb_ms=first_reply, exchanges=exchanges)
-    if c[cv.U_DETAIL] is not None:
-        lad: list[Packet] = []
-        for t, d, kind, _s, _a, plen, orig, text in c[cv.U_DETAIL]:
-            if kind == -1:
-                lad.append(Packet((seconds(t) - t0) * 1000.0, False, "ICMP", None, None, 0, orig, [text]))
-            else:
-                lad.append(Packet((seconds(t) - t0) * 1000.0, d == 0, "UDP", None, None, plen, orig))
-        conv.ladder = lad
-    return conv
-
-
-def median(xs) -> float | None:
-    xs = sorted(xs) if not isinstance(xs, list) else sorted(x for x in xs if x is not None)
-    if not xs:
-        return None
-    m = len(xs) // 2
-    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+def _udp_ladder(detail: list, t0: int, seconds) -> list[Packet]:
+    """The datagrams (and ICMP errors) kept for a UDP conversation."""
+    start = seconds(t0)
+    out: list[Packet] = []
+    for t, d, kind, _s, _a, plen, orig, text in detail:
+        if kind == -1:
+            out.append(Packet((seconds(t) - start) * 1000.0, False, "ICMP", None, None, 0, orig, [text]))
+        else:
+            out.append(Packet((seconds(t) - start) * 1000.0, d == 0, "UDP", None, None, plen, orig))
+    return out

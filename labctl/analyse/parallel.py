@@ -4,7 +4,8 @@ Every worker reads the whole file but keeps only the conversations whose port nu
 share (the low bytes of the two ports XOR-ed, so both directions of a conversation land in the same
 worker), analyses them exactly as the single-process path does, and writes their JSON lines to its
 own temporary files. The parent merges the lines back into first-packet order (frame numbers) and
-adds up the summaries. Same document as ``write_json_fast``.
+adds up their totals. Same document as ``json_report.write_json`` (the workers write their lines with
+float times, ``milliseconds.FloatClock``, whose totals merge exactly).
 """
 from __future__ import annotations
 
@@ -29,20 +30,22 @@ def default_jobs(path: str | Path) -> int:
 
 def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
     from labctl.analyse.conversations import build
-    from labctl.analyse.report import emit_rows
+    from labctl.analyse.json_report import write_lines
+    from labctl.analyse.milliseconds import FloatClock
 
     b, info = build(path, detail=0, part=part, parts=parts)
     files = {p: Path(tmp) / f"{p}.{part}" for p in ("tcp", "udp")}
     with files["tcp"].open("w") as ft, files["udp"].open("w") as fu:
-        partial = emit_rows(b, lambda lines: ft.write("\n".join(lines) + "\n"),
-                            lambda lines: fu.write("\n".join(lines) + "\n"))
+        totals = write_lines(b, FloatClock(b.times.seconds), lambda lines: ft.write("\n".join(lines) + "\n"),
+                             lambda lines: fu.write("\n".join(lines) + "\n"))
     import resource
 
     meta = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "packets": b.packets,
             "bytes": b.bytes, "skipped": b.skipped, "skipped_bytes": b.skipped_bytes, "ipv6": b.ipv6,
+            "notes": b.notes,
             "first_ts": b.first_ts,
             "last_ts": b.last_ts}
-    return {"partial": partial, "tcp_frame": b.tcp_frame, "udp_frame": b.udp_frame,
+    return {"totals": totals, "tcp_frame": b.tcp.frames, "udp_frame": b.udp.frames,
             "files": {k: str(v) for k, v in files.items()}, "info": info, "meta": meta}
 
 
@@ -57,8 +60,10 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
     import tempfile
 
     from labctl.analyse.conversations import Builder
+    from labctl.analyse.json_report import summary_dict
+    from labctl.analyse.milliseconds import FloatClock
     from labctl.analyse.model import Analysis
-    from labctl.analyse.report import summary_dict
+    from labctl.analyse.summary import Facts
 
     path = str(path)
     with tempfile.TemporaryDirectory(prefix="labctl-analyse-") as tmp:
@@ -98,12 +103,13 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
             if "error" in res:
                 raise res["error"]
         done = [res["ok"] for res in results]
-        partial = done[0]["partial"]
+        tcp, udp = done[0]["totals"]
         for d in done[1:]:
-            partial.merge(d["partial"])
-        tcp, udp = partial.finish()
+            tcp.merge(d["totals"][0])
+            udp.merge(d["totals"][1])
         first = done[0]
         b = Builder(0)
+        clock = FloatClock(b.times.seconds)
         for k, v in first["meta"].items():
             if k != "rss_mb":
                 setattr(b, k, v)
@@ -126,7 +132,8 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
                 for h in handles:
                     h.close()
         write(b'],\n"summary":')
-        write(json.dumps(summary_dict(analysis, tcp, udp), indent=1).encode())
+        summary = summary_dict(Facts.of(analysis), tcp.finish(clock), udp.finish(clock))
+        write(json.dumps(summary, indent=1).encode())
         write(b"}\n")
         if raw is not None:
             raw.flush()

@@ -2,8 +2,7 @@
 numbers of *this* capture (shared by the terminal report and the HTML report)."""
 from __future__ import annotations
 
-from labctl.analyse.model import Analysis
-from labctl.analyse.report import ProtoSummary
+from labctl.analyse.summary import ProtoSummary
 
 
 def _ms(x: float | None) -> str:
@@ -43,7 +42,7 @@ def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], li
     return ["", "TCP", "UDP"], rows
 
 
-def findings(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
+def findings(tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
     """Short sentences stating what this capture shows."""
     out: list[str] = []
     if tcp.conversations:
@@ -63,11 +62,19 @@ def findings(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[s
         out.append(f"The answer's first byte came after {_ms(tcp.ttfb_ms)} with TCP (the handshake "
                    f"comes first) and after {_ms(udp.ttfb_ms)} with UDP (median).")
     if tcp.conversations:
-        lost = tcp.retransmissions
+        spurious = tcp.spurious_retransmissions
+        lost = tcp.retransmissions - spurious
         got = tcp.answered
+        again = (f"{_plural(spurious, 'segment')} that had already arrived (spurious retransmissions: "
+                 "an acknowledgement was late or lost, not the data)")
         if lost:
-            out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing, and "
-                       f"{got} of {tcp.conversations - tcp.refused} connected clients got their answer.")
+            out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing"
+                       + (f" (and sent {again})" if spurious else "")
+                       + f", and {got} of {tcp.conversations - tcp.refused} connected clients got their "
+                       "answer.")
+        elif spurious:
+            out.append(f"TCP sent {again}; no data was lost: {got} of "
+                       f"{tcp.conversations - tcp.refused} connected clients got their answer.")
         elif tcp.conversations - tcp.refused:
             out.append(f"No TCP retransmissions: {got} of {tcp.conversations - tcp.refused} connected "
                        "clients got their answer.")
@@ -84,7 +91,7 @@ def findings(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[s
     return out
 
 
-def reflection(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str]]]:
+def reflection(tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str]]]:
     """The exercise's three reflection questions, answered with this capture's numbers."""
     t_per = tcp.packets / tcp.conversations if tcp.conversations else None
     u_per = udp.packets / udp.requests if udp.requests else None
@@ -100,9 +107,10 @@ def reflection(analysis: Analysis, tcp: ProtoSummary, udp: ProtoSummary) -> list
             f"bytes per TCP conversation against {_n(u_per)} packets and "
             f"{_n(udp.bytes / udp.requests, 0)} bytes per UDP request, for about the same payload; "
             f"headers were {tcp.overhead_pct:.0f} % of TCP's bytes and {udp.overhead_pct:.0f} % of UDP's.")
-    if tcp.retransmissions or udp.unanswered:
+    lost = tcp.retransmissions - tcp.spurious_retransmissions
+    if lost or udp.unanswered:
         t = (f"When packets went missing, TCP noticed and sent them again "
-             f"({_plural(tcp.retransmissions, 'retransmission')})")
+             f"({_plural(lost, 'retransmission')})")
         if udp.unanswered:
             t += (f"; UDP did not: {udp.unanswered} of {udp.requests} requests simply got no answer "
                   "and nobody on the wire tried again.")

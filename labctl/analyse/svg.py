@@ -9,7 +9,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from labctl.analyse.ladder import conversation_rows, packet_label
-from labctl.analyse.model import Analysis, Conversation
+from labctl.analyse.model import Conversation
+from labctl.analyse.summary import Summary
 
 ROW = 34          # px per packet
 TOP = 92          # first arrow's y
@@ -129,13 +130,13 @@ def _caption(conv: Conversation) -> str:
     return "; ".join(bits)
 
 
-def write_svgs(analysis: Analysis, directory: Path, per_proto: int = 2) -> list[Path]:
+def write_svgs(summary: Summary, directory: Path, per_proto: int = 2) -> list[Path]:
     """One SVG per shown conversation, plus tcp-vs-udp.svg when the capture has both."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    tcp = analysis.shown("tcp", per_proto)
-    udp = analysis.shown("udp", per_proto)
+    tcp = summary.shown("tcp", per_proto)
+    udp = summary.shown("udp", per_proto)
     if tcp and udp:
         p = directory / "tcp-vs-udp.svg"
         p.write_text(pair_svg(tcp[0], udp[0]), encoding="utf-8")

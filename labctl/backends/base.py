@@ -21,6 +21,10 @@ Check = Callable[[Inventory], None]   # raises if the lab's nodes do not accept 
 NodeScripts = Callable[[Mapping[str, str]], dict[str, str]]  # a root shell script per node -> its stdout
 
 
+NOT_UP = "is not up: nothing to take down"  # what down() returns for a lab that is not up
+NODE_NOT_UP = "lab is not up"  # the detail status() gives every node of a lab that is not up
+
+
 class BackendError(LabctlError):
     """A backend could not do what was asked; the message says why and what to do."""
 
@@ -95,8 +99,11 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def down(self, progress: Progress | None = None) -> None:
-        """Remove everything this lab made; a lab that is not up is not an error."""
+    def down(self, progress: Progress | None = None) -> str | None:
+        """Remove everything this lab made; a lab that is not up is not an error.
+
+        Returns None when the lab was taken down, or why there was nothing to do (the CLI says that
+        one thing instead of "down")."""
 
     @abstractmethod
     def status(self) -> list[NodeStatus]:

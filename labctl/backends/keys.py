@@ -2,8 +2,9 @@
 the private half written 0600 from its first byte (netns and docker share them)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from labctl.statefiles import write_file
 
 
 def generate_keypair(comment: str) -> tuple[bytes, str]:
@@ -21,7 +22,4 @@ def generate_keypair(comment: str) -> tuple[bytes, str]:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a private key, 0600 from its first byte."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    write_file(path, data, 0o600)  # atomic, never through a planted symlink

@@ -20,6 +20,7 @@ from labctl.backends import shaping
 from labctl.backends.base import BackendError, LinkCapabilities, LinkReport, NodeScripts
 from labctl.inventory import Host, Inventory
 from labctl.links import SETTINGS, Impairment, format_rate
+from labctl.statefiles import write_file
 
 STATE_FILE = "links.json"
 MECHANISMS = {"loss": "netem (in the node's kernel)", "delay": "netem (in the node's kernel)",
@@ -120,8 +121,7 @@ class RemoteLinks:
             return {}
 
     def _save_links_state(self, state: dict) -> None:
-        Path(self.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._links_file().write_text(json.dumps(state, indent=1))
+        write_file(self._links_file(), json.dumps(state, indent=1))
 
     @staticmethod
     def _runner(run: NodeScripts | None) -> NodeScripts:

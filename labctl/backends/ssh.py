@@ -46,10 +46,9 @@ class SshBackend(RemoteLinks, Backend):
             check(inventory)
         return inventory
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         """Nothing to remove: labctl did not make these machines (labctl.impairment clears their links)."""
-        if progress:
-            progress(f"the ssh backend does not manage its hosts; nothing to stop ({self.inventory_file})")
+        return f"the ssh backend does not manage its hosts; nothing to stop ({self.inventory_file})"
 
     def status(self) -> list[NodeStatus]:
         """Only an SSH session can tell whether these hosts are up: ``up`` is None, labctl.bringup asks."""

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from labctl.cli.types import path_arg
 
 
 def register(subparsers) -> None:
@@ -17,13 +18,15 @@ def register(subparsers) -> None:
         epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("file", type=Path, metavar="FILE", help="capture file (.pcap or .pcapng)")
+    p.add_argument("file", type=path_arg, metavar="FILE",
+                   help="capture file (.pcap or .pcapng), a FIFO, or - for standard input "
+                        "(labctl capture -o - | labctl analyse -)")
     p.add_argument("--json", action="store_true",
                    help="print every conversation and the summary as JSON (for scripts) instead of text")
-    p.add_argument("--svg", type=Path, metavar="DIR",
+    p.add_argument("--svg", type=path_arg, metavar="DIR",
                    help="write one printable SVG ladder per shown conversation (and a TCP-vs-UDP pair) "
                         "into DIR")
-    p.add_argument("--html", type=Path, metavar="FILE",
+    p.add_argument("--html", type=path_arg, metavar="FILE",
                    help="write a self-contained HTML report (ladders, comparison, reflection answers)")
     p.add_argument("--ladders", type=int, default=1, metavar="N",
                    help="ladders per protocol in the terminal (default 1; 0 for none); the first "
@@ -34,6 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes for --json (default 1: one process; N forks N workers "
                         "that split the conversations, same document)")
+    p.add_argument("--replay", action="store_true",
+                   help="replay the capture's ladders in the terminal at the pace the packets came "
+                        "(one line per packet when stdout is not a terminal)")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X",
+                   help="with --replay: 0.1 is ten times slower than real time, 2 twice as fast")
     p.set_defaults(handler=run_analyse)
 
 
@@ -47,45 +55,112 @@ def run_analyse(args: argparse.Namespace, ctx) -> int:
         return 0
 
 
+MAX_JOBS = 64  # worker processes: each reads the whole file, more only load the machine
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an --html FILE or --svg DIR that cannot be written, with one line."""
+    import os
+
+    from labctl.cli import CliError
+
+    wanted = [(args.svg, True, "--svg")] if args.svg else []
+    wanted += [(args.html, False, "--html")] if args.html else []
+    for path, is_dir, option in wanted:
+        if not str(path).strip():
+            raise CliError(f"{option} needs a path")
+        directory = path if is_dir else path.parent
+        try:
+            if path.exists() and path.is_dir() != is_dir:
+                raise CliError(f"{option} {path}: {'not a directory' if is_dir else 'is a directory'}", 1)
+            directory.mkdir(parents=True, exist_ok=True)
+            writable = os.access(directory, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+        except OSError as exc:
+            raise CliError(f"{option} {path}: cannot create {exc.filename or directory}: "
+                           f"{exc.strerror or exc}", code=1) from None
+        if not writable:
+            raise CliError(f"{option} {path}: not writable", code=1)
+
+
 def _run(args: argparse.Namespace) -> int:
     from labctl.analyse import analyse_file
     from labctl.analyse.conversations import DEFAULT_DETAIL
+    from labctl.analyse.pcap import open_source
+    from labctl.cli import CliError
 
+    if args.replay:
+        return _replay(args)
     if args.ladders < 0:
-        from labctl.cli import CliError
         raise CliError("--ladders must be 0 or more")
+    if args.detail is not None and args.detail < 0:
+        raise CliError("--detail must be 0 or more")
+    if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
+        raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
+    _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
-    if args.json and not args.svg and not args.html:
+    source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
+    if args.json and not args.svg and not args.html and not source.stream:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
         jobs = args.jobs if args.jobs is not None else default_jobs(args.file)
-        if jobs > 1:
+        if jobs > 1:      # (each worker reads the file: a stream is read once, by one process)
+            source.close()
             analysis = write_json_parallel(args.file, sys.stdout, jobs)
             sys.stdout.flush()
             for w in analysis.warnings:
                 print(f"labctl: warning: {w}", file=sys.stderr)
             return 0
-    analysis = analyse_file(args.file, detail=detail)
+    analysis = analyse_file(source, detail=detail)
     if args.json:
-        from labctl.analyse.report import write_json_fast
+        from labctl.analyse.json_report import write_json
 
-        write_json_fast(analysis, sys.stdout)
+        write_json(analysis, sys.stdout)
         sys.stdout.flush()
-    else:
-        from labctl.analyse import render_terminal
-
-        render_terminal(analysis, ladders=args.ladders)
     written = []
-    if args.svg:
-        from labctl.analyse.svg import write_svgs
+    if not args.json or args.svg or args.html:
+        from labctl.analyse import summarise
 
-        written += write_svgs(analysis, args.svg, per_proto=max(args.ladders, 2))
-    if args.html:
-        from labctl.analyse.html import write_html
+        listed = 0
+        if args.html:
+            from labctl.analyse.html import LISTED as listed
+        summary = summarise(analysis, listed=listed)
+        if not args.json:
+            from labctl.analyse import terminal
 
-        written.append(write_html(analysis, args.html))
+            terminal.render(summary, ladders=args.ladders)
+        try:
+            if args.svg:
+                from labctl.analyse.svg import write_svgs
+
+                written += write_svgs(summary, args.svg, per_proto=max(args.ladders, 2))
+            if args.html:
+                from labctl.analyse.html import write_html
+
+                written.append(write_html(summary, args.html))
+        except OSError as exc:  # e.g. the disk filled up while writing
+            raise CliError(f"cannot write {exc.filename or args.html or args.svg}: {exc.strerror or exc}",
+                           code=1) from None
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     for w in analysis.warnings:
         print(f"labctl: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from labctl.analyse.live import LiveView, replay
+    from labctl.analyse.pcap_stream import read_points
+    from labctl.cli import CliError
+
+    if not 0.001 <= args.speed <= 1000:
+        raise CliError("--speed must be between 0.001 and 1000 (0.1: ten times slower than real time)")
+    if args.json or args.svg or args.html:
+        raise CliError("--replay draws in the terminal; drop --json, --svg and --html")
+    points, linktypes, packets, names = read_points(args.file)
+    view = LiveView(sys.stdout, points, names, linktypes=linktypes)
+    try:
+        replay(packets, view, speed=args.speed)
+    except KeyboardInterrupt:
+        view.done()
+        raise
     return 0

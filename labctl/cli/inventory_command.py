@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from labctl.cli.types import path_arg
 from labctl.inventory import FORMATS, dump_inventory
 
 
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Example: labctl inventory --format yaml > lab-inventory.yml; "
                "labctl --backend ssh --inventory lab-inventory.yml run tcp")
     parser.add_argument("--format", choices=FORMATS, default="yaml", help="output format (default: yaml)")
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+    parser.add_argument("-o", "--output", type=path_arg, metavar="FILE",
                         help="write to FILE instead of standard output")
     parser.set_defaults(handler=inventory_command)
 

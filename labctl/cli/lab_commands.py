@@ -11,8 +11,6 @@ import time
 
 from labctl.cli import CliError
 
-SSH_CLIENT = "ssh"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="bring the lab up (idempotent)",
@@ -89,17 +87,22 @@ def cmd_up(args: argparse.Namespace, ctx) -> int:
 
 def cmd_down(args: argparse.Namespace, ctx) -> int:
     from labctl import impairment
+    from labctl.backends.base import NOT_UP  # here, not at start-up: no backend module for --help
 
     backend = ctx.backend()
     start = time.perf_counter()
     impairment.before_down(backend, lambda msg: _err(f"labctl: {msg}"))  # hosts that stay: their tc shaping
-    backend.down(lambda msg: _err(f"labctl: {msg}"))
-    print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
+    nothing = backend.down(lambda msg: _err(f"labctl: {msg}"))
+    if nothing:  # one thing: why there was nothing to do, not that too and then "down"
+        print(f"lab {backend.lab.name}{' ' if nothing == NOT_UP else ': '}{nothing}")
+    else:
+        print(f"lab {backend.lab.name} down ({time.perf_counter() - start:.2f} s)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace, ctx) -> int:
     from labctl import bringup, impairment
+    from labctl.backends.base import NODE_NOT_UP
     from labctl.cli.impair_command import links_json, print_links
 
     backend = ctx.backend()
@@ -110,6 +113,8 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
                                      "detail": n.detail} for n in nodes],
                           "links": links_json(links)}, indent=1))
+    elif nodes and all(not n.up and n.detail == NODE_NOT_UP for n in nodes) and not links:
+        print(f"lab {backend.lab.name} ({backend.name}) is not up: labctl up brings it up")
     else:
         from rich.console import Console
         from rich.table import Table

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends import forward_guard
-from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.base import NODE_NOT_UP, NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.docker import containers
 from labctl.backends.docker.daemon import DockerUnavailable, connect, endpoint
 from labctl.backends.docker.plan import NODE_INTERFACE, DockerPlan, DockerState, plan
@@ -38,6 +38,7 @@ from labctl.backends.remote_links import RemoteLinks
 from labctl.errors import LabctlError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
+from labctl.statefiles import secure_dir, write_file
 
 SSH_PORT = 22
 STATUS_TCP_TIMEOUT = 0.5
@@ -72,6 +73,7 @@ class DockerBackend(RemoteLinks, Backend):
 
         say = _quiet(progress)
         check = check or (lambda _inventory: None)
+        secure_dir(self.state.root)  # 0700 and ours, before anything is built (or removed) for it
         client = connect()
         wanted = plan(self.lab, ensure_image(client, say), endpoint())
         with self._exclusive():
@@ -103,7 +105,7 @@ class DockerBackend(RemoteLinks, Backend):
         self.state.write_plan(lab_plan)  # before anything exists: down/clean can always find it
         private, public = generate_keypair(f"labctl@{lab_plan.lab}")
         write_private(self.state.client_key, private)
-        Path(f"{self.state.client_key}.pub").write_text(public + "\n")
+        write_file(f"{self.state.client_key}.pub", public + "\n", 0o644)
         say(f"network {lab_plan.network} (internal, bridge {lab_plan.bridge}, {lab_plan.subnet})")
         containers.create_network(client, lab_plan)
         if not _link_exists(lab_plan.bridge):
@@ -169,9 +171,11 @@ class DockerBackend(RemoteLinks, Backend):
 
     # --- down / clean --------------------------------------------------------------------------------
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         """Remove the lab's containers, network and state; a lab that is not up is not an error."""
-        self._remove(_quiet(progress))
+        was_planned = self.state.plan_file.exists()
+        removed = self._remove(_quiet(progress))
+        return None if was_planned or removed else NOT_UP
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove whatever carries the lab's label in the daemon, and its state, plan or no plan."""
@@ -188,7 +192,8 @@ class DockerBackend(RemoteLinks, Backend):
                 return []
             raise
         with self._exclusive():
-            say(f"removing lab {self.lab.name}'s containers and network")
+            if current is not None:  # without a plan, only leftovers by label (said if there are any)
+                say(f"removing lab {self.lab.name}'s containers and network")
             return self._teardown(client)
 
     def _same_daemon(self, current: DockerPlan | None) -> None:
@@ -229,7 +234,7 @@ class DockerBackend(RemoteLinks, Backend):
         """Per node: up means its container runs and its sshd accepts TCP on the lab network."""
         current = self.state.read_plan()
         if current is None:
-            return [NodeStatus(n.name, n.role, n.address, False, "lab is not up") for n in self.lab.nodes]
+            return [NodeStatus(n.name, n.role, n.address, False, NODE_NOT_UP) for n in self.lab.nodes]
         if not current.complete:
             return [NodeStatus(n.name, n.role, n.address, False, "incomplete (interrupted up? run labctl "
                                "clean, or labctl up)") for n in current.nodes]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.backends.base import BackendError
+from labctl.statefiles import open_append
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 API_TIMEOUT = 120          # s for one API call (an image import of ~180 MB takes several on a busy machine)
@@ -124,8 +125,7 @@ class PrivateDaemon:
         if dockerd is None:
             raise DockerUnavailable("dockerd is missing: apt-get install -y --no-install-recommends "
                                     "docker.io")
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
+        with open_append(self.log_file) as log:
             self.process = subprocess.Popen(self.argv(dockerd), stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=log, start_new_session=True, close_fds=True)
         deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ bridge ``LAB-dk`` (the route check's interface), containers ``LAB-server``, ``LA
 labelled ``labctl.lab=LAB``. The plan is written before anything is created, so ``down`` and ``clean``
 find exactly what is theirs; once every node's host key is pinned it is written again, complete.
 
-State directory (default ``/run/labctl/LAB/docker/``)::
+State directory (default ``~/.local/state/labctl/LAB/docker/``, see labctl.backends.default_state_root)::
 
     lab.json            the plan: daemon, network, bridge, image, nodes with pinned host keys
     id_ed25519{,.pub}   labctl's client key (0600); the public half is every node's authorized key
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from labctl.backends.base import BackendError
 from labctl.lab import Lab
+from labctl.statefiles import write_file
 
 LABEL = "labctl.lab"
 NODE_LABEL = "labctl.node"
@@ -123,12 +124,10 @@ class DockerState:
 
     def write_plan(self, lab_plan: DockerPlan) -> None:
         """Write the plan atomically (a crash leaves the old one or the new one, never half)."""
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.plan_file.with_suffix(".tmp")
-        tmp.write_text(lab_plan.to_json())
-        os.replace(tmp, self.plan_file)
+        write_file(self.plan_file, lab_plan.to_json())
         if lab_plan.complete:
-            self.known_hosts.write_text("".join(f"{n.address} {n.host_key}\n" for n in lab_plan.nodes))
+            write_file(self.known_hosts, "".join(f"{n.address} {n.host_key}\n" for n in lab_plan.nodes),
+                       0o644)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

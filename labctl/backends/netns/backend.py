@@ -26,14 +26,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.backends import forward_guard
-from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
-from labctl.backends.keys import generate_keypair, write_private
+from labctl.backends.base import NODE_NOT_UP, NOT_UP, Backend, BackendError, Check, NodeStatus, Progress
+from labctl.backends.keys import generate_keypair
 from labctl.backends.netns import links as netns_links
 from labctl.backends.netns import linux
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir, plan
 from labctl.backends.probes import subnet_users, tcp_accepting
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import Lab
+from labctl.statefiles import check_outside_node_mounts, secure_dir, write_file
 
 SSH_PORT = 22
 READY_TIMEOUT = 10.0     # seconds for every sshd to listen
@@ -71,6 +72,8 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
 
         say = _quiet(progress)
         preflight.require_netns()
+        check_outside_node_mounts(self.state.root)
+        secure_dir(self.state.root)  # 0700 and ours, before anything is built (or removed) for it
         with self._exclusive():
             return self._up(say, check or (lambda _inventory: None))
 
@@ -106,14 +109,13 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         n = len(lab_plan.nodes)
         say(f"keys and sshd configs for {n} nodes")
         private, public = generate_keypair(f"labctl@{lab_plan.lab}")
-        write_private(self.state.client_key, private)
-        Path(f"{self.state.client_key}.pub").write_text(public + "\n")
-        self.state.authorized_keys.write_text(public + "\n")
-        os.chmod(self.state.authorized_keys, 0o600)
+        write_file(self.state.client_key, private)
+        write_file(f"{self.state.client_key}.pub", public + "\n", 0o644)
+        write_file(self.state.authorized_keys, public + "\n")
         host_keys = {node.name: sshd.prepare_node(node, self.state, f"labctl@{lab_plan.lab}")
                      for node in lab_plan.nodes}
-        self.state.known_hosts.write_text("".join(f"{node.address} {host_keys[node.name]}\n"
-                                                  for node in lab_plan.nodes))
+        write_file(self.state.known_hosts, "".join(f"{node.address} {host_keys[node.name]}\n"
+                                                   for node in lab_plan.nodes), 0o644)
         say(f"bridge {lab_plan.bridge} and {n} namespaces")
         _ip_batch(_create_commands(lab_plan))
         forward_guard.install(lab_plan.lab, lab_plan.bridge)  # before any node runs: nothing leaves the lab
@@ -199,13 +201,13 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
 
     # --- down / clean --------------------------------------------------------------------------------
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         with self._exclusive():
             current = self.state.read_plan()
             if current is None:
-                _quiet(progress)(f"lab {self.lab.name} is not up")
-                return
+                return NOT_UP
             self._teardown(current)
+            return None
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove whatever the manifest names and still exists (after a crash or a kill -9)."""
@@ -231,6 +233,9 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         except PermissionError:
             raise BackendError(f"cannot use {root}: the namespace lab needs root "
                                "(e.g. sudo .venv/bin/python labctl.py ...)") from None
+        except OSError as exc:  # a file where the directory should be, a name too long, ...
+            raise BackendError(f"cannot use the state directory {root}: {exc.strerror or exc} "
+                               "(choose another with --state-dir)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -289,7 +294,7 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
         """Per node: up means its sshd (pid file) runs in the node's namespace and port 22 accepts TCP."""
         current = self.state.read_plan()
         if current is None:
-            return [NodeStatus(n.name, n.role, n.address, False, "lab is not up") for n in self.lab.nodes]
+            return [NodeStatus(n.name, n.role, n.address, False, NODE_NOT_UP) for n in self.lab.nodes]
         if not current.complete:
             return [NodeStatus(n.name, n.role, n.address, False, "incomplete (interrupted up? run labctl "
                                "clean, or labctl up)") for n in current.nodes]

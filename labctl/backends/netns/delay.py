@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labctl.backends.base import BackendError
 from labctl.backends.netns import linux
+from labctl.statefiles import open_append, write_file
 
 DELAYER = Path(__file__).with_name("delayer.py")
 IPTABLES = "iptables-nft"
@@ -107,9 +108,7 @@ class DelayerProcess:
         if not nodes:
             self.stop()
             return None
-        tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"nodes": nodes}, indent=1))
-        os.replace(tmp, self.config)
+        write_file(self.config, json.dumps({"nodes": nodes}, indent=1))
         pid = self.pid()
         if pid is not None:
             os.kill(pid, 1)  # SIGHUP: re-read the config; sockets for kept nodes stay bound
@@ -118,7 +117,7 @@ class DelayerProcess:
 
     def _start(self) -> int:
         self.pid_file.unlink(missing_ok=True)
-        with open(self.log, "ab") as log:
+        with open_append(self.log) as log:
             proc = subprocess.Popen([sys.executable, str(DELAYER), str(self.config), str(self.pid_file)],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)

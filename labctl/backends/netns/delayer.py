@@ -204,7 +204,10 @@ def main(argv: list[str]) -> int:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
     with open(config_path) as f:
         delayer.configure(json.load(f))
-    with open(pid_path + ".tmp", "w") as f:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pid_path + ".tmp")
+    fd = os.open(pid_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:  # never through a planted symlink; rename replaces one
         f.write(f"{os.getpid()}\n")
     os.replace(pid_path + ".tmp", pid_path)
     while not state["stop"]:

@@ -16,7 +16,6 @@ in ``STATE/links.json`` with what each node was set to. ``status`` reads back wh
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from labctl.backends.base import BackendError, LinkCapabilities, LinkReport
 from labctl.backends.netns.delay import DelayerProcess, rules_present, set_rules
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan
 from labctl.links import Impairment, format_rate, resolve
+from labctl.statefiles import write_file
 
 STATE_FILE = "links.json"
 DEFAULT_ROOTS = ("noqueue", "pfifo_fast", "mq", "fq_codel")  # a root qdisc nobody chose: free to replace
@@ -99,10 +99,7 @@ def read_state(state_root: Path) -> dict:
 
 
 def write_state(state_root: Path, state: dict) -> None:
-    path = Path(state_root) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
+    write_file(Path(state_root) / STATE_FILE, json.dumps(state, indent=1))
 
 
 def wanted_from_state(state: dict, lab_plan: LabPlan) -> dict[str, Impairment]:

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labctl.backends.base import BackendError
 from labctl.backends.keys import generate_keypair, write_private
 from labctl.backends.netns import linux
 from labctl.backends.netns.state import NODE_INTERFACE, LabPlan, NodePlan, StateDir
+from labctl.statefiles import secure_dir, write_file
 
 SSHD = "/usr/sbin/sshd"  # sshd refuses to run from a relative path (it re-executes itself)
 PRIVSEP_DIR = Path("/run/sshd")
@@ -71,16 +73,19 @@ LogLevel INFO
 def prepare_node(node: NodePlan, state: StateDir, authorized_key_comment: str, port: int = 22) -> str:
     """Write the node's directory (host key, config, private /root and /tmp); return its host key line."""
     node_dir = state.node_dir(node.name)
-    node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for sub, mode in ((state.node_root(node.name), 0o700), (state.node_tmp(node.name), 0o1777)):
-        sub.mkdir(exist_ok=True)
-        os.chmod(sub, mode)
-    (state.node_root(node.name) / ".bashrc").write_text(NODE_BASHRC)
-    (state.node_root(node.name) / ".profile").write_text(NODE_PROFILE)
+    secure_dir(node_dir)
+    secure_dir(state.node_root(node.name))
+    tmp = state.node_tmp(node.name)
+    tmp.mkdir(exist_ok=True)
+    if tmp.is_symlink() or not tmp.is_dir():
+        raise BackendError(f"{tmp} is not a directory (labctl made it one); remove it and run labctl up")
+    os.chmod(tmp, 0o1777)
+    write_file(state.node_root(node.name) / ".bashrc", NODE_BASHRC, 0o644)
+    write_file(state.node_root(node.name) / ".profile", NODE_PROFILE, 0o644)
     private, public = generate_keypair(f"{authorized_key_comment}-{node.name}")
     write_private(state.host_key(node.name), private)
-    Path(f"{state.host_key(node.name)}.pub").write_text(public + "\n")
-    state.sshd_config(node.name).write_text(sshd_config(node, state, port))
+    write_file(f"{state.host_key(node.name)}.pub", public + "\n", 0o644)
+    write_file(state.sshd_config(node.name), sshd_config(node, state, port), 0o644)
     return " ".join(public.split()[:2])
 
 

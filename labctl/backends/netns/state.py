@@ -17,12 +17,12 @@ State directory (default ``/run/labctl/<lab>/``)::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labctl.backends.base import BackendError
 from labctl.lab import Lab
+from labctl.statefiles import write_file
 
 IFNAMSIZ = 15  # longest Linux interface name
 NODE_INTERFACE = "eth0"  # the namespace end of each veth, as users expect it
@@ -147,6 +147,9 @@ class StateDir:
         except PermissionError:
             raise BackendError(f"cannot read {self.manifest}: the namespace lab needs root "
                                "(e.g. sudo .venv/bin/python labctl.py ...)") from None
+        except OSError as exc:  # a state dir that is a file, a name too long, ...
+            raise BackendError(f"cannot use the state directory {self.root}: {exc.strerror or exc} "
+                               "(choose another with --state-dir)") from None
         try:
             return LabPlan.from_json(text)
         except (ValueError, TypeError, KeyError) as exc:
@@ -155,13 +158,7 @@ class StateDir:
 
     def write_plan(self, lab_plan: LabPlan) -> None:
         """Write the manifest atomically (a crash leaves the old one or the new one, never half)."""
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.manifest.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(lab_plan.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.manifest)
+        write_file(self.manifest, lab_plan.to_json())
 
     def read_pid(self, node: str) -> int | None:
         try:

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +24,12 @@ from typing import Any
 
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.remote_links import RemoteLinks
+from labctl.backends.running import vagrant_dotfile
 from labctl.backends.vagrant import preflight
 from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import DEFAULT_LAB_FILE, Lab
+from labctl.statefiles import secure_dir, write_file
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]  # where the Vagrantfile is
 PROVIDERS = ("virtualbox", "libvirt")
@@ -74,8 +77,22 @@ def parse_pin_output(text: str) -> tuple[str, str | None, bool]:
     return host_key, interface, key_ok
 
 
+def holds_address(address: str) -> bool:
+    """True if this machine has ``address`` (binding to it succeeds only then; portable, sends nothing)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def host_interface(address: str) -> str | None:
-    """The interface of this machine that holds ``address`` (the lab's bridge or host-only adapter)."""
+    """The interface of this machine that holds ``address`` (the lab's bridge or host-only adapter);
+    None where ``ip`` is missing (macOS, Windows): the route check then uses the source address."""
+    if shutil.which("ip") is None:
+        return None
     proc = subprocess.run(["ip", "-o", "-4", "addr", "show", "to", f"{address}/32"], capture_output=True,
                           text=True, check=False)
     for line in proc.stdout.splitlines():
@@ -120,8 +137,9 @@ class VagrantBackend(RemoteLinks, Backend):
         env.update(LABCTL_LAB=str(lab_file), LABCTL_CLIENTS=str(self.lab.clients),
                    LABCTL_PUBKEY=f"{self.client_key}.pub", LABCTL_STATE=str(Path(self.state_dir).parent),
                    LABCTL_SERVER_SERVICE="0")  # labctl deploy runs the server itself
-        if lab_file != DEFAULT_LAB_FILE.resolve():  # another lab: its own machines, not the project's
-            env["VAGRANT_DOTFILE_PATH"] = str(self.dir / "dotfile")
+        dotfile = vagrant_dotfile(self.lab, self.state_dir, self.project_dir)
+        if dotfile != self.project_dir / ".vagrant":  # another lab (or the user's choice): its own machines
+            env["VAGRANT_DOTFILE_PATH"] = str(dotfile)
         return env
 
     def vagrant(self):
@@ -132,11 +150,7 @@ class VagrantBackend(RemoteLinks, Backend):
             raise VagrantPreflightError("vagrant is not installed: apt-get install -y "
                                         "--no-install-recommends "
                                         "vagrant (and vagrant-libvirt without VirtualBox)")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendError(f"cannot create the lab's state directory {self.dir}: {exc.strerror} "
-                               "(run as root, or choose another with --state-dir)") from None
+        secure_dir(self.dir)  # 0700, ours, or a clear refusal
         log = vagrant.make_file_cm(str(self.log_file))
         return vagrant.Vagrant(root=str(self.project_dir), env=self.environment(), out_cm=log, err_cm=log)
 
@@ -187,7 +201,7 @@ class VagrantBackend(RemoteLinks, Backend):
         with self._calling("vagrant halt"):
             self.vagrant().halt()
 
-    def down(self, progress: Progress | None = None) -> None:
+    def down(self, progress: Progress | None = None) -> str | None:
         """Destroy every VM of the lab (``vagrant destroy -f``) and forget their host keys."""
         if progress:
             progress("vagrant destroy -f")
@@ -196,6 +210,7 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
+        return None  # vagrant destroy does not say whether there was a VM to destroy
 
     def clean(self, progress: Progress | None = None) -> list[str]:
         """``down``, then remove this lab's libvirt networks if vagrant-libvirt left any."""
@@ -237,7 +252,10 @@ class VagrantBackend(RemoteLinks, Backend):
         if down:
             raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
         pins = self._read_pins()
-        missing = [n.name for n in self.lab.nodes if n.name not in pins]
+        if any(n.name not in pins for n in self.lab.nodes):  # VMs of a plain `vagrant up`: adopt them once
+            self._ensure_client_key()
+            pins = self.pin_host_keys()
+        missing = [n.name for n in self.lab.nodes if not pins.get(n.name, {}).get("host_key")]
         if missing:
             raise LabNotUp(f"no pinned host key for {', '.join(missing)}: run labctl --backend vagrant up "
                            "(it reads each VM's key over vagrant ssh once)")
@@ -247,7 +265,7 @@ class VagrantBackend(RemoteLinks, Backend):
             with self._calling("vagrant ssh-config"):
                 configs = parse_ssh_config(self.vagrant().ssh_config())
         interface = host_interface(self.lab.host_address)
-        if interface is None:
+        if interface is None and not holds_address(self.lab.host_address):
             raise LabNotUp(f"no interface on this machine holds the lab's host address "
                            f"{self.lab.host_address}: are the VMs' private networks up?")
         hosts = []
@@ -263,18 +281,26 @@ class VagrantBackend(RemoteLinks, Backend):
                 user, key = config["User"], Path(files[0])
             hosts.append(Host(name=node.name, role=node.role, address=node.address, port=22, user=user,
                               key_file=key, host_key=pin["host_key"], interface=interface,
-                              lab_interface=pin.get("lab_interface") or "eth1"))
+                              lab_interface=pin.get("lab_interface") or "eth1",
+                              host_address=self.lab.host_address))
         return Inventory(backend=self.name, hosts=tuple(hosts), lab=self.lab)
 
     # --- host keys ------------------------------------------------------------------------------------
 
     def pin_command(self, address: str) -> str:
-        """The ``vagrant ssh`` command: print the VM's host key, its lab interface, whether our key is in."""
+        """The ``vagrant ssh`` command: print the VM's host key and its lab interface, and make sure
+        labctl's key is root's (as provision/common.sh does, the same line, so a later provision changes
+        nothing) and that the server's systemd unit is stopped (``labctl deploy`` runs the server; a
+        plain ``vagrant up`` starts the unit). Prints LABCTL_KEY_OK when root takes labctl's key."""
         pub = self.client_key.with_suffix(".pub")
-        key = " ".join(pub.read_text().split()[:2]) if pub.is_file() else "none"
-        return (f"cat {HOST_KEY_FILE}; ip -o -4 addr show to {shlex.quote(address)}/32; "
-                f"sudo -n grep -qF -- {shlex.quote(key)} /root/.ssh/authorized_keys 2>/dev/null "
-                f"&& echo LABCTL_KEY_OK; true")
+        key = pub.read_text().strip() if pub.is_file() else ""
+        keys = "/root/.ssh/authorized_keys"
+        adopt = (f'install -d -m 700 /root/.ssh && {{ grep -qxF -- "$1" {keys} 2>/dev/null '
+                 f'|| printf "%s\\n" "$1" >> {keys}; }} && chmod 600 {keys}'
+                 ' && { systemctl -q disable --now labctl-timeserver.service 2>/dev/null; true; }'
+                 ' && echo LABCTL_KEY_OK')
+        install = f"sudo -n sh -c {shlex.quote(adopt)} sh {shlex.quote(key)} 2>/dev/null; " if key else ""
+        return f"cat {HOST_KEY_FILE}; ip -o -4 addr show to {shlex.quote(address)}/32; {install}true"
 
     def pin_host_keys(self, v=None) -> dict[str, dict[str, Any]]:
         """Read every VM's host key over Vagrant's channel (in parallel) and save them as the pins."""
@@ -294,10 +320,7 @@ class VagrantBackend(RemoteLinks, Backend):
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             pins = dict(pool.map(read, self.lab.nodes))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.pins_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pins, indent=1))
-        tmp.replace(self.pins_file)
+        write_file(self.pins_file, json.dumps(pins, indent=1))
         return pins
 
     def _read_pins(self) -> dict[str, dict[str, Any]]:
@@ -313,8 +336,10 @@ class VagrantBackend(RemoteLinks, Backend):
     def _ensure_client_key(self) -> None:
         """labctl's own key pair for the VMs (the provisioner authorizes its public half for root)."""
         self.vagrant()  # makes the state directory, or says why it cannot
-        os.chmod(self.dir, 0o700)
-        if not self.client_key.is_file():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labctl-{self.lab.name}",
-                            "-f", str(self.client_key)], check=True, capture_output=True)
-        os.chmod(self.client_key, 0o600)
+        from labctl.backends.keys import generate_keypair
+
+        if os.path.islink(self.client_key) or not self.client_key.is_file():  # never through a symlink
+            private, public = generate_keypair(f"labctl-{self.lab.name}")
+            write_file(self.client_key, private)
+            write_file(f"{self.client_key}.pub", public + "\n", 0o644)
+        os.chmod(self.client_key, 0o600, follow_symlinks=False)

@@ -1,4 +1,5 @@
-"""Write small synthetic pcap files with struct: for the tests' bad-input cases and the benchmark.
+"""Write small synthetic pcap files with struct: for the tests' bad-input cases and the benchmark
+(``bench/analyse.py`` imports it from here; it is not part of the labctl package).
 
 Checksums are left at zero (tshark does not verify them by default). Everything is IPv4 over Ethernet
 unless a function says otherwise.

@@ -1,0 +1,175 @@
+"""``--json``: every conversation and the summary, as one document. This is the only place it is written.
+
+    {"conversations":[LINE,\\nLINE, ...],\\n"summary":{...}}
+
+A conversation's line is its endpoints, its start and "the rest", which is a function of its figures
+(``figures.py``) and of the clock that turns their times into milliseconds (``milliseconds.py``).
+With exact microseconds (``MicroClock``: a microsecond capture, what tcpdump writes) the rest does not
+depend on the start, so its text is cached under the figures alone: a capture of many similar
+exchanges formats each distinct one once, and the totals add up the cache entries (figures x count).
+With float seconds (``FloatClock``: nanosecond captures, pcapng) the rest is cached under the start
+too, i.e. formatted for each conversation. Both clocks write the same text (see ``milliseconds.py``).
+"""
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Callable
+
+from labctl.analyse.figures import (
+    TcpFigures,
+    UdpFigures,
+    tcp_figures,
+    tcp_rows,
+    tcp_times,
+    udp_figures,
+    udp_rows,
+    udp_times,
+)
+from labctl.analyse.milliseconds import FloatClock, MicroClock
+from labctl.analyse.model import Analysis
+from labctl.analyse.summary import Facts, ProtoSummary, Totals, float_resolver
+from labctl.analyse.wire import M32
+
+TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from labctl.analyse.conversations import Builder
+
+CACHE_MAX = 16384        # distinct texts kept at a time
+BATCH = 4096             # lines handed over at a time
+
+_TCP_REST = ('"packets":%d,"bytes":%d,"payload_bytes":%d,"client_payload_bytes":%d,"server_payload_bytes":%d,'
+             '"header_bytes":%d,"overhead_pct":%.1f,"duration_ms":%s,"rtt_ms":%s,"ttfb_ms":%s,'
+             '"retransmissions":%d,"fast_retransmissions":%d,"spurious_retransmissions":%d,'
+             '"out_of_order":%d,"dup_acks":%d,"syn":%d,"synack":%d,"fin":%d,"rst":%d,"closed_by":%s,'
+             '"handshake":%s,"refused":%s,"exchanges":[%s]}')
+_UDP_REST = ('"packets":%d,"bytes":%d,"payload_bytes":%d,"client_payload_bytes":%d,"server_payload_bytes":%d,'
+             '"header_bytes":%d,"overhead_pct":%.1f,"duration_ms":%s,"rtt_ms":%s,"ttfb_ms":%s,'
+             '"requests":%d,"unanswered":%d,"exchanges":[%s]}')
+_EXCHANGE = '{"request_ms":%s,"request_bytes":%d,"reply_ms":%s,"reply_bytes":%d,"answered":%s%s}'
+_TF = ("false", "true")
+
+Batch = Callable[[list[str]], None]
+
+
+def clock_for(b: Builder) -> FloatClock | MicroClock:
+    """Exact microseconds for a microsecond capture, floats otherwise."""
+    return (MicroClock if b.times.units == 1_000_000 else FloatClock)(b.times.seconds)
+
+
+def _overhead(nbytes: int, pay: int) -> float:
+    return 100.0 * (nbytes - pay) / nbytes if nbytes else 0.0
+
+
+def tcp_rest(fig: TcpFigures, times: tuple, clock: FloatClock | MicroClock, t0: int) -> str:
+    """A TCP line after its start: counts, times (``summary.tcp_times``), flags, exchanges."""
+    text, since = clock.text, clock.since
+    exchanges = ",".join(
+        _EXCHANGE % (text(None if rq is None else since(t0, rq)), rqb,
+                     text(None if rp is None else since(t0, rp)), rpb, _TF[rp is not None], "")
+        for rq, rqb, rp, rpb in fig.exchanges)
+    pay = fig.client_payload + fig.server_payload
+    rtt, ttfb, dur = times
+    closed = "null" if fig.closed_by is None else f'"{fig.closed_by}"'
+    return _TCP_REST % (
+        fig.packets, fig.bytes, pay, fig.client_payload, fig.server_payload, fig.bytes - pay,
+        _overhead(fig.bytes, pay), text(dur), text(rtt), text(ttfb), fig.retransmissions,
+        fig.fast_retransmissions, fig.spurious_retransmissions, fig.out_of_order, fig.dup_acks, fig.syn,
+        fig.synack, fig.fin, fig.rst, closed, _TF[fig.handshake], _TF[fig.refused], exchanges)
+
+
+def udp_rest(fig: UdpFigures, times: tuple, clock: FloatClock | MicroClock, t0: int) -> str:
+    """A UDP line after its start."""
+    text, since = clock.text, clock.since
+    exchanges = ",".join(
+        _EXCHANGE % (text(None if rq is None else since(t0, rq)), rqb,
+                     text(None if rp is None else since(t0, rp)), rpb, _TF[rp is not None],
+                     "" if note is None else f',"note":"{note}"')
+        for rq, rqb, rp, rpb, note in fig.exchanges)
+    pay = fig.client_payload + fig.server_payload
+    rtt, ttfb, dur = times
+    return _UDP_REST % (fig.packets, fig.bytes, pay, fig.client_payload, fig.server_payload, fig.bytes - pay,
+                        _overhead(fig.bytes, pay), text(dur), text(rtt), text(ttfb), fig.requests,
+                        fig.unanswered, exchanges)
+
+
+def _flush(cache: dict, add: Callable[[TcpFigures | UdpFigures, int, tuple], None]) -> None:
+    for _, n, fig, times in cache.values():
+        add(fig, n, times)
+    cache.clear()
+
+
+def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, udp_batch: Batch
+                ) -> tuple[Totals, Totals]:
+    """Hand every conversation's line, a list at a time, to ``tcp_batch``/``udp_batch``; return the
+    totals (``Totals.finish`` gives the summaries)."""
+    exact = clock.exact
+    start = clock.start_text
+    m32 = M32
+    tcp, udp = Totals("tcp"), Totals("udp")
+    for proto, rows, read, times_of, rest_of, add, batch in (
+            ("tcp", tcp_rows(b, exact), tcp_figures, tcp_times, tcp_rest, tcp.add_tcp, tcp_batch),
+            ("udp", udp_rows(b), udp_figures, udp_times, udp_rest, udp.add_udp, udp_batch)):
+        head = f'{{"proto":"{proto}","client":"'
+        cache: dict[tuple, list] = {}    # figures (and start) -> [rest of the line, count, figures, times]
+        lines: list[str] = []
+        line = lines.append
+        for ca, cp, sa, sp, t0, k in rows:
+            e = cache.get(k if exact else (t0, k))
+            if e is None:
+                if len(cache) >= CACHE_MAX:
+                    _flush(cache, add)
+                fig = read(k)
+                times = times_of(fig, clock, t0)
+                e = cache[k if exact else (t0, k)] = [rest_of(fig, times, clock, t0), 0, fig, times]
+            e[1] += 1
+            frac = t0 >> 32
+            if exact and frac < 1_000_000:
+                line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{t0 & m32}.{str(frac + 1_000_000)[1:]},'
+                     f'{e[0]}')
+            else:
+                line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{e[0]}')
+            if len(lines) >= BATCH:
+                batch(lines)
+                lines.clear()
+        if lines:
+            batch(lines)
+        _flush(cache, add)
+    return tcp, udp
+
+
+def summary_dict(facts: Facts, tcp: ProtoSummary, udp: ProtoSummary) -> dict:
+    return {"file": facts.path, "format": facts.format, "link_types": facts.link_types,
+            "packets": facts.packets, "bytes": facts.bytes, "tcp": tcp.as_dict(), "udp": udp.as_dict(),
+            "not_analysed": facts.not_analysed, "ipv6_packets": facts.ipv6_packets,
+            "warnings": facts.warnings}
+
+
+def write_json(analysis: Analysis, out: TextIO) -> None:
+    """``{"conversations": [...], "summary": {...}}``, written a batch of lines at a time."""
+    write = out.write
+    write('{"conversations":[')
+    sep = [""]
+
+    def batch(lines: list[str]) -> None:
+        write(sep[0])
+        write(",\n".join(lines))
+        sep[0] = ",\n"
+
+    b = analysis.builder
+    clock = clock_for(b)
+    was = gc.isenabled()
+    gc.disable()     # many short-lived tuples and strings, no cycles: no need to look for any
+    try:
+        tcp, udp = write_lines(b, clock, batch, batch)
+    finally:
+        if was:
+            gc.enable()
+    exact = clock.exact
+    tcp_s = tcp.finish(clock, float_resolver(b, "tcp") if exact else None)
+    udp_s = udp.finish(clock, float_resolver(b, "udp") if exact else None)
+    write('],\n"summary":')
+    write(json.dumps(summary_dict(Facts.of(analysis), tcp_s, udp_s), indent=1))
+    write("}\n")
