@@ -113,7 +113,8 @@ def allowed(importer: str, imported: str) -> bool:
 
 
 def test_every_module_has_a_room():
-    assert all(room_of(name) for name in MODULES)
+    """A module in no room of its own would fall into ``labctl``'s and import anything unlisted."""
+    assert [name for name in MODULES if room_of(name) == "labctl" and name != "labctl"] == []
 
 
 def test_no_import_runs_up_the_layers():
