@@ -12,7 +12,6 @@ exactly what is theirs, and a Ctrl-C or SIGTERM during ``up`` rolls back what wa
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import ipaddress
 import os
@@ -98,12 +97,7 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
             if current is not None:
                 say("removing the previous, different or incomplete lab")
                 self._teardown(current)
-            try:
-                self._refuse_conflicts(wanted)
-            except BackendError:
-                with contextlib.suppress(OSError):  # a refused up leaves nothing, not even its state dir
-                    self.state.root.rmdir()
-                raise
+            self._refuse_conflicts(wanted)  # refused: up() removes the state dir it made
             with self._rollback_on_interrupt(wanted):
                 self._build(wanted, say)
                 inventory = self._inventory(wanted)
