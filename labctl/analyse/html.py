@@ -12,6 +12,10 @@ from labctl.analyse.story import comparison_rows, findings, reflection
 from labctl.analyse.summary import Summary
 from labctl.analyse.svg import ladder_group, svg_document
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from labctl.analyse.multinode import NodeReport, OneWay
+
 LISTED = 200     # conversations in the table of every conversation (summarise(analysis, listed=LISTED))
 
 CSS = """
@@ -58,6 +62,30 @@ def _conv_rows(convs: list[Conversation]) -> list[list[str]]:
     return rows
 
 
+def nodes_section(nodes: NodeReport) -> list[str]:
+    """Between the nodes: the capture points, one-way times, where lost packets were last seen."""
+    def ow(x: OneWay) -> str:
+        return "–" if x.median_ms is None else f"{x.median_ms:.3f} ({x.packets})"
+
+    out = ["<h2>Between the nodes</h2>",
+           "<p>The capture was taken at several points at once. A packet seen leaving one node and "
+           "arriving at another is drawn as one arrow, slanted by the time it took when that is large "
+           "enough to see; a packet that left and never arrived is a red stub ending in ✗.</p>",
+           _table(["capture point", "node", "address", "file", "packets", "bytes"],
+                  [[p.name, p.node, p.address or "?", p.file, str(p.packets), str(p.bytes)]
+                   for p in nodes.points])]
+    out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>" for s in nodes.lines()) + "</ul>")
+    if nodes.lost_packets:
+        out.append("<h3>Lost on the way</h3>")
+        out.append('<ul class="findings">' + "".join(f"<li><b>{escape(c)}</b>: {escape(x.text)}</li>"
+                                                     for c, x in nodes.lost_packets) + "</ul>")
+    rows = [[name, f"{cr.client_node or '?'} → {cr.server_node or '?'}", ow(cr.to_server), ow(cr.to_client),
+             str(len(cr.lost)), ", ".join(cr.files)] for name, cr in nodes.conversations[:LISTED]]
+    out.append("<h3>One-way time per conversation (median ms, packets seen at both ends)</h3>")
+    out.append(_table(["conversation", "nodes", "to the server", "to the client", "lost", "file"], rows))
+    return out
+
+
 def render_html(summary: Summary) -> str:
     f = summary.facts
     tcp, udp = summary.tcp, summary.udp
@@ -88,6 +116,8 @@ def render_html(summary: Summary) -> str:
     for conv in rest:
         out.append(f"<h3>{conv.proto.upper()} {escape(conv.client)} → {escape(conv.server)}</h3>")
         out.append('<div class="ladder">' + svg_document([ladder_group(conv)]) + "</div>")
+    if summary.nodes is not None:
+        out.extend(nodes_section(summary.nodes))
     out.append("<h2>Comparison</h2>")
     headers, rows = comparison_rows(tcp, udp)
     out.append(_table(headers, rows))

@@ -171,6 +171,8 @@ def write_json(analysis: Analysis, out: TextIO) -> None:
 
     b = analysis.builder
     clock = clock_for(b)
+    if analysis.multi is not None:       # several capture points: what they saw of each conversation
+        batch = _with_crossings(analysis, batch)
     was = gc.isenabled()
     gc.disable()     # many short-lived tuples and strings, no cycles: no need to look for any
     try:
@@ -182,5 +184,27 @@ def write_json(analysis: Analysis, out: TextIO) -> None:
     tcp_s = tcp.finish(clock, float_resolver(b, "tcp") if exact else None)
     udp_s = udp.finish(clock, float_resolver(b, "udp") if exact else None)
     write('],\n"summary":')
-    write(json.dumps(summary_dict(Facts.of(analysis), tcp_s, udp_s), indent=1))
+    summary = summary_dict(Facts.of(analysis), tcp_s, udp_s)
+    if analysis.multi is not None:
+        summary["files"] = analysis.multi.captures.files
+        summary["nodes"] = analysis.multi.report().as_dict()
+    write(json.dumps(summary, indent=1))
     write("}\n")
+
+
+def _with_crossings(analysis: Analysis, batch: Batch) -> Batch:
+    """``batch`` with each line given the files and capture points it was seen in, its nodes, its
+    one-way times each way and its lost packets (``multinode.Crossings``)."""
+    multi = analysis.multi
+    assert multi is not None
+
+    def add(lines: list[str]) -> None:
+        out = []
+        for line in lines:
+            d = json.loads(line)
+            cr = multi.crossings(d["proto"], d["client"], d["server"], d["start"], d["duration_ms"] or 0.0)
+            d.update(cr.as_dict())
+            out.append(json.dumps(d, ensure_ascii=False, separators=(",", ":")))
+        batch(out)
+
+    return add

@@ -19,6 +19,8 @@ class Row:
     label: str
     note: str = ""
     style: str = ""
+    arrive_ms: float | None = None   # seen at both ends (several capture points): when it arrived
+    stub: bool = False               # seen leaving, never arriving: drawn as a stub from the sender
 
 
 def packet_label(p: Packet) -> str:
@@ -49,12 +51,25 @@ def packet_style(p: Packet) -> str:
     return "ack"
 
 
+def crossing_notes(conv: Conversation, p: Packet) -> list[str]:
+    """What the capture points saw of a packet: its one-way time, or where it was lost."""
+    if p.lost_to:
+        sender = conv.client_node if p.from_client else conv.server_node
+        where = f" (last seen at {p.last_seen})" if p.last_seen and not p.last_seen.startswith(
+            f"{sender} at") else ""
+        return [f"✗ never reached {p.lost_to}{where}"]
+    if p.one_way_ms is not None:
+        return [f"one-way {p.one_way_ms:.3f} ms"]
+    return []
+
+
 def conversation_rows(conv: Conversation) -> list[Row]:
     """Rows for a two-lane ladder: lane 0 the client, lane 1 the server."""
     rows: list[Row] = []
     for p in conv.ladder or []:
         src, dst = (0, 1) if p.from_client else (1, 0)
-        rows.append(Row(p.t_ms, src, dst, packet_label(p), ", ".join(p.notes), packet_style(p)))
+        rows.append(Row(p.t_ms, src, dst, packet_label(p), ", ".join(crossing_notes(conv, p) + p.notes),
+                        "lost" if p.lost_to else packet_style(p), p.arrive_ms, bool(p.lost_to)))
     rows = _with_gaps(rows)
     if conv.proto == "udp":
         # an unanswered request: say so where the reply would have been

@@ -28,6 +28,10 @@ from labctl.analyse.milliseconds import FloatClock
 from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
 from labctl.analyse.tcp import F_ISN
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from labctl.analyse.multinode import Crossings, MultiNode
+
 FLAG_NAMES = ((wire.SYN, "SYN"), (wire.FIN, "FIN"), (wire.RST, "RST"), (wire.PSH, "PSH"), (wire.ACK, "ACK"))
 
 
@@ -63,6 +67,14 @@ class Packet:
     length: int          # payload bytes
     wire: int            # frame bytes on the wire
     notes: list[str] = field(default_factory=list)   # retransmission, duplicate ACK, ...
+    # with several capture points (multinode.py): when it reached the other end, or where it was lost
+    arrive_ms: float | None = None   # since the conversation's first packet, at the receiver
+    lost_to: str = ""                # the node it never reached
+    last_seen: str = ""              # "server at 12.300 ms"
+
+    @property
+    def one_way_ms(self) -> float | None:
+        return None if self.arrive_ms is None else self.arrive_ms - self.t_ms
 
 
 @dataclass
@@ -124,6 +136,9 @@ class Conversation(ByteCounts):
     handshake: bool = False
     exchanges: list[Exchange] = field(default_factory=list)
     ladder: list[Packet] | None = None
+    client_node: str = ""                # with several capture points: the nodes at either end,
+    server_node: str = ""
+    crossings: Crossings | None = None   # and what the points saw of it (multinode.Crossings)
 
     @property
     def unanswered(self) -> int:
@@ -146,6 +161,7 @@ class Analysis:
     path: str
     info: ReadInfo
     builder: Builder
+    multi: MultiNode | None = None     # several capture points (multinode.py): what each saw
 
     @property
     def packets(self) -> int:
@@ -187,6 +203,8 @@ class Analysis:
                 f = b.tcp.flat(i)
                 isns = [f[F_ISN], f[F_ISN + 12]]
                 conv.ladder = _tcp_ladder(detail, isns, k[TCP_CLIENT], t0, b.times.seconds)
+            if self.multi is not None:
+                self.multi.annotate(conv)
             yield conv
 
     def udp(self) -> Iterator[Conversation]:
@@ -197,6 +215,8 @@ class Analysis:
             detail = b.udp.detail_of(i)
             if detail is not None:
                 conv.ladder = _udp_ladder(detail, t0, b.times.seconds)
+            if self.multi is not None:
+                self.multi.annotate(conv)
             yield conv
 
     def conversations(self) -> Iterator[Conversation]:

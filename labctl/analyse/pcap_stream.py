@@ -88,10 +88,14 @@ class PcapStream:
         self._rec = struct.Struct(endian + "IIII")
 
 
-def read_points(path) -> tuple[list[str], list[int], list[tuple[int, StreamPacket]], dict[str, str]]:
+def read_points(path, warnings: list[str] | None = None
+                ) -> tuple[list[str], list[int], list[tuple[int, StreamPacket]], dict[str, str]]:
     """A pcap or pcapng file as capture points (pcapng ``if_name``, else ``capture``), their link
     types, every packet as ``(capture point index, StreamPacket)`` in file order (for replays), and the
-    node names the interface descriptions give (``NODE ADDRESS``: address -> node)."""
+    node names the interface descriptions give (``NODE ADDRESS``: address -> node).
+
+    A file that ends in the middle of a packet (or block) gives the packets before it, and a line
+    saying so in ``warnings`` when one is given."""
     from contextlib import closing
     from pathlib import Path
 
@@ -103,7 +107,7 @@ def read_points(path) -> tuple[list[str], list[int], list[tuple[int, StreamPacke
         head = f.read(4)
         f.seek(0)
         if len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:
-            return _pcapng_points(f.read(), str(p))
+            return _pcapng_points(f.read(), str(p), warnings)
         stream = PcapStream()
         packets = []
         while True:
@@ -113,10 +117,13 @@ def read_points(path) -> tuple[list[str], list[int], list[tuple[int, StreamPacke
             packets += [(0, pkt) for pkt in stream.feed(data)]
         if stream.header is None:
             raise CaptureFileError(f"{p}: not a pcap or pcapng file (too short)")
+        if stream.pending and warnings is not None:
+            warnings.append(f"{p} ends in the middle of a packet ({stream.pending} bytes left over); "
+                            "analysed the complete packets before it")
         return ["capture"], [stream.linktype or 1], packets, {}
 
 
-def _pcapng_points(buf: bytes, path: str):
+def _pcapng_points(buf: bytes, path: str, warnings: list[str] | None = None):
     names: list[str] = []
     hosts: dict[str, str] = {}
     linktypes: list[int] = []
@@ -165,4 +172,7 @@ def _pcapng_points(buf: bytes, path: str):
             ts_ns = (ticks // tps + off) * 1_000_000_000 + (ticks % tps) * 1_000_000_000 // tps
             packets.append((idx, StreamPacket(ts_ns, bytes(buf[body + 20:body + 20 + incl]), orig)))
         pos += blen
+    if pos < len(buf) and warnings is not None:
+        warnings.append(f"{path} ends in the middle of a pcapng block ({len(buf) - pos} bytes left over); "
+                        "analysed the complete packets before it")
     return names, linktypes, packets, hosts

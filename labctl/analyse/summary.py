@@ -26,6 +26,7 @@ from labctl.analyse.model import Analysis, ByteCounts, Conversation
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
     from labctl.analyse.conversations import Builder
+    from labctl.analyse.multinode import NodeReport
 
 KNOWN_MAX = 16384        # distinct figures remembered while adding up
 
@@ -221,6 +222,7 @@ class Summary:
     udp: ProtoSummary
     drawable: dict[str, list[Conversation]]
     listed: list[Conversation] = field(default_factory=list)
+    nodes: NodeReport | None = None     # several capture points: between the nodes (multinode.py)
 
     def shown(self, proto: str, limit: int) -> list[Conversation]:
         """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
@@ -247,4 +249,5 @@ def summarise(analysis: Analysis, listed: int = 0) -> Summary:
                 drawable[proto].append(c)
             if len(first) < listed:
                 first.append(c)
-    return Summary(Facts.of(analysis), tcp, udp, drawable, first)
+    nodes = analysis.multi.report() if analysis.multi is not None else None
+    return Summary(Facts.of(analysis), tcp, udp, drawable, first, nodes)

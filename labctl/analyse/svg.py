@@ -44,7 +44,8 @@ def ladder_group(conv: Conversation, x0: float = 0, y0: float = 0) -> tuple[str,
     title = f"{conv.proto.upper()}: {conv.packets} packet{'s' if conv.packets != 1 else ''}, " \
             f"{conv.bytes} bytes on the wire, {conv.payload_bytes} bytes of payload"
     parts.append(_t(x0 + LEFT + LANE_GAP / 2, y0 + 20, title, 15, weight="bold"))
-    for x, name, addr in ((cx, "client", conv.client), (sx, "server", conv.server)):
+    for x, name, addr in ((cx, conv.client_node or "client", conv.client),
+                          (sx, conv.server_node or "server", conv.server)):
         parts.append(f'<rect x="{x - 70:.1f}" y="{y0 + 32:.1f}" width="140" height="38" rx="5" '
                      f'fill="#fff" stroke="#000" stroke-width="1.5"/>')
         parts.append(_t(x, y0 + 48, name, 13, weight="bold"))
@@ -54,6 +55,7 @@ def ladder_group(conv: Conversation, x0: float = 0, y0: float = 0) -> tuple[str,
         parts.append(f'<line x1="{x:.1f}" y1="{y0 + 70:.1f}" x2="{x:.1f}" y2="{bottom:.1f}" '
                      f'stroke="#000" stroke-width="2"/>')
     parts.append(_t(x0 + LEFT - 12, y0 + TOP - 4, "ms", 11, anchor="end", fill="#444", style="italic"))
+    y_at = _time_axis(rows, y0)
     for i, r in enumerate(rows):
         y = y0 + TOP + ROW * i + ROW * 0.6
         a, b = (cx, sx) if r.src == 0 else (sx, cx)
@@ -70,22 +72,52 @@ def ladder_group(conv: Conversation, x0: float = 0, y0: float = 0) -> tuple[str,
             continue
         bad = r.style in ("lost", "reset", "suspect")
         color = "#b00" if bad else "#000"
-        if r.label:
+        if r.label and r.stub:   # left its sender, never reached the other end: a stub ending in ✗
+            end = a + (b - a) * 0.55
+            parts.append(f'<line x1="{a:.1f}" y1="{y:.1f}" x2="{end:.1f}" y2="{y:.1f}" stroke="#b00" '
+                         'stroke-width="1.8" stroke-dasharray="7 4"/>')
+            parts.append(_t(end + (8 if b > a else -8), y + 5, "✗", 16, weight="bold", fill="#b00"))
+            parts.append(_t((a + end) / 2, y - 6, r.label, 12, weight="bold", fill="#b00", family=MONO))
+        elif r.label:
             dash = ' stroke-dasharray="7 4"' if r.style == "lost" else ""
             marker = "ahr" if bad else "ah"
-            parts.append(f'<line x1="{a:.1f}" y1="{y:.1f}" x2="{b:.1f}" y2="{y:.1f}" stroke="{color}" '
+            y2 = y if r.arrive_ms is None else max(y, y_at(r.arrive_ms))
+            if y2 - y < 2:       # a one-way time too short to see at this scale: drawn level
+                y2 = y
+            parts.append(f'<line x1="{a:.1f}" y1="{y:.1f}" x2="{b:.1f}" y2="{y2:.1f}" stroke="{color}" '
                          f'stroke-width="{2 if r.style in ("data", "handshake") else 1.4}"{dash} '
                          f'marker-end="url(#{marker})"/>')
             weight = "bold" if r.style in ("data", "handshake", "reset") else "normal"
-            parts.append(_t((a + b) / 2, y - 6, r.label, 12, weight=weight, fill=color, family=MONO))
+            parts.append(_t((a + b) / 2, (y + y2) / 2 - 6, r.label, 12, weight=weight, fill=color,
+                            family=MONO))
         else:   # an answer that never came
             parts.append(f'<line x1="{a:.1f}" y1="{y:.1f}" x2="{a + (b - a) * 0.35:.1f}" y2="{y:.1f}" '
                          f'stroke="#b00" stroke-width="1.4" stroke-dasharray="4 4"/>')
-        if r.note:
+        if r.note and r.arrive_ms is not None and not bad:    # only a one-way time: not an alarm
+            parts.append(_t(max(a, b) + 12, y + 4, r.note, 12, anchor="start", fill="#444", style="italic"))
+        elif r.note:
             parts.append(_t(max(a, b) + 12, y + 4, r.note, 12, anchor="start", fill="#b00",
                             style="italic", weight="bold"))
     width = LEFT + LANE_GAP + 200
     return "\n".join(parts), width, bottom - y0 + 16
+
+
+def _time_axis(rows: list, y0: float):
+    """y of a time on the ladder: rows are evenly spaced, so a time between two rows' times lies that
+    far between their y (an arrival after the last row: up to half a row below it)."""
+    marks = [(r.t_ms, y0 + TOP + ROW * i + ROW * 0.6) for i, r in enumerate(rows) if r.t_ms is not None]
+
+    def y_at(t: float) -> float:
+        prev = None
+        for tm, ym in marks:
+            if tm >= t:
+                if prev is None or tm == prev[0]:
+                    return ym
+                return prev[1] + (ym - prev[1]) * (t - prev[0]) / (tm - prev[0])
+            prev = (tm, ym)
+        return marks[-1][1] + ROW * 0.5 if marks else y0 + TOP
+
+    return y_at
 
 
 def svg_document(groups: list[tuple[str, float, float]], caption: str = "") -> str:

@@ -18,7 +18,9 @@ TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up
 if TYPE_CHECKING:
     from typing import TextIO
 
-ARROW_R, ARROW_L, LANE, LINE = "▶", "◀", "│", "─"
+    from labctl.analyse.multinode import NodeReport, OneWay
+
+ARROW_R, ARROW_L, LANE, LINE, LOST = "▶", "◀", "│", "─", "✗"
 
 
 def ladder_lines(lanes: list[str], rows: list[Row], gap: int | None = None) -> list[tuple[str, str]]:
@@ -57,13 +59,20 @@ def ladder_lines(lanes: list[str], rows: list[Row], gap: int | None = None) -> l
         line[0:tw] = list(t.rjust(tw))
         a, b = pos[r.src], pos[r.dst]
         lo, hi = min(a, b), max(a, b)
-        if r.label:
+        if r.label and r.stub:      # seen leaving, never arriving: a stub from the sender, ending in ✗
+            reach = (hi - lo) * 2 // 3
+            lo, hi = (a, a + reach) if b > a else (a - reach, a)
+            for x in range(lo + 1, hi):
+                line[x] = LINE
+            line[hi - 1 if b > a else lo + 1] = LOST
+        elif r.label:
             for x in range(lo + 1, hi):
                 line[x] = LINE if line[x] == " " or line[x] == LANE else line[x]
             if b > a:
                 line[hi - 1] = ARROW_R
             else:
                 line[lo + 1] = ARROW_L
+        if r.label:
             label = f" {r.label} "
             room = hi - lo - 3
             if len(label) > room:
@@ -82,8 +91,22 @@ def conversation_ladder(conv: Conversation) -> list[tuple[str, str]]:
     title = (f"{conv.proto.upper()}  client {conv.client}  ⇄  server {conv.server}   "
              f"({conv.packets} packet{'s' if conv.packets != 1 else ''}, {conv.bytes} bytes on the wire)")
     lines = [(title, "title")]
-    lines += ladder_lines(["client", "server"], conversation_rows(conv))
+    if conv.crossings is not None:
+        lines.append((crossing_line(conv), "text"))
+    lanes = [conv.client_node or "client", conv.server_node or "server"]
+    lines += ladder_lines(lanes, conversation_rows(conv))
     return lines
+
+
+def crossing_line(conv: Conversation) -> str:
+    """One line under a ladder's title: each way's one-way time, the packets lost."""
+    cr = conv.crossings
+    assert cr is not None
+    c, s = cr.client_node or "client", cr.server_node or "server"
+    bits = [f"{c} → {s}: {cr.to_server.text}", f"{s} → {c}: {cr.to_client.text}"]
+    if cr.lost:
+        bits.append(f"{len(cr.lost)} lost")
+    return "  " + "; ".join(bits)
 
 
 def side_by_side(left: list[tuple[str, str]], right: list[tuple[str, str]], gap: int = 4
@@ -157,6 +180,11 @@ def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width:
     o.line(f"{f.path}: {f.packets} packet{'' if f.packets == 1 else 's'}, {f.bytes} bytes "
            f"({f.format}, {', '.join(f.link_types) or '?'}); "
            f"{f.tcp_conversations} TCP and {f.udp_conversations} UDP conversations", "title")
+    nodes = summary.nodes
+    if nodes is not None:
+        for p in nodes.points:
+            o.line(f"  capture point {p.name} ({p.node} {p.address or 'address unknown'}, "
+                   f"{p.file}): {p.packets} packets, {p.bytes} bytes", "lane")
     blocks_t = [conversation_ladder(c) for c in summary.shown("tcp", ladders)]
     blocks_u = [conversation_ladder(c) for c in summary.shown("udp", ladders)]
     wide = max((len(t) for b in blocks_t for t, _ in b), default=0)
@@ -189,6 +217,34 @@ def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width:
     o.line("")
     for sentence in findings(summary.tcp, summary.udp):
         o.line("• " + sentence, "text")
+    if nodes is not None:
+        render_nodes(o, nodes)
     if f.not_analysed:
         o.line("")
         o.line(not_analysed, "lane")
+
+
+PER_CONVERSATION = 20    # conversations listed one by one under "Between the nodes"
+
+
+def render_nodes(o: _Out, nodes: NodeReport) -> None:
+    """Between the nodes: how many packets crossed, their one-way times, and where the lost were."""
+    o.line("")
+    o.line("Between the nodes", "head")
+    for sentence in nodes.lines():
+        o.line("• " + sentence, "text")
+    for conv, lost in nodes.lost_packets:
+        o.line(f"✗ {conv}: {lost.text}", "lost")
+    shown = nodes.conversations[:PER_CONVERSATION]
+    if shown:
+        rows = [[name, f"{cr.client_node or '?'} → {cr.server_node or '?'}", _ow(cr.to_server),
+                 _ow(cr.to_client), str(len(cr.lost))] for name, cr in shown]
+        o.line("")
+        o.table(["conversation", "nodes", "one-way to server ms", "one-way to client ms", "lost"], rows,
+                "One-way times per conversation (median, packets seen at both ends)")
+        if len(nodes.conversations) > len(shown):
+            o.line(f"(first {len(shown)} of {len(nodes.conversations)}; --json lists every one)", "lane")
+
+
+def _ow(ow: OneWay) -> str:
+    return "–" if ow.median_ms is None else f"{ow.median_ms:.3f} ({ow.packets})"

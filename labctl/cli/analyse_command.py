@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from labctl.cli.types import path_arg
@@ -17,10 +18,14 @@ def register(subparsers) -> None:
                     "table comparing packets, bytes, overhead and time to answer.",
         epilog="Examples: labctl analyse labctl/analyse/examples/tcp-vs-udp.pcap (a real capture); "
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
+               "labctl analyse client1.pcap server.pcap (one analysis of both ends); "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("file", type=path_arg, metavar="FILE",
+    p.add_argument("files", type=path_arg, nargs="+", metavar="FILE",
                    help="capture file (.pcap or .pcapng), a FIFO, or - for standard input "
-                        "(labctl capture -o - | labctl analyse -)")
+                        "(labctl capture -o - | labctl analyse -); several files (or one pcapng of "
+                        "several nodes, from 'labctl capture --nodes all') are read as one capture "
+                        "taken at several points: each packet counted once, its one-way time between "
+                        "nodes measured and each lost packet's last sighting named")
     p.add_argument("--json", action="store_true",
                    help="print every conversation and the summary as JSON (for scripts) instead of text")
     p.add_argument("--svg", type=path_arg, metavar="DIR",
@@ -98,6 +103,11 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
     _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
+    if _several_points(args.files):
+        from labctl.analyse.multinode import analyse_captures
+
+        return _report(args, analyse_captures(args.files, detail))
+    args.file = args.files[0]
     source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
     if args.json and not args.svg and not args.html and not source.stream:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
@@ -110,7 +120,33 @@ def _run(args: argparse.Namespace) -> int:
             for w in analysis.warnings:
                 print(f"labctl: warning: {w}", file=sys.stderr)
             return 0
-    analysis = analyse_file(source, detail=detail)
+    return _report(args, analyse_file(source, detail=detail))
+
+
+def _several_points(files: list) -> bool:
+    """Several files, or one pcapng file of several interfaces: one analysis of several points."""
+    from labctl.analyse.pcap import open_source
+    from labctl.analyse.points import count_points
+    from labctl.cli import CliError
+
+    if len(files) == 1:
+        f = str(files[0])
+        return f != "-" and os.path.isfile(f) and count_points(f) > 1
+    for f in files:
+        if str(f) == "-":
+            raise CliError("standard input ('-') can only be analysed alone; give the files' paths")
+        source = open_source(f)          # one clear line for a missing file, a directory, a device
+        stream = source.stream
+        source.close()
+        if stream:
+            raise CliError(f"{f}: a FIFO or pipe can only be analysed alone; save it to a file first")
+    return True
+
+
+def _report(args: argparse.Namespace, analysis) -> int:
+    """Print or write what was asked for (--json, the terminal report, --svg, --html)."""
+    from labctl.cli import CliError
+
     if args.json:
         from labctl.analyse.json_report import write_json
 
@@ -156,7 +192,9 @@ def _replay(args: argparse.Namespace) -> int:
         raise CliError("--speed must be between 0.001 and 1000 (0.1: ten times slower than real time)")
     if args.json or args.svg or args.html:
         raise CliError("--replay draws in the terminal; drop --json, --svg and --html")
-    points, linktypes, packets, names = read_points(args.file)
+    if len(args.files) > 1:
+        raise CliError("--replay replays one capture file (a pcapng of several nodes replays them all)")
+    points, linktypes, packets, names = read_points(args.files[0])
     view = LiveView(sys.stdout, points, names, linktypes=linktypes)
     try:
         replay(packets, view, speed=args.speed)
