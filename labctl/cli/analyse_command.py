@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                "labctl analyse captures/server.pcap --html report.html --svg ladders/; "
                "labctl analyse client1.pcap server.pcap (one analysis of both ends); "
                "labctl analyse cap.pcap --json | jq .summary")
-    p.add_argument("files", type=path_arg, nargs="+", metavar="FILE",
+    p.add_argument("file", type=path_arg, nargs="+", metavar="FILE",
                    help="capture file (.pcap or .pcapng), a FIFO, or - for standard input "
                         "(labctl capture -o - | labctl analyse -); several files (or one pcapng of "
                         "several nodes, from 'labctl capture --nodes all') are read as one capture "
@@ -103,19 +103,19 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
     _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
-    if _several_points(args.files):
+    if _several_points(args.file):
         from labctl.analyse.multinode import analyse_captures
 
-        return _report(args, analyse_captures(args.files, detail))
-    args.file = args.files[0]
-    source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
+        return _report(args, analyse_captures(args.file, detail))
+    (path,) = args.file
+    source = open_source(path, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
     if args.json and not args.svg and not args.html and not source.stream:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
-        jobs = args.jobs if args.jobs is not None else default_jobs(args.file)
+        jobs = args.jobs if args.jobs is not None else default_jobs(path)
         if jobs > 1:      # (each worker reads the file: a stream is read once, by one process)
             source.close()
-            analysis = write_json_parallel(args.file, sys.stdout, jobs)
+            analysis = write_json_parallel(path, sys.stdout, jobs)
             sys.stdout.flush()
             for w in analysis.warnings:
                 print(f"labctl: warning: {w}", file=sys.stderr)
@@ -192,9 +192,9 @@ def _replay(args: argparse.Namespace) -> int:
         raise CliError("--speed must be between 0.001 and 1000 (0.1: ten times slower than real time)")
     if args.json or args.svg or args.html:
         raise CliError("--replay draws in the terminal; drop --json, --svg and --html")
-    if len(args.files) > 1:
+    if len(args.file) > 1:
         raise CliError("--replay replays one capture file (a pcapng of several nodes replays them all)")
-    points, linktypes, packets, names = read_points(args.files[0])
+    points, linktypes, packets, names = read_points(args.file[0])
     view = LiveView(sys.stdout, points, names, linktypes=linktypes)
     try:
         replay(packets, view, speed=args.speed)
