@@ -99,10 +99,13 @@ def read_captures(paths: list[str | Path]) -> Captures:
             packets.append((base + idx, pkt.ts_ns, pkt.frame, pkt.orig_len))
     guesses = {i: _main_addresses(pt.linktype, (p[2] for p in packets if p[0] == i))
                for i, pt in enumerate(points) if not pt.address}
-    for i, candidates in guesses.items():
+    while guesses:       # the clear ones first: a tie is then settled by the addresses they took
         claimed = {pt.address for pt in points if pt.address}
-        left = [a for a in candidates if a not in claimed] if len(candidates) > 1 else candidates
-        points[i].address = left[0] if len(left) == 1 else ""
+        left = {i: [a for a in c if a not in claimed] if len(c) > 1 else c for i, c in guesses.items()}
+        clear = [i for i, c in left.items() if len(c) == 1]
+        for i in clear or list(guesses):
+            points[i].address = left[i][0] if len(left[i]) == 1 else ""
+            del guesses[i]
     if len(files) > 1 or any(a[0] < b[0] for a, b in zip(packets, packets[1:])):
         packets.sort(key=lambda p: p[1])       # (stable: a file's order is kept for equal times)
     if not packets and not points:

@@ -104,7 +104,7 @@ def ladder_group(conv: Conversation, x0: float = 0, y0: float = 0) -> tuple[str,
 
 def _time_axis(rows: list, y0: float):
     """y of a time on the ladder: rows are evenly spaced, so a time between two rows' times lies that
-    far between their y (an arrival after the last row: up to half a row below it)."""
+    far between their y (an arrival after the last row: at the last rows' pace, at most 0.8 rows on)."""
     marks = [(r.t_ms, y0 + TOP + ROW * i + ROW * 0.6) for i, r in enumerate(rows) if r.t_ms is not None]
 
     def y_at(t: float) -> float:
@@ -115,6 +115,9 @@ def _time_axis(rows: list, y0: float):
                     return ym
                 return prev[1] + (ym - prev[1]) * (t - prev[0]) / (tm - prev[0])
             prev = (tm, ym)
+        if len(marks) >= 2 and marks[-1][0] > marks[-2][0]:     # after the last row: its pace, to a cap
+            (ta, ya), (tb, yb) = marks[-2:]
+            return yb + min((yb - ya) * (t - tb) / (tb - ta), ROW * 0.8)
         return marks[-1][1] + ROW * 0.5 if marks else y0 + TOP
 
     return y_at
