@@ -172,7 +172,10 @@ class MultiNode:
                 j += 1
                 if e.one_way_ns is not None:
                     p.arrive_ms = p.t_ms + _ms(e.one_way_ns)
+                    # the capture can only guess that a packet sent again was lost; the points know
+                    p.notes = [n.replace("lost? sent again", "arrived, yet sent again") for n in p.notes]
                 elif e.lost:
+                    p.notes = [n.replace("lost? sent again", "sent again") for n in p.notes]
                     p.lost_to = e.receiver
                     node, at = max(((self.points[i].node, t) for i, t in e.seen.items()), key=lambda x: x[1])
                     p.last_seen = f"{node} at {_ms(at - base):.3f} ms"

@@ -99,6 +99,8 @@ def ladder_group(conv: Conversation, x0: float = 0, y0: float = 0) -> tuple[str,
             parts.append(_t(max(a, b) + 12, y + 4, r.note, 12, anchor="start", fill="#b00",
                             style="italic", weight="bold"))
     width = LEFT + LANE_GAP + 200
+    if conv.crossings is not None:     # (one-way times and losses make longer notes: room for them)
+        width = LEFT + LANE_GAP + max(200, 24 + 6.8 * max((len(r.note) for r in rows), default=0))
     return "\n".join(parts), width, bottom - y0 + 16
 
 
