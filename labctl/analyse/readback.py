@@ -6,6 +6,7 @@ from pathlib import Path
 from labctl.analyse.conversations import DEFAULT_DETAIL, build
 from labctl.analyse.figures import tcp_figures, tcp_rows, udp_figures, udp_rows
 from labctl.analyse.model import Analysis
+from labctl.analyse.points import count_points
 
 
 def read_back(path: Path, detail: int = DEFAULT_DETAIL) -> tuple[Analysis, dict]:
@@ -13,7 +14,9 @@ def read_back(path: Path, detail: int = DEFAULT_DETAIL) -> tuple[Analysis, dict]
     {ip: {proto: conversations}}, "spread_ms", "open", "warnings"}``.
 
     ``spread_ms``: first to last client's first packet (its SYN, or its first datagram): the spread
-    of a triggered run as the wire saw it. ``open``: TCP conversations that did not close.
+    of a triggered run as the wire saw it. ``open``: TCP conversations that did not close. The counts
+    are per sighting (a packet counts once at every capture point that saw it); the analysis of a
+    capture of several points is that of ``multinode.analyse_captures`` (each packet once).
     Raises ``CaptureFileError`` (a ``LabctlError``) when the file does not read back.
     """
     builder, info = build(path, detail)
@@ -38,6 +41,10 @@ def read_back(path: Path, detail: int = DEFAULT_DETAIL) -> tuple[Analysis, dict]
     other = analysis.packets - sum(protocols.values())
     if other:
         protocols["other"] = other
+    if count_points(path) > 1:       # several nodes: the ladders draw each packet once (multinode.py)
+        from labctl.analyse.multinode import analyse_captures
+
+        analysis = analyse_captures([path], detail)
     spread = (max(first.values()) - min(first.values())) * 1000.0 if len(first) > 1 else None
     summary = {"packets": analysis.packets, "protocols": protocols, "clients": clients,
                "spread_ms": None if spread is None else round(spread, 3), "open": still_open,
