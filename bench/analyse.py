@@ -1,6 +1,7 @@
 """Benchmark: `labctl analyse FILE --json` (whole process) against tshark's conversation tables.
 
     .venv/bin/python bench/analyse.py [--sizes 250000 500000 1000000] [--runs 3] [--dir DIR]
+                                      [--before /work/main] [--multinode]
 
 Builds captures of short exchanges written directly with struct (size/10 TCP conversations of 8
 packets + size/10 UDP request/reply pairs), then for each size runs, alternately, `python labctl.py
@@ -10,7 +11,9 @@ RSS (largest process of the run, and the sum over labctl's worker processes), th
 (wall and CPU), and CPU time per packet for the linearity check. labctl runs its default way (one
 process) and, with --parallel, also --jobs N (N forked workers, N = CPU count up to 4). The machine is
 shared: read the ratios of one run, not absolute times; when the machine is loaded, wall time also
-measures the wait for a core, so the CPU ratio is the steadier figure.
+measures the wait for a core, so the CPU ratio is the steadier figure. ``--before TREE`` times another
+checkout's labctl on the same files in the same run (before/after a change); ``--multinode`` also
+times a two-point pcapng (every packet seen at both ends: matched, each counted once).
 """
 from __future__ import annotations
 
@@ -51,12 +54,47 @@ def timed(argv: list[str]) -> tuple[float, float, float, float]:
     return wall, peak, total, cpu
 
 
+def two_points(pcap: Path, out: Path) -> Path:
+    """The first half of ``pcap``'s packets as a capture of two points, every packet seen by its sender
+    and, 20 µs later, by its receiver (the server 10.0.0.1 and the clients' side), as a pcapng."""
+    import struct
+
+    sys.path.insert(0, str(ROOT))
+    from labctl.analyse.pcap_stream import PcapStream
+    from labctl.analyse.pcapng_write import Interface, file_header, packet_block
+
+    if out.exists():
+        return out
+    stream = PcapStream()
+    packets = stream.feed(pcap.read_bytes())
+    packets = packets[:len(packets) // 2]
+    server = bytes([10, 0, 0, 1])
+    with out.open("wb", buffering=1 << 20) as f:
+        f.write(file_header([Interface("server", "eth0", "10.0.0.1"), Interface("clients", "eth0", "")]))
+        pending: list[tuple[int, int, bytes]] = []
+        for p in packets:
+            from_server = p.frame[26:30] == server
+            pending.append((p.ts_ns, 0 if from_server else 1, p.frame))
+            pending.append((p.ts_ns + 20_000, 1 if from_server else 0, p.frame))
+        pending.sort(key=lambda x: x[0])
+        for ts, iface, frame in pending:
+            f.write(packet_block(iface, ts, frame))
+    assert struct.unpack("<I", out.read_bytes()[:4])[0] == 0x0A0D0D0A
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the captures (default: tmp)")
     ap.add_argument("--parallel", action="store_true", help="also time --jobs N (forked workers)")
+    ap.add_argument("--before", type=Path, default=None, metavar="TREE",
+                    help="also time another labctl tree (e.g. /work/main: the code before a change) on the "
+                         "same files, alternately with this one")
+    ap.add_argument("--multinode", action="store_true",
+                    help="also time a capture of two points (a pcapng in which every packet is seen at "
+                         "client and server, SIZE sightings): each packet matched, counted once")
     ap.add_argument("--cached-bytecode", action="store_true",
                     help="let Python cache compiled bytecode (in a temporary PYTHONPYCACHEPREFIX), as an "
                          "installed labctl does; without it the environment decides "
@@ -82,15 +120,22 @@ def main() -> int:
               f"{'sum MB':>7} {'tshark/x':>9} {'CPU s':>6} {'CPU tshark/x':>13} {'CPU us/pkt':>11}")
     print(header)
     print("-" * len(header))
-    for size in args.sizes:
+    cases = [(size, "pcap") for size in args.sizes]
+    cases += [(size, "pcapng") for size in args.sizes if args.multinode]
+    for size, kind in cases:
         path = tmp / f"bench-{size}.pcap"
         if not path.exists():
             n = write_bench_capture(path, size // 10, size // 10)
             assert n == size, (n, size)
+        if kind == "pcapng":
+            path = two_points(path, tmp / f"bench-{size}-2points.pcapng")
+            print(f"{size:>9} sightings at two points ({size // 2} packets), {path.name}:")
         base = [py, str(ROOT / "labctl.py"), "analyse", str(path), "--json"]
         tools = {"labctl": base}
+        if args.before:
+            tools[f"labctl {args.before.name}"] = [py, str(args.before / "labctl.py"), *base[2:]]
         cpus = os.cpu_count() or 1
-        if args.parallel and cpus > 1:
+        if args.parallel and cpus > 1 and kind == "pcap":
             tools[f"labctl --jobs {min(cpus, 4)}"] = [*base, "--jobs", str(min(cpus, 4))]
         tools["tshark"] = ["tshark", "-q", "-z", "conv,tcp", "-z", "conv,udp", "-r", str(path)]
         res: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in tools}

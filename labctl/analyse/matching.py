@@ -25,9 +25,10 @@ from labctl.analyse.points import Captures
 WINDOW = 2_000_000_000     # ns: sightings further apart than this are different packets
 
 _H = struct.Struct(">H").unpack_from
+_PORTS = struct.Struct(">HH").unpack_from
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """One packet on its way: where it was seen, sent, received; its conversation and label."""
 
@@ -57,8 +58,8 @@ class Event:
 
 
 def identity(linktype: int, frame: bytes):
-    """(hash of the packet minus what hops change, source, destination, proto, ports, label) of a
-    frame, or (hash of the whole frame, None, ...) when it carries no IP."""
+    """(hash of the packet minus what hops change, source, destination (address bytes), proto, ports,
+    label) of a frame, or (hash of the whole frame, None, ...) when it carries no IP."""
     r = network_start(linktype, frame, 0, len(frame))
     if type(r) is str:
         return hash(frame), None, None, 0, None, ""
@@ -70,29 +71,43 @@ def identity(linktype: int, frame: bytes):
         end = min(o + _H(frame, o + 2)[0], len(frame))
         key = hash(frame[o:o + 8] + frame[o + 9:o + 10] + frame[o + 12:end])
         proto = frame[o + 9]
-        src, dst = socket.inet_ntoa(frame[o + 12:o + 16]), socket.inet_ntoa(frame[o + 16:o + 20])
-        fragment = _H(frame, o + 6)[0] & 0x3FFF
-        l4 = o + ihl
-        if fragment:
+        src, dst = frame[o + 12:o + 16], frame[o + 16:o + 20]
+        if _H(frame, o + 6)[0] & 0x3FFF:
             return key, src, dst, proto, None, "IP fragment"
+        l4 = o + ihl
     else:
         if len(frame) < o + 40:
             return hash(frame), None, None, 0, None, ""
         end = min(o + 40 + _H(frame, o + 4)[0], len(frame))
         key = hash(frame[o:o + 7] + frame[o + 8:end])
         proto = frame[o + 6]
-        src = socket.inet_ntop(socket.AF_INET6, frame[o + 8:o + 24])
-        dst = socket.inet_ntop(socket.AF_INET6, frame[o + 24:o + 40])
+        src, dst = frame[o + 8:o + 24], frame[o + 24:o + 40]
         l4 = o + 40
     if proto not in (6, 17) or end - l4 < (20 if proto == 6 else 8):
         return key, src, dst, proto, None, {1: "ICMP", 58: "ICMPv6"}.get(proto, f"IP proto {proto}")
-    sport, dport = struct.unpack_from(">HH", frame, l4)
+    ports = _PORTS(frame, l4)
     if proto == 6:
         plen = end - l4 - (frame[l4 + 12] >> 4) * 4
         label = flag_text(frame[l4 + 13]) + (f" len={plen}" if plen > 0 else "")
     else:
         label = f"UDP len={end - l4 - 8}"
-    return key, src, dst, proto, (sport, dport), label
+    return key, src, dst, proto, ports, label
+
+
+def _key(linktype: int, frame: bytes) -> int:
+    """The identity's hash alone (the common case, IPv4 over Ethernet, without the general decoder)."""
+    if linktype == 1 and frame[12:14] == b"\x08\x00" and len(frame) >= 34:
+        end = min(14 + (frame[16] << 8 | frame[17]), len(frame))
+        return hash(frame[14:22] + frame[23:24] + frame[26:end])
+    return identity(linktype, frame)[0]
+
+
+def _text(address: bytes, cache: dict[bytes, str]) -> str:
+    t = cache.get(address)
+    if t is None:
+        fam = socket.AF_INET if len(address) == 4 else socket.AF_INET6
+        t = cache[address] = socket.inet_ntop(fam, address)
+    return t
 
 
 def endpoint(address: str, port: int) -> str:
@@ -103,53 +118,53 @@ def endpoint(address: str, port: int) -> str:
 def match(captures: Captures) -> list[Event]:
     """Group every sighting into events (see the module's text); events in time order."""
     points = captures.points
+    linktypes = [pt.linktype for pt in points]
     nodes_at: dict[str, list[int]] = {}
     for i, pt in enumerate(points):
         if pt.address:
             nodes_at.setdefault(pt.address, []).append(i)
     open_events: dict[int, list[Event]] = {}
-    facts: dict[int, tuple] = {}
     events: list[Event] = []
     for idx, ts, frame, orig in captures.packets:
-        key, src, dst, proto, ports, label = identity(points[idx].linktype, frame)
+        key = _key(linktypes[idx], frame)
+        bucket = open_events.get(key)
         ev = None
-        for cand in open_events.get(key, ()):
-            if idx not in cand.seen and abs(ts - cand.t_ns) <= WINDOW:
-                ev = cand
-                break
+        if bucket is None:
+            bucket = open_events[key] = []
+        else:
+            for cand in bucket:
+                if idx not in cand.seen and abs(ts - cand.t_ns) <= WINDOW:
+                    ev = cand
+                    break
         if ev is None:
             ev = Event(ts, idx, frame, orig, {idx: ts})
             events.append(ev)
-            bucket = open_events.setdefault(key, [])
-            bucket[:] = [e for e in bucket if ts - e.t_ns <= WINDOW]   # forget the old ones
+            if bucket and ts - bucket[0].t_ns > WINDOW:
+                bucket[:] = [e for e in bucket if ts - e.t_ns <= WINDOW]   # forget the old ones
             bucket.append(ev)
-            facts[id(ev)] = (src, dst, proto, ports, label)
         else:
             ev.seen[idx] = ts
+    names: dict[bytes, str] = {}
     for ev in events:
-        src, dst, proto, ports, label = facts[id(ev)]
-        ev.label = label
-        if src is None:
+        _, src_b, dst_b, proto, ports, ev.label = identity(linktypes[ev.point], ev.frame)
+        if src_b is None:
             continue
+        src, dst = _text(src_b, names), _text(dst_b, names)
         if ports is not None:
             a, b = endpoint(src, ports[0]), endpoint(dst, ports[1])
             ev.conv = ("tcp" if proto == 6 else "udp", *sorted((a, b)))
             ev.src = a
-        sent = [ev.seen[i] for i in nodes_at.get(src, ()) if i in ev.seen]
-        got = [ev.seen[i] for i in nodes_at.get(dst, ()) if i in ev.seen]
-        if src in nodes_at:
-            ev.sender = points[nodes_at[src][0]].node
-        if dst in nodes_at:
-            ev.receiver = points[nodes_at[dst][0]].node
-        if sent:
-            ev.t_ns = ev.sent_ns = min(sent)
-        if got:
-            ev.received_ns = min(got)
+        senders, receivers = nodes_at.get(src), nodes_at.get(dst)
+        seen = ev.seen
+        if senders:
+            ev.sender = points[senders[0]].node
+            sent = [seen[i] for i in senders if i in seen]
+            if sent:
+                ev.t_ns = ev.sent_ns = min(sent)
+        if receivers:
+            ev.receiver = points[receivers[0]].node
+            got = [seen[i] for i in receivers if i in seen]
+            if got:
+                ev.received_ns = min(got)
     events.sort(key=lambda e: e.t_ns)
     return events
-
-
-def last_seen(ev: Event, captures: Captures) -> tuple[str, int]:
-    """(node, ns) of the last capture point that saw the event."""
-    i = max(ev.seen, key=ev.seen.__getitem__)
-    return captures.points[i].node, ev.seen[i]

@@ -88,14 +88,15 @@ class PcapStream:
         self._rec = struct.Struct(endian + "IIII")
 
 
-def read_points(path, warnings: list[str] | None = None
+def read_points(path, warnings: list[str] | None = None, raw: bool = False
                 ) -> tuple[list[str], list[int], list[tuple[int, StreamPacket]], dict[str, str]]:
     """A pcap or pcapng file as capture points (pcapng ``if_name``, else ``capture``), their link
     types, every packet as ``(capture point index, StreamPacket)`` in file order (for replays), and the
     node names the interface descriptions give (``NODE ADDRESS``: address -> node).
 
     A file that ends in the middle of a packet (or block) gives the packets before it, and a line
-    saying so in ``warnings`` when one is given."""
+    saying so in ``warnings`` when one is given. ``raw``: each packet as a plain tuple
+    ``(capture point index, ns, frame, orig_len)`` instead (lighter, for the multi-node analysis)."""
     from contextlib import closing
     from pathlib import Path
 
@@ -107,14 +108,15 @@ def read_points(path, warnings: list[str] | None = None
         head = f.read(4)
         f.seek(0)
         if len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:
-            return _pcapng_points(f.read(), str(p), warnings)
+            return _pcapng_points(f.read(), str(p), warnings, raw)
         stream = PcapStream()
         packets = []
         while True:
             data = f.read(1 << 20)
             if not data:
                 break
-            packets += [(0, pkt) for pkt in stream.feed(data)]
+            packets += ([(0, k.ts_ns, k.frame, k.orig_len) for k in stream.feed(data)] if raw
+                        else [(0, pkt) for pkt in stream.feed(data)])
         if stream.header is None:
             raise CaptureFileError(f"{p}: not a pcap or pcapng file (too short)")
         if stream.pending and warnings is not None:
@@ -123,7 +125,7 @@ def read_points(path, warnings: list[str] | None = None
         return ["capture"], [stream.linktype or 1], packets, {}
 
 
-def _pcapng_points(buf: bytes, path: str, warnings: list[str] | None = None):
+def _pcapng_points(buf: bytes, path: str, warnings: list[str] | None = None, raw: bool = False):
     names: list[str] = []
     hosts: dict[str, str] = {}
     linktypes: list[int] = []
@@ -132,15 +134,30 @@ def _pcapng_points(buf: bytes, path: str, warnings: list[str] | None = None):
     base = 0                                  # interfaces of earlier sections keep their numbers
     e = "<"
     pos = 0
-    while len(buf) - pos >= 12:
+    size = len(buf)
+    head, epb = struct.Struct("<II").unpack_from, struct.Struct("<IIIII").unpack_from
+    while size - pos >= 12:
         if struct.unpack_from("<I", buf, pos)[0] == 0x0A0D0D0A:
             e = "<" if buf[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            head, epb = struct.Struct(e + "II").unpack_from, struct.Struct(e + "IIIII").unpack_from
             base = len(names)
-        btype, blen = struct.unpack_from(e + "II", buf, pos)
-        if blen < 12 or pos + blen > len(buf):
+        btype, blen = head(buf, pos)
+        if blen < 12 or pos + blen > size:
             break
         body = pos + 8
-        if btype == 1:
+        if btype == 6:
+            ifid, hi, lo, incl, orig = epb(buf, body)
+            idx = base + ifid
+            if idx >= len(names):
+                raise CaptureFileError(f"{path}: a packet names interface {ifid}, never described")
+            tps, off = units[idx]
+            ticks = (hi << 32) | lo
+            ts_ns = (ticks // tps + off) * 1_000_000_000 + (ticks % tps) * 1_000_000_000 // tps
+            if raw:
+                packets.append((idx, ts_ns, buf[body + 20:body + 20 + incl], orig))
+            else:
+                packets.append((idx, StreamPacket(ts_ns, bytes(buf[body + 20:body + 20 + incl]), orig)))
+        elif btype == 1:
             lt = struct.unpack_from(e + "H", buf, body)[0]
             name, tps, off = f"if{len(names)}", 1_000_000, 0
             o, end = body + 8, pos + blen - 4
@@ -162,17 +179,8 @@ def _pcapng_points(buf: bytes, path: str, warnings: list[str] | None = None):
             names.append(name)
             linktypes.append(lt)
             units.append((tps, off))
-        elif btype == 6:
-            ifid, hi, lo, incl, orig = struct.unpack_from(e + "IIIII", buf, body)
-            idx = base + ifid
-            if idx >= len(names):
-                raise CaptureFileError(f"{path}: a packet names interface {ifid}, never described")
-            tps, off = units[idx]
-            ticks = (hi << 32) | lo
-            ts_ns = (ticks // tps + off) * 1_000_000_000 + (ticks % tps) * 1_000_000_000 // tps
-            packets.append((idx, StreamPacket(ts_ns, bytes(buf[body + 20:body + 20 + incl]), orig)))
         pos += blen
-    if pos < len(buf) and warnings is not None:
+    if pos < size and warnings is not None:
         warnings.append(f"{path} ends in the middle of a pcapng block ({len(buf) - pos} bytes left over); "
                         "analysed the complete packets before it")
     return names, linktypes, packets, hosts

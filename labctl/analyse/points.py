@@ -82,7 +82,7 @@ def read_captures(paths: list[str | Path]) -> Captures:
         name_of = stem if stems.count(stem) == 1 else str(path)
         with open(path, "rb") as f:
             formats.append("pcapng" if f.read(4) == b"\x0a\x0d\x0d\x0a" else "pcap")
-        names, linktypes, pkts, hosts = read_points(path, warnings)
+        names, linktypes, pkts, hosts = read_points(path, warnings, raw=True)
         files.append(str(path))
         base = len(points)
         node_address = {node: addr for addr, node in hosts.items()}
@@ -92,11 +92,14 @@ def read_captures(paths: list[str | Path]) -> Captures:
                     else name_of if len(names) == 1 else f"{name_of}:{name}")
             points.append(CapturePoint(str(path), name if described or len(names) > 1 else name_of, node,
                                        node_address.get(node, ""), lt))
-        for idx, pkt in pkts:
-            pt = points[base + idx]
-            pt.packets += 1
-            pt.bytes += pkt.orig_len
-            packets.append((base + idx, pkt.ts_ns, pkt.frame, pkt.orig_len))
+        counts = [0] * len(names)
+        sizes = [0] * len(names)
+        for idx, _ts, _frame, orig in pkts:
+            counts[idx] += 1
+            sizes[idx] += orig
+        for i, (n, b) in enumerate(zip(counts, sizes)):
+            points[base + i].packets, points[base + i].bytes = n, b
+        packets += pkts if not base else [(base + i, ts, fr, o) for i, ts, fr, o in pkts]
     guesses = {i: _main_addresses(pt.linktype, (p[2] for p in packets if p[0] == i))
                for i, pt in enumerate(points) if not pt.address}
     while guesses:       # the clear ones first: a tie is then settled by the addresses they took
