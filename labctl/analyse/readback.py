@@ -41,12 +41,12 @@ def read_back(path: Path, detail: int = DEFAULT_DETAIL) -> tuple[Analysis, dict]
     other = analysis.packets - sum(protocols.values())
     if other:
         protocols["other"] = other
-    if count_points(path) > 1:       # several nodes: the ladders draw each packet once (multinode.py)
-        from labctl.analyse.multinode import analyse_captures
-
-        analysis = analyse_captures([path], detail)
     spread = (max(first.values()) - min(first.values())) * 1000.0 if len(first) > 1 else None
     summary = {"packets": analysis.packets, "protocols": protocols, "clients": clients,
                "spread_ms": None if spread is None else round(spread, 3), "open": still_open,
                "warnings": list(analysis.warnings)}
+    if count_points(path) > 1:       # several nodes: the ladders draw each packet once (multinode.py)
+        from labctl.analyse.multinode import analyse_captures
+
+        analysis = analyse_captures([path], detail)
     return analysis, summary
