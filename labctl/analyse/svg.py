@@ -51,6 +51,8 @@ def ladder_group(conv: Conversation, x0: float = 0, y0: float = 0) -> tuple[str,
         parts.append(_t(x, y0 + 48, name, 13, weight="bold"))
         parts.append(_t(x, y0 + 63, addr, 11, family=MONO))
     bottom = y0 + TOP + ROW * max(len(rows), 1)
+    if conv.crossings is not None:     # the last arrow may slant below its row
+        bottom += ROW * 0.5
     for x in (cx, sx):
         parts.append(f'<line x1="{x:.1f}" y1="{y0 + 70:.1f}" x2="{x:.1f}" y2="{bottom:.1f}" '
                      f'stroke="#000" stroke-width="2"/>')
