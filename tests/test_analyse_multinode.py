@@ -201,10 +201,15 @@ def test_cli_reads_several_files_and_refuses_stdin_among_them(tmp_path):
 def test_per_interface_counts_match_tshark(tmp_path):
     tshark = require_tool("tshark", "apt-get install tshark")
     path = write_points(tmp_path / "lost.pcapng", daytime_sightings(lose={1, 3}))
-    out = subprocess.run([tshark, "-r", str(path), "-T", "fields", "-e", "frame.interface_name"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    rows = subprocess.run([tshark, "-r", str(path), "-T", "fields", "-e", "frame.interface_name",
+                           "-e", "frame.len"], capture_output=True, text=True, check=True).stdout.splitlines()
+    counted: dict[str, list[int]] = {}
+    for row in rows:
+        name, length = row.split("\t")
+        counted.setdefault(name, []).append(int(length))
     a = analyse_captures([path])
-    assert {p.name: p.packets for p in a.multi.points} == {n: out.count(n) for n in set(out)}
+    assert {p.name: (p.packets, p.bytes) for p in a.multi.points} == {
+        n: (len(v), sum(v)) for n, v in counted.items()}
 
 
 def test_a_cut_pcapng_says_so(tmp_path):

@@ -31,11 +31,17 @@ def _capture(lab, out: Path) -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
 
 
-def _tshark_per_interface(path: Path) -> dict[str, int]:
-    out = subprocess.run([require_tool("tshark", "apt-get install tshark"), "-r", str(path), "-T", "fields",
-                          "-e", "frame.interface_name"], capture_output=True, text=True, check=True,
-                         timeout=60).stdout.split()
-    return {name: out.count(name) for name in set(out)}
+def _tshark_per_interface(path: Path) -> dict[str, tuple[int, int]]:
+    """tshark's (packets, bytes on the wire) per ``frame.interface_name``."""
+    rows = subprocess.run([require_tool("tshark", "apt-get install tshark"), "-r", str(path), "-T", "fields",
+                           "-e", "frame.interface_name", "-e", "frame.len"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.splitlines()
+    out: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        name, length = row.split("\t")
+        n, b = out.get(name, (0, 0))
+        out[name] = (n + 1, b + int(length))
+    return out
 
 
 def _analyse_json(lab, path: Path) -> dict:
@@ -61,10 +67,10 @@ def test_every_syn_matched_at_both_ends(netns_lab, tmp_path):
         assert not conv.crossings.lost
         assert set(conv.crossings.seen_at) == {"server/eth0", f"{client}/eth0"}
     doc = _analyse_json(netns_lab, out)
-    points = {p["name"]: p["packets"] for p in doc["summary"]["nodes"]["capture_points"]}
+    points = {p["name"]: (p["packets"], p["bytes"]) for p in doc["summary"]["nodes"]["capture_points"]}
     assert points == _tshark_per_interface(out)
     assert doc["summary"]["nodes"]["lost"] == 0
-    assert doc["summary"]["packets"] < sum(points.values())         # each packet once, not per sighting
+    assert doc["summary"]["packets"] < sum(n for n, _ in points.values())   # each packet once
     for line in doc["conversations"]:
         assert line["files"] == [str(out)]
 
@@ -106,7 +112,7 @@ def test_a_packet_dropped_on_the_wire_is_named_where_it_was_last_seen(make_lab, 
     assert conv["lost"][0]["text"].endswith("never reached client2")
     others = [c for c in doc["conversations"] if not c["client"].startswith(hosts["client2"] + ":")]
     assert others and all(not c["lost"] for c in others)
-    points = {p["name"]: p["packets"] for p in doc["summary"]["nodes"]["capture_points"]}
+    points = {p["name"]: (p["packets"], p["bytes"]) for p in doc["summary"]["nodes"]["capture_points"]}
     assert points == _tshark_per_interface(out)
     text = lab.cli("analyse", str(out), "--ladders", "3")
     assert text.returncode == 0, text.stderr
