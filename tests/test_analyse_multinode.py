@@ -225,3 +225,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "labctl.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
 
+
+
+def test_a_stream_of_several_nodes_on_standard_input_is_matched_too(tmp_path):
+    path = write_points(tmp_path / "lost.pcapng", daytime_sightings(lose={1}))
+    r = subprocess.run([sys.executable, str(ROOT / "labctl.py"), "analyse", "-", "--json"], cwd=ROOT,
+                       input=path.read_bytes(), capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["summary"]["packets"] == 8 and j["summary"]["nodes"]["lost"] == 1
+    assert j["conversations"][0]["files"] == ["<stdin>"]
+    plain = write_pcap(tmp_path / "one.pcap", tcp_daytime(CLIENT, 40000, SERVER, 8080, T0))
+    r = subprocess.run([sys.executable, str(ROOT / "labctl.py"), "analyse", "-", "--json"], cwd=ROOT,
+                       input=plain.read_bytes(), capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["summary"]["packets"] == 8 and "nodes" not in j["summary"]

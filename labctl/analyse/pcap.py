@@ -140,6 +140,11 @@ def read_chunks(path: str | Path | Source, info: ReadInfo | None = None) -> Iter
         src.close()
 
 
+def read_exactly(f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at the end of the stream (a pipe hands over what it has)."""
+    return _read(f, n)
+
+
 def _read(f: BinaryIO, n: int) -> bytes:
     """Up to ``n`` bytes, fewer only at the end of the stream (a pipe hands over what it has)."""
     data = f.read(n)

@@ -100,23 +100,29 @@ def read_points(path, warnings: list[str] | None = None, raw: bool = False
     from contextlib import closing
     from pathlib import Path
 
-    from labctl.analyse.pcap import PCAPNG_SHB, open_source
+    from labctl.analyse.pcap import PCAPNG_SHB, Source, open_source
 
-    p = Path(path)
-    with closing(open_source(p)) as source:
+    if hasattr(path, "read"):          # an open file (standard input read into memory)
+        p = getattr(path, "name", "<stdin>")
+        source = Source(path, p, stream=True, owned=False)
+    else:
+        p = Path(path)
+        source = open_source(p)
+    with closing(source):
         f = source.file
         head = f.read(4)
-        f.seek(0)
         if len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:
-            return _pcapng_points(f.read(), str(p), warnings, raw)
+            return _pcapng_points(head + f.read(), str(p), warnings, raw)
         stream = PcapStream()
         packets = []
+        data = head
         while True:
-            data = f.read(1 << 20)
+            data = data or f.read(1 << 20)
             if not data:
                 break
             packets += ([(0, k.ts_ns, k.frame, k.orig_len) for k in stream.feed(data)] if raw
                         else [(0, pkt) for pkt in stream.feed(data)])
+            data = b""
         if stream.header is None:
             raise CaptureFileError(f"{p}: not a pcap or pcapng file (too short)")
         if stream.pending and warnings is not None:

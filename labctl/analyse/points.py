@@ -9,6 +9,7 @@ in time order. Standard library only.
 """
 from __future__ import annotations
 
+import io
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -47,15 +48,21 @@ class Captures:
     warnings: list[str] = field(default_factory=list)
 
 
-def count_points(path: str | Path) -> int:
-    """How many capture points a file holds, from its first blocks (1 for a pcap; 0 if unreadable).
+HEAD = 1 << 16     # bytes read to count a file's interfaces
 
-    Reads only up to the first packet: labctl, tshark and dumpcap describe every interface first."""
+
+def count_points(path: str | Path) -> int:
+    """How many capture points a file holds, from its first blocks (1 for a pcap; 0 if unreadable)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16)
+            return count_points_in(f.read(HEAD))
     except OSError:
         return 0
+
+
+def count_points_in(head: bytes) -> int:
+    """How many interfaces the first bytes of a capture describe (1 for a pcap). Reads only up to the
+    first packet: labctl, tshark and dumpcap describe every interface first."""
     if len(head) < 12 or struct.unpack_from("<I", head)[0] != 0x0A0D0D0A:
         return 1
     e = "<" if head[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
@@ -69,28 +76,53 @@ def count_points(path: str | Path) -> int:
     return max(n, 1)
 
 
-def read_captures(paths: list[str | Path]) -> Captures:
-    """Read every file (pcap or pcapng, one or many points each) into one time-ordered list."""
+class Prefixed:
+    """A stream whose first bytes were already read (to count its interfaces): those, then the rest."""
+
+    def __init__(self, head: bytes, rest) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(n)
+        if n < 0:
+            out, self.head = self.head + self.rest.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out
+
+    def close(self) -> None:
+        self.rest.close()
+
+
+def read_captures(paths: list[str | Path | io.BytesIO]) -> Captures:
+    """Read every file (pcap or pcapng, one or many points each; a ``BytesIO`` with a ``name``: a
+    stream read into memory) into one time-ordered list."""
     from labctl.analyse.pcap_stream import read_points
 
     warnings: list[str] = []
     points: list[CapturePoint] = []
     packets: list[tuple[int, int, bytes, int]] = []
     files, formats = [], []
-    stems = [Path(p).stem for p in paths]
-    for path, stem in zip(paths, stems):
-        name_of = stem if stems.count(stem) == 1 else str(path)
-        with open(path, "rb") as f:
-            formats.append("pcapng" if f.read(4) == b"\x0a\x0d\x0d\x0a" else "pcap")
+    labels = [p.name if isinstance(p, io.BytesIO) else str(p) for p in paths]
+    stems = [Path(label).stem for label in labels]
+    for path, label, stem in zip(paths, labels, stems):
+        name_of = stem if stems.count(stem) == 1 else label
+        if isinstance(path, io.BytesIO):      # standard input, read into memory
+            first = path.getvalue()[:4]
+        else:
+            with open(path, "rb") as f:
+                first = f.read(4)
+        formats.append("pcapng" if first == b"\x0a\x0d\x0d\x0a" else "pcap")
         names, linktypes, pkts, hosts = read_points(path, warnings, raw=True)
-        files.append(str(path))
+        files.append(label)
         base = len(points)
         node_address = {node: addr for addr, node in hosts.items()}
         for name, lt in zip(names, linktypes):
             described = "/" in name and name.split("/", 1)[0] in node_address
             node = (name.split("/", 1)[0] if described
                     else name_of if len(names) == 1 else f"{name_of}:{name}")
-            points.append(CapturePoint(str(path), name if described or len(names) > 1 else name_of, node,
+            points.append(CapturePoint(files[-1], name if described or len(names) > 1 else name_of, node,
                                        node_address.get(node, ""), lt))
         counts = [0] * len(names)
         sizes = [0] * len(names)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 
@@ -109,6 +110,19 @@ def _run(args: argparse.Namespace) -> int:
         return _report(args, analyse_captures(args.file, detail))
     (path,) = args.file
     source = open_source(path, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
+    if source.stream:      # a pcapng stream of several nodes (capture --nodes all -o -) is matched too
+        from labctl.analyse.pcap import Source, read_exactly
+        from labctl.analyse.points import HEAD, Prefixed, count_points_in
+
+        head = read_exactly(source.file, HEAD)
+        if count_points_in(head) > 1:
+            from labctl.analyse.multinode import analyse_captures
+
+            data = io.BytesIO(head + source.file.read())
+            data.name = source.name
+            source.close()
+            return _report(args, analyse_captures([data], detail))
+        source = Source(Prefixed(head, source.file), source.name, stream=True, owned=source.owned)
     if args.json and not args.svg and not args.html and not source.stream:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
