@@ -109,6 +109,7 @@ class MultiNode:
     captures: Captures
     events: list[Event]
     by_conv: dict[tuple, list[Event]] = field(default_factory=dict)
+    _memo: dict[tuple, Crossings] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for ev in self.events:
@@ -129,8 +130,17 @@ class MultiNode:
 
     def crossings(self, proto: str, client: str, server: str, start: float, duration_ms: float,
                   events: list[Event] | None = None) -> Crossings:
+        """What the points saw of one conversation (computed once: the JSON, the ladders and the
+        report all ask)."""
         evs = events if events is not None else self.conversation_events(proto, client, server, start,
                                                                          duration_ms)
+        memo = (proto, client, id(evs[0]) if evs else start, len(evs))
+        known = self._memo.get(memo)
+        if known is None:
+            known = self._memo[memo] = self._crossings(client, start, evs)
+        return known
+
+    def _crossings(self, client: str, start: float, evs: list[Event]) -> Crossings:
         base = evs[0].t_ns if evs else round(start * 1e9)
         pts = self.points
         up = [e.one_way_ns for e in evs if e.src == client and e.one_way_ns is not None]

@@ -3,7 +3,8 @@
 A pcapng file from ``labctl capture --nodes all`` has one interface per node (``if_name``
 ``NODE/IFACE``, ``if_description`` ``NODE ADDRESS``); a plain pcap (or a pcapng without those
 descriptions) is one point named after its file, whose address is the IP address found in most of its
-packets (a capture taken on a node sees that node's address in every packet it sent or received).
+packets (a capture taken on a node sees that node's address in every packet it sent or received;
+its first ``SAMPLE`` packets tell).
 ``read_captures`` returns the points and every packet as ``(point, ns, frame, length on the wire)``
 in time order. Standard library only.
 """
@@ -49,6 +50,7 @@ class Captures:
 
 
 HEAD = 1 << 16     # bytes read to count a file's interfaces
+SAMPLE = 2000      # packets of a point without a described address that tell it
 
 
 def count_points(path: str | Path) -> int:
@@ -132,8 +134,12 @@ def read_captures(paths: list[str | Path | io.BytesIO]) -> Captures:
         for i, (n, b) in enumerate(zip(counts, sizes)):
             points[base + i].packets, points[base + i].bytes = n, b
         packets += pkts if not base else [(base + i, ts, fr, o) for i, ts, fr, o in pkts]
-    guesses = {i: _main_addresses(pt.linktype, (p[2] for p in packets if p[0] == i))
-               for i, pt in enumerate(points) if not pt.address}
+    unknown = {i for i, pt in enumerate(points) if not pt.address}
+    samples: dict[int, list[bytes]] = {i: [] for i in unknown}
+    for i, _ts, frame, _orig in packets if unknown else ():
+        if i in unknown and len(samples[i]) < SAMPLE:
+            samples[i].append(frame)
+    guesses = {i: _main_addresses(points[i].linktype, samples[i]) for i in sorted(unknown)}
     while guesses:       # the clear ones first: a tie is then settled by the addresses they took
         claimed = {pt.address for pt in points if pt.address}
         left = {i: [a for a in c if a not in claimed] if len(c) > 1 else c for i, c in guesses.items()}
