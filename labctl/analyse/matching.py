@@ -60,10 +60,13 @@ class Event:
 def identity(linktype: int, frame: bytes):
     """(hash of the packet minus what hops change, source, destination (address bytes), proto, ports,
     label) of a frame, or (hash of the whole frame, None, ...) when it carries no IP."""
-    r = network_start(linktype, frame, 0, len(frame))
-    if type(r) is str:
-        return hash(frame), None, None, 0, None, ""
-    et, o = r
+    if linktype == 1 and frame[12:14] == b"\x08\x00":     # IPv4 over Ethernet, untagged: most frames
+        et, o = ET_IPV4, 14
+    else:
+        r = network_start(linktype, frame, 0, len(frame))
+        if type(r) is str:
+            return hash(frame), None, None, 0, None, ""
+        et, o = r
     if et == ET_IPV4:
         if len(frame) < o + 20:
             return hash(frame), None, None, 0, None, ""
