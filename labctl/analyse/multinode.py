@@ -270,6 +270,7 @@ def analyse_captures(paths: list[str | Path], detail: int = DEFAULT_DETAIL) -> A
     """Read and match several capture points (one or more files) into one ``Analysis``."""
     captures = read_captures(paths)
     events = match(captures)
+    captures.packets = []      # (the events keep one frame each; the other sightings' can go)
     fmt = "+".join(sorted(set(captures.formats)))
     info = ReadInfo(", ".join(captures.files), fmt)
     for pt in captures.points:
