@@ -34,7 +34,7 @@ class Event:
 
     t_ns: int                       # the time that stands for it (its sender's, else its first sighting)
     point: int                      # the point of the frame kept (its first sighting: hops change only
-    frame: bytes                    # TTL, checksum and MACs, which the conversation analysis ignores)
+    frame: bytes                    # TTL, checksum and MACs, which the analysis ignores; emptied once fed)
     orig_len: int
     seen: dict[int, int]            # point index -> ns
     conv: tuple | None = None       # (proto, endpoint, endpoint) sorted; None for what is not TCP/UDP

@@ -312,6 +312,7 @@ def _chunks(events: list[Event], points: list[CapturePoint]):
         out.append(rec(sec, ns, len(ev.frame), ev.orig_len))
         out.append(ev.frame)
         size += 16 + len(ev.frame)
+        ev.frame = b""       # (read once by the analysis; the events keep what the points saw)
     if out:
         yield _chunk(out, lt, epoch)
 
