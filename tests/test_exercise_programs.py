@@ -158,11 +158,14 @@ def test_a_programs_hour_says_whose_it_is_and_draws_its_protocols_textbook(tmp_p
                [(100.0, udp_frame(C1, 40003, SERVER, 9000, b"anything")),
                 (100.001, udp_frame(SERVER, 9000, C1, 40003, b"2026-12-02 00:00:00 +0000 UTC"))])
     own = {"name": "mine", "server": "./udpserver -port {port}", "client": "./udpclient {server}:{port}"}
-    hour = _hour("program-mine", "udp", "program-mine.pcap", program=own)
+    run = {"results": [{"node": "client1", "address": C1, "ok": True, "reply": "Go time",
+                        "timings": {"start": 10.0, "exec": 11.0, "end": 11.0125}}]}
+    hour = _hour("program-mine", "udp", "program-mine.pcap", program=own, run=run)
     hour["title"] = "Your program mine (the lab file's programs:), over UDP"
     html = render_report(_data([hour]), tmp_path)
     assert "Your program <b>mine</b>, from the lab file's <code>programs:</code> (not labctl's)" in html
     assert "<code>./udpserver -port {port}</code>" in html and "it speaks UDP" in html
     assert "<h3>UDP: the textbook (left) and this capture (right)</h3>" in html
     assert "Go in Practice, technique 24" in html
+    assert "<td>12.50</td>" in html and "total ms is from the instant to its exit" in html
     json.dumps(hour)   # (the hour is plain data, as run.json holds it)

@@ -46,8 +46,11 @@ def _run_rows(run: dict | None) -> list[list[str]]:
     for r in (run or {}).get("results", []):
         t = r.get("timings") or {}
         reply = (r.get("reply") or "").replace("\n", " | ") if r.get("ok") else f"FAILED: {r.get('error')}"
+        total = t.get("total_ms")
+        if total is None and "exec" in t and "end" in t:  # a program of yours: from the instant to its exit
+            total = (t["end"] - t["exec"]) * 1000.0
         rows.append([r.get("node", ""), r.get("address", ""), reply, _ms(t.get("connect_ms")),
-                     _ms(t.get("first_byte_ms")), _ms(t.get("total_ms"))])
+                     _ms(t.get("first_byte_ms")), _ms(total)])
     return rows
 
 
@@ -106,6 +109,10 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str],
     if rows:
         out.append(_table(["node", "address", "reply", "connected ms", "first byte ms", "total ms"], rows)
                    .replace("<td>FAILED", '<td class="reply bad">FAILED'))
+        if hour.get("program"):
+            out.append("<p>labctl sees only when your client was let go and when it ended: total ms is "
+                       "from the instant to its exit; its connection and first byte are on the wire "
+                       "above.</p>")
     conv = _first(analysis, "tcp") or _first(analysis, "udp")
     if conv is not None and hour["protocol"] == "proto":
         out.append("<h3>The line protocol: several requests on one connection</h3>")
