@@ -132,22 +132,19 @@ def lab_description(backend: Backend, inventory) -> dict:
 def own_programs(lab, names: Sequence[str]) -> list[ProgramSpec]:
     """The lab file's programs that ``--program`` names, in order, each once; an unknown name is one
     line that lists the lab's programs (checked before anything is brought up)."""
-    from labctl.programs import BUILTIN_NAMES
+    from labctl.programs import BUILTIN_NAMES, resolve
 
     known = dict(getattr(lab, "programs", None) or {})
     for name in names:
         if name not in known:
-            listing = ", ".join(sorted(known)) or "none: add a programs: section (docs/node-programs.md)"
+            listing = ", ".join(sorted(known)) or "none: add a programs: section (docs/exercise.md)"
             builtin = (f"; {name} is a built-in hour, always run" if name in BUILTIN_NAMES else "")
             raise ExerciseError(f"--program {name}: not a program of lab {lab.name}'s lab file "
                                 f"(its programs: {listing}{builtin})")
     specs = [known[n] for n in dict.fromkeys(names)]
-    if specs:  # their local files must be there (resolving is data only: nothing is copied yet)
-        from labctl.programs import resolve
-
-        base = lab.source.parent if getattr(lab, "source", None) is not None else None
-        for spec in specs:
-            resolve(spec, lab.ports, lab_base=base)
+    base = lab.source.parent if getattr(lab, "source", None) is not None else None
+    for spec in specs:  # their local files must be there (data only: nothing is copied yet)
+        resolve(spec, lab.ports, lab_base=base)
     return specs
 
 
@@ -163,12 +160,10 @@ def capture_points(lab, nodes: str) -> list[str]:
     if nodes == "server":
         return [server]
     wanted = list(dict.fromkeys(n.strip() for n in nodes.split(",") if n.strip()))
-    if not wanted:
-        raise ExerciseError("--nodes: give all, server, or node names separated by commas (server,client2)")
-    unknown = [n for n in wanted if n not in names]
+    unknown = [n for n in wanted if n not in names] or ([] if wanted else [nodes])
     if unknown:
-        raise ExerciseError(f"--nodes: lab {lab.name} has no node {unknown[0]!r} (its nodes: "
-                            f"{', '.join(names)})")
+        raise ExerciseError(f"--nodes: lab {lab.name} has no node {unknown[0]!r} (give all, server, or "
+                            f"some of its nodes separated by commas: {', '.join(names)})")
     if server not in wanted:
         raise ExerciseError(f"--nodes {nodes}: include {server}: the report counts every packet once, at "
                             "the server's capture point, the only one that sees every client")
