@@ -67,7 +67,7 @@ def _reproduce(args: argparse.Namespace) -> list[str]:
     glob = []
     if args.lab_file:
         glob += ["--lab", str(args.lab_file)]
-    if args.backend != DEFAULT_BACKEND:
+    if args.backend and args.backend != DEFAULT_BACKEND:  # (None: chosen as it will be again)
         glob += ["--backend", args.backend]
     extra = ["-o", str(args.output)] if args.output else []
     extra += ["--loss", f"{args.loss:g}"] if args.loss else []

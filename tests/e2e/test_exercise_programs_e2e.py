@@ -147,7 +147,9 @@ def test_the_seeds_go_programs_get_hours_of_their_own(seed_lab, tmp_path):
     assert "<h3>UDP: the textbook (left) and this capture (right)</h3>" in section
     section = report.split('<h2 id="program-seed-tcp">')[1].split("<h2")[0]
     assert "<h3>TCP: the textbook (left) and this capture (right)</h3>" in section
-    assert "labctl capture --run seed-tcp" in report  # the reproduce commands name it
+    # the commands that reproduce it name the programs
+    assert re.search(r"labctl --lab \S+ exercise .*--program seed-tcp --program seed-udp", report)
+    assert re.search(r"labctl --lab \S+ capture --run seed-udp", report)
 
 
 def test_capture_on_every_node_one_interface_per_node_counted_at_the_server(make_lab, tmp_path):
