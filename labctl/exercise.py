@@ -324,8 +324,7 @@ def _hour(ex: Exercise, hour: Hour, runner, conns, inventory, ports, say: Progre
     hour.pcap = ex.directory / f"{hour.name}{'.pcapng' if several else '.pcap'}"
     ex.hours.append(hour)
     t = time.perf_counter()
-    where = "every node" if len(conns) == len(inventory.hosts) and several else \
-        ", ".join(c.host.name for c in conns)
+    where = "every node" if several and len(conns) == len(inventory.hosts) else ", ".join(ex.nodes)
     try:
         if hour.program is not None:  # deployed before tcpdump is armed (its SSH traffic stays out)
             say(f"deploying {hour.program.name}: {hour.program.describe('server')} on the server, "
@@ -354,6 +353,9 @@ def _hour(ex: Exercise, hour: Hour, runner, conns, inventory, ports, say: Progre
             hour.error = "interrupted (Ctrl-C) during the capture"
     except LabctlError as exc:
         hour.error = str(exc)
+    except KeyboardInterrupt:  # (while a program was deployed: the capture handles its own)
+        hour.error, hour.pcap = "interrupted (Ctrl-C) before the capture", None
+        raise
     hour.seconds = time.perf_counter() - t
     ex.steps[hour.name] = hour.seconds
     if hour.pcap is not None and not hour.pcap.exists():
@@ -377,8 +379,7 @@ def _count_at_server(hour: Hour, server: str) -> None:
 def _own_protocol(hour: Hour) -> None:
     """A program's hour is over TCP or UDP as its packets say (UDP when it sent no TCP at all)."""
     protocols = ((hour.capture or {}).get("summary") or {}).get("protocols") or {}
-    if protocols.get("udp") and not protocols.get("tcp"):
-        hour.protocol = "udp"
+    hour.protocol = "udp" if protocols.get("udp") and not protocols.get("tcp") else "tcp"
     hour.title = f"{hour.title}, over {hour.protocol.upper()}"
 
 
