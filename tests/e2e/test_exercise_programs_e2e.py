@@ -59,6 +59,10 @@ programs:
   seed-udp:
     server: {SHARED_BENCH}/seed-udpserver -port {{port}}
     client: {SHARED_BENCH}/seed-udpclient {{server}}:{{port}}
+  deaf:
+    server: sh -c 'echo "cannot bind, sorry" >&2; exec sleep 60'
+    client: nc -w 1 {{server}} {{port}}
+    ready_timeout: 1
 """)
     lab = LabUnderTest(name, lab_file, 3)
     try:
@@ -191,3 +195,19 @@ def test_capture_on_every_node_one_interface_per_node_counted_at_the_server(make
     assert report.count('class="timeline"') == 3
     hrefs = set(re.findall(r'href="([^"]+)"', report))
     assert hrefs == {"tcp.pcapng", "udp.pcapng", "proto.pcapng", "run.json"}
+
+
+def test_a_program_whose_server_never_listens_fails_its_hour_only(seed_lab, tmp_path):
+    out = tmp_path / "ex"
+    proc = seed_lab.cli("exercise", "--program", "deaf", "--program", "seed-udp", "-o", str(out), timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-4000:]
+    assert "program-deaf FAILED" in text and "program-seed-udp worked" in text, text[-4000:]
+    assert seed_lab.leftovers() == []
+    data = json.loads((out / "run.json").read_text())
+    hours = {h["name"]: h for h in data["hours"]}
+    assert not data["ok"] and all(hours[n]["ok"] for n in ("tcp", "udp", "proto", "program-seed-udp"))
+    assert not hours["program-deaf"]["ok"] and hours["program-deaf"]["failures"]
+    assert all(not r["ok"] for r in hours["program-deaf"]["run"]["results"])
+    report = (out / "report.html").read_text()
+    assert "something FAILED" in report and report.count('class="timeline"') == 5
