@@ -9,7 +9,8 @@
 # port with tcpdump while every client calls the server at the same instant; writes the pcaps, run.json
 # and a self-contained report.html into captures/exercise-<UTC time>/ (or DIR: ./demo.sh -o DIR), and
 # takes the lab down at the end, whatever happens (also on Ctrl-C).
-# Exit status 0 only if every step worked. Extra arguments go to `labctl exercise` (e.g. --keep).
+# Exit status 0 only if every step worked. Extra arguments go to `labctl exercise` (e.g. --keep, or
+# --nodes all to capture on every node: one pcapng per hour, one interface per node).
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "$0")")"

@@ -13,6 +13,7 @@ from labctl.analyse.html import CSS as BASE_CSS
 from labctl.analyse.html import _table
 from labctl.analyse.labdrawing import lab_svg
 from labctl.analyse.model import Analysis, Conversation
+from labctl.analyse.one_point import at_point, points
 from labctl.analyse.story import comparison_rows, findings, reflection
 from labctl.analyse.summary import ProtoSummary, summarise, totals
 from labctl.analyse.svg import ladder_group, svg_document
@@ -45,23 +46,51 @@ def _run_rows(run: dict | None) -> list[list[str]]:
     for r in (run or {}).get("results", []):
         t = r.get("timings") or {}
         reply = (r.get("reply") or "").replace("\n", " | ") if r.get("ok") else f"FAILED: {r.get('error')}"
+        total = t.get("total_ms")
+        if total is None and "exec" in t and "end" in t:  # a program of yours: from the instant to its exit
+            total = (t["end"] - t["exec"]) * 1000.0
         rows.append([r.get("node", ""), r.get("address", ""), reply, _ms(t.get("connect_ms")),
-                     _ms(t.get("first_byte_ms")), _ms(t.get("total_ms"))])
+                     _ms(t.get("first_byte_ms")), _ms(total)])
     return rows
 
 
-def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[list[str], Analysis | None]:
+def _own_program(hour: dict) -> list[str]:
+    """Whose program this hour ran: the lab file's, with its commands."""
+    own = hour.get("program")
+    if not own:
+        return []
+    return [f'<p class="meta">Your program <b>{escape(own["name"])}</b>, from the lab file\'s '
+            f"<code>programs:</code> (not labctl's): server <code>{escape(own['server'])}</code>, client "
+            f"<code>{escape(own['client'])}</code>; its packets say it speaks "
+            f"{escape(hour['protocol'].upper())}.</p>"]
+
+
+def _read(hour: dict, directory: Path, server: str, out: list[str]) -> Analysis | None:
+    """The hour's capture, counted at the server's capture point when the file holds several."""
+    try:
+        source, point = at_point(directory / hour["pcap"], server)
+        analysis = analyse_file(source)
+        counts = points(directory / hour["pcap"]) if point else {}
+    except LabctlError as exc:
+        out.append(f'<p class="warn">{escape(hour["pcap"])} does not read back: {escape(str(exc))}</p>')
+        return None
+    if point:
+        each = ", ".join(f"{escape(n)} {c}" for n, c in counts.items())
+        out.append(f"<p>The capture holds {len(counts)} capture points, one per node ({each} packets): a "
+                   f"packet seen at two nodes is in it twice. Every figure of this hour is counted at "
+                   f"one point, <b>{escape(point)}</b>, the only one that sees every client.</p>")
+    return analysis
+
+
+def _hour_section(hour: dict, directory: Path, names: dict[str, str],
+                  server: str = "server") -> tuple[list[str], Analysis | None]:
     out = [f'<h2 id="{escape(hour.get("name") or hour["protocol"])}">{escape(hour["title"])}</h2>']
+    out.extend(_own_program(hour))
     status = '<span class="ok">worked</span>' if hour["ok"] else '<span class="bad">FAILED</span>'
     out.append(f"<p>Status: {status}; {hour['seconds']:.2f} s.</p>")
     for f in hour.get("failures", []):
         out.append(f'<p class="warn">{escape(f)}</p>')
-    analysis = None
-    if hour.get("pcap"):
-        try:
-            analysis = analyse_file(directory / hour["pcap"])
-        except LabctlError as exc:
-            out.append(f'<p class="warn">{escape(hour["pcap"])} does not read back: {escape(str(exc))}</p>')
+    analysis = _read(hour, directory, server, out) if hour.get("pcap") else None
     if analysis is None:
         out.append("<p>No capture for this hour.</p>")
         return out, None
@@ -80,10 +109,17 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[l
     if rows:
         out.append(_table(["node", "address", "reply", "connected ms", "first byte ms", "total ms"], rows)
                    .replace("<td>FAILED", '<td class="reply bad">FAILED'))
+        if hour.get("program"):
+            out.append("<p>labctl sees only when your client was let go and when it ended: total ms is "
+                       "from the instant to its exit; its connection and first byte are on the wire "
+                       "above.</p>")
     conv = _first(analysis, "tcp") or _first(analysis, "udp")
     if conv is not None and hour["protocol"] == "proto":
         out.append("<h3>The line protocol: several requests on one connection</h3>")
         out.append('<div class="figure">' + svg_document([ladder_group(conv)]) + "</div>")
+    own = _first(analysis, hour["protocol"]) if hour.get("program") else None
+    if own is not None:  # the textbook exchange of its protocol beside its first conversation
+        out.extend(_textbook(own, hour["protocol"]))
     for w in analysis.warnings:
         out.append(f'<p class="warn">Warning: {escape(w)}</p>')
     return out, analysis
@@ -113,6 +149,7 @@ def render_report(data: dict, directory: Path) -> str:
     """The report's HTML for the exercise ``data`` (run.json), its pcaps in ``directory``."""
     lab = data.get("lab") or {}
     names = {n["address"]: n["name"] for n in lab.get("nodes", [])}
+    server = next((n["name"] for n in lab.get("nodes", []) if n.get("role") == "server"), "server")
     status = '<span class="ok">every hour worked</span>' if data.get("ok") else \
         '<span class="bad">something FAILED (see below)</span>'
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -129,7 +166,7 @@ def render_report(data: dict, directory: Path) -> str:
     sections: list[str] = []
     analyses: dict[str, Analysis] = {}
     for hour in data.get("hours", []):
-        part, analysis = _hour_section(hour, directory, names)
+        part, analysis = _hour_section(hour, directory, names, server)
         sections.extend(part)
         if analysis is not None:
             analyses[hour.get("name") or hour["protocol"]] = analysis
@@ -139,7 +176,8 @@ def render_report(data: dict, directory: Path) -> str:
         summary_rows.append([hour["title"], "worked" if hour["ok"] else "FAILED",
                              f"{ok} of {len(run.get('results', []))}", _ms(summ.get("spread_ms")),
                              str(summ.get("packets", "–")), hour.get("pcap") or "–"])
-    out.append(_table(["hour", "status", "clients answered", "spread ms", "packets", "pcap"], summary_rows)
+    head = ["hour", "status", "clients answered", "spread ms", "packets at the server", "pcap"]
+    out.append(_table(head, summary_rows)
                .replace("<td>FAILED</td>", '<td class="bad">FAILED</td>'))
     if lab.get("nodes"):
         out.append("<h2>The lab</h2>")
