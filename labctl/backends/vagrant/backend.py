@@ -6,6 +6,10 @@ reads the same lab file. Then, once per ``up``, each VM's host key is read over 
 Vagrant's ``StrictHostKeyChecking no``. From then on labctl reaches every VM directly on its private
 lab address, as root with its own key (installed by provision/common.sh), or, if that key is not in
 the VM, as the user and key ``vagrant ssh-config`` names.
+
+Under libvirt the VMs' networks are bridges on this machine (virbrN): ``up`` puts labctl's forwarding
+guard on them (:mod:`labctl.backends.forward_guard`, the netns lab's), ``down`` takes it away, and
+``status`` shows it. VirtualBox's networks are not this machine's bridges: no guard there.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.remote_links import RemoteLinks
 from labctl.backends.running import vagrant_dotfile
@@ -35,6 +40,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[3]  # where the Vagrantfile is
 PROVIDERS = ("virtualbox", "libvirt")
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 _PUBKEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+")
+NFT = subprocess.run  # how the forwarding guard runs nft (the unit tests record instead)
 
 
 # --- ssh-config ----------------------------------------------------------------------------------------
@@ -75,6 +81,15 @@ def parse_pin_output(text: str) -> tuple[str, str | None, bool]:
         elif ": " in line and " inet " in line:  # `ip -o -4 addr show to ADDR`: "3: eth1    inet ..."
             interface = line.split()[1].split("@")[0]
     return host_key, interface, key_ok
+
+
+def parse_net_info_bridge(text: str) -> str | None:
+    """The bridge ``virsh net-info NETWORK`` names (``Bridge:         virbr2``); None if it names none."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Bridge" and value.strip():
+            return value.strip()
+    return None
 
 
 def holds_address(address: str) -> bool:
@@ -185,8 +200,14 @@ class VagrantBackend(RemoteLinks, Backend):
         self._ensure_client_key()
         v = self.vagrant()
         say(f"vagrant up --provider={self.provider} ({len(self.lab.nodes)} VMs; log: {self.log_file})")
-        with self._calling("vagrant up"):
-            v.up(provider=self.provider, provision=True)
+        try:
+            with self._calling("vagrant up"):
+                v.up(provider=self.provider, provision=True)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the VMs that did boot are guarded all the same
+                self.guard_forwarding(say)
+            raise
+        self.guard_forwarding(say)
         say("reading each VM's host key over vagrant ssh, to pin it")
         self.pin_host_keys(v)
         inventory = self.inventory()
@@ -202,7 +223,8 @@ class VagrantBackend(RemoteLinks, Backend):
             self.vagrant().halt()
 
     def down(self, progress: Progress | None = None) -> str | None:
-        """Destroy every VM of the lab (``vagrant destroy -f``) and forget their host keys."""
+        """Destroy every VM of the lab (``vagrant destroy -f``), forget their host keys, and remove the
+        forwarding guard (once the VMs are gone: never a moment with VMs and no guard)."""
         if progress:
             progress("vagrant destroy -f")
         if shutil.which("vagrant") is not None:
@@ -210,6 +232,9 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
+        if forward_guard.remove(self.lab.name, run=NFT) and progress:
+            progress(f"removed the forwarding guard (nft table {forward_guard.FAMILY} "
+                     f"{forward_guard.table_name(self.lab.name)})")
         return None  # vagrant destroy does not say whether there was a VM to destroy
 
     def clean(self, progress: Progress | None = None) -> list[str]:
@@ -231,6 +256,39 @@ class VagrantBackend(RemoteLinks, Backend):
                               capture_output=True, text=True, check=False)
         mine = {f"labctl-{self.lab.name}", f"labctl-{self.lab.name}-mgmt"}
         return [n.strip() for n in proc.stdout.splitlines() if n.strip() in mine]
+
+    # --- the forwarding guard on libvirt's bridges ----------------------------------------------------
+
+    def libvirt_bridges(self) -> list[str]:
+        """The bridges on this machine of this lab's libvirt networks (the lab's, Vagrant's management)."""
+        bridges = []
+        for network in self.libvirt_networks():
+            proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-info", network], capture_output=True,
+                                  text=True, check=False)
+            bridge = parse_net_info_bridge(proc.stdout)
+            if bridge:
+                bridges.append(bridge)
+        return bridges
+
+    def guard_forwarding(self, say: Progress) -> None:
+        """Put the forwarding guard on the lab's libvirt bridges (idempotent; VirtualBox: nothing to do)."""
+        if self.provider != "libvirt":
+            return
+        bridges = self.libvirt_bridges() if shutil.which("virsh") else []
+        if not bridges:
+            raise BackendError(f"found no libvirt network labctl-{self.lab.name} (virsh net-list): the "
+                               "forwarding guard needs its bridge; labctl down removes the VMs")
+        say(f"forwarding guard on {', '.join(bridges)} (nft table {forward_guard.FAMILY} "
+            f"{forward_guard.table_name(self.lab.name)})")
+        forward_guard.install(self.lab.name, *bridges, run=NFT)
+
+    def guard_status(self) -> str | None:
+        if self.provider != "libvirt":
+            return None
+        if not forward_guard.present(self.lab.name, run=NFT) and not (
+                shutil.which("virsh") and self.libvirt_networks()):
+            return None  # no network, no guard: the lab is not up
+        return forward_guard.describe(self.lab.name, run=NFT)
 
     def machine_states(self) -> dict[str, str]:
         """{machine: state} from ``vagrant status`` (running, poweroff, not_created, ...)."""
