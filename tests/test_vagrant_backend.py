@@ -202,11 +202,14 @@ def test_status_inventory_halt_and_down(fake, backend):
     backend.down()
     assert fake.calls()[-1]["args"] == ["destroy", "--force"]
     assert not backend.pins_file.exists()
-    fake.update(machines=dict.fromkeys(["server", "client1", "client2", "client3"], "running"))
+    fake.update(machines=dict.fromkeys(["server", "client1", "client2", "client3"], "running"),
+                networks={"labctl-lab": "virbr7", "labctl-lab-mgmt": "virbr8"})
     # VMs that a plain `vagrant up` made: the first inventory adopts them (reads and pins each host key,
-    # installs labctl's key for root over vagrant ssh), once
+    # installs labctl's key for root over vagrant ssh), once, and puts the forwarding guard in place
     before = len(fake.calls())
+    assert fake.nft_tables == {}
     inventory = backend.inventory()
+    assert 'iifname { "virbr7", "virbr8" }' in fake.nft_tables["labctl-lab"]
     assert backend.pins_file.exists() and backend.client_key.is_file()
     assert [h.name for h in inventory] == ["server", "client1", "client2", "client3"]
     ssh_calls = [c for c in fake.calls()[before:] if c["args"][:1] == ["ssh"]]

@@ -304,11 +304,14 @@ class VagrantBackend(RemoteLinks, Backend):
                            states.get(n.name, "not in the Vagrantfile")) for n in self.lab.nodes]
 
     def inventory(self) -> Inventory:
-        """Each running VM on its lab address, with its pinned host key; LabNotUp otherwise."""
+        """Each running VM on its lab address, with its pinned host key; LabNotUp otherwise. Running VMs
+        under libvirt without the forwarding guard (a plain ``vagrant up``) get it first."""
         states = self.machine_states()
         down = [n.name for n in self.lab.nodes if states.get(n.name) != "running"]
         if down:
             raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
+        if self.provider == "libvirt" and not forward_guard.present(self.lab.name, run=NFT):
+            self.guard_forwarding(lambda _m: None)  # VMs of a plain `vagrant up` (or a flushed ruleset)
         pins = self._read_pins()
         if any(n.name not in pins for n in self.lab.nodes):  # VMs of a plain `vagrant up`: adopt them once
             self._ensure_client_key()
