@@ -23,7 +23,8 @@ STEPS = ("labctl.deploy", "labctl.run", "labctl.run_result", "labctl.capture",
          "labctl.tcpdump", "labctl.bringup", "labctl.shell", "labctl.impairment")
 LAB = ("labctl.lab", "labctl.links", "labctl.programs")   # the lab as data (its links: and programs:)
 BELOW_STEPS = ("labctl.errors", "labctl.statefiles", *LAB, "labctl.routes", "labctl.inventory",
-               "labctl.safety", "labctl.remote", "labctl.remote_process")
+               "labctl.safety", "labctl.remote", "labctl.remote_result", "labctl.remote_keys",
+               "labctl.remote_process")
 # room -> the rooms it may import, lowest first (design.md, "Rooms and what each may import")
 ROOMS: dict[str, tuple[str, ...]] = {
     "labctl": (),                                   # the version
@@ -37,7 +38,9 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "labctl.backends": ("labctl.errors", "labctl.statefiles", *LAB, "labctl.inventory", "labctl.routes"),
     "labctl.safety": ("labctl.errors", "labctl.inventory", "labctl.routes"),
     "labctl.remote": ("labctl.errors", "labctl.statefiles", "labctl.inventory", "labctl.safety",
-                      "labctl.remote_process"),
+                      "labctl.remote_result", "labctl.remote_keys", "labctl.remote_process"),
+    "labctl.remote_result": ("labctl.errors",),          # Result, GroupResult, the remote errors
+    "labctl.remote_keys": ("labctl.errors", "labctl.inventory", "labctl.remote_result"),  # pinned, 0600
     "labctl.remote_process": ("labctl.errors", "labctl.inventory", "labctl.safety"),  # a running channel
     # a step may read back what it captured through analyse/ (analyse never imports a step)
     **{step: (*BELOW_STEPS, *STEPS, "labctl.analyse") for step in STEPS},
