@@ -152,12 +152,8 @@ class Connection:
     def run(self, cmd: Command, *, timeout: float | None = None, check: bool = True, sudo: bool = False,
             stdin: bytes | str | None = None) -> Result:
         """Run a command, wait for it, return its :class:`Result` (raise :class:`CommandFailed` if check)."""
-        line = command_line(cmd, sudo=sudo, user=self.host.user)
-        self.open()
-        assert self._client is not None
+        line, chan = self._start(cmd, sudo, "running")
         try:
-            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
-            chan.exec_command(line)
             if stdin is not None:
                 chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
             chan.shutdown_write()
@@ -177,6 +173,11 @@ class Connection:
         """Start a command and return at once; its stdin stays open (see :mod:`labctl.remote_process`)."""
         from labctl.remote_process import RemoteProcess
 
+        line, chan = self._start(cmd, sudo, "starting")
+        return RemoteProcess(self.host.name, line, chan)
+
+    def _start(self, cmd: Command, sudo: bool, doing: str) -> tuple[str, paramiko.Channel]:
+        """Open a session channel and start ``cmd`` in it: (the shell line, the channel)."""
         line = command_line(cmd, sudo=sudo, user=self.host.user)
         self.open()
         assert self._client is not None
@@ -184,8 +185,8 @@ class Connection:
             chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
             chan.exec_command(line)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise RemoteError(f"{self.host.name}: lost the connection starting `{line}`: {exc}") from None
-        return RemoteProcess(self.host.name, line, chan)
+            raise RemoteError(f"{self.host.name}: lost the connection {doing} `{line}`: {exc}") from None
+        return line, chan
 
     def sftp(self) -> paramiko.SFTPClient:
         self.open()
@@ -259,12 +260,8 @@ class Connection:
     def stream(self, cmd: Command, *, sudo: bool = False) -> Stream:
         """Start ``cmd`` and return at once: its output is read as it comes with :meth:`Stream.pump`
         (``tcpdump -w -``); :meth:`Stream.close` ends the channel, not the remote process."""
-        line = command_line(cmd, sudo=sudo, user=self.host.user)
-        self.open()
-        assert self._client is not None
+        line, chan = self._start(cmd, sudo, "starting")
         try:
-            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
-            chan.exec_command(line)
             chan.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise RemoteError(f"{self.host.name}: could not start `{line}`: {exc}") from None
