@@ -18,8 +18,10 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +85,11 @@ def vm_nic(bridge: str, address: str, gateway: str) -> Iterator[str]:
         sh("ip", "addr", "add", f"{address}/24", "dev", "eth1", ns=ns)
         sh("ip", "link", "set", "eth1", "up", ns=ns)
         sh("ip", "route", "add", "default", "via", gateway, ns=ns)
+        state = Path(f"/sys/class/net/{host_if}/brport/state")  # libvirt's bridges run STP: a new port
+        deadline = time.monotonic() + 30                           # listens and learns before it forwards
+        while state.read_text().strip() != "3" and time.monotonic() < deadline:  # 3: BR_STATE_FORWARDING
+            time.sleep(0.1)
+        assert state.read_text().strip() == "3", f"bridge port {host_if} of {bridge} never forwards"
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
