@@ -133,6 +133,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setattr("labctl.backends.vagrant.backend.NFT", nft)
 
     class Fake:
+        nft_calls = nft.calls
         nft_tables = nft.tables
 
         def state(self) -> dict:
@@ -485,6 +486,17 @@ def test_virtualbox_networks_get_no_guard(fake, tmp_path, monkeypatch):
     b = make_backend("vagrant", load_lab(), tmp_path / "state" / "lab")
     b.guard_forwarding(lambda _m: None)
     assert fake.nft_tables == {} and b.guard_status() is None
+    b.down()
+    assert fake.nft_calls == [], "no nft on a VirtualBox host (macOS, Windows): down never asks for it"
+
+
+def test_libvirts_preflight_wants_nft_before_vagrant_up(fake, monkeypatch):
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, **kw: None if name == "nft" else which(name, **kw))
+    with pytest.raises(VagrantPreflightError, match=r"nft is missing .*apt-get install -y nftables"):
+        require("libvirt", "192.168.20.0/24")
 
 
 def test_cli_status_shows_the_guard(fake, tmp_path, capsys):

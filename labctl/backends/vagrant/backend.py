@@ -232,7 +232,7 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
-        if forward_guard.remove(self.lab.name, run=NFT) and progress:
+        if self.provider == "libvirt" and forward_guard.remove(self.lab.name, run=NFT) and progress:
             progress(f"removed the forwarding guard (nft table {forward_guard.FAMILY} "
                      f"{forward_guard.table_name(self.lab.name)})")
         return None  # vagrant destroy does not say whether there was a VM to destroy
