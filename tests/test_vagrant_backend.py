@@ -18,7 +18,8 @@ import pytest
 
 from labctl.backends import make_backend
 from labctl.backends.base import BackendError
-from labctl.backends.vagrant.backend import parse_net_info_bridge, parse_pin_output, parse_ssh_config
+from labctl.backends.vagrant.backend import parse_pin_output, parse_ssh_config
+from labctl.backends.vagrant.libvirt_networks import parse_net_info_bridge
 from labctl.backends.vagrant.preflight import (
     VagrantPreflightError,
     check_virtualbox,
@@ -130,7 +131,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "libvirt")
     monkeypatch.setattr("labctl.backends.vagrant.backend.host_interface", lambda address: "virbr7")
     nft = FakeNft()
-    monkeypatch.setattr("labctl.backends.vagrant.backend.NFT", nft)
+    monkeypatch.setattr("labctl.backends.vagrant.libvirt_networks.NFT", nft)
 
     class Fake:
         nft_calls = nft.calls
@@ -476,7 +477,7 @@ def test_a_failed_up_still_guards_what_booted_and_keeps_its_own_error(fake, back
 
 
 def test_an_up_that_made_no_libvirt_network_is_refused_clearly(fake, backend, monkeypatch):
-    monkeypatch.setattr(type(backend), "libvirt_bridges", lambda self: [])
+    monkeypatch.setattr("labctl.backends.vagrant.libvirt_networks.bridges", lambda lab_name: [])
     with pytest.raises(BackendError, match=r"found no libvirt network labctl-lab .*forwarding guard needs"):
         backend.up()
 

@@ -10,8 +10,8 @@ a "VM" given ``default via`` the host reaches neither the outside nor the other 
 counters say it dropped them; ``guard_status`` names both bridges; ``down`` removes the table.
 Only ``vagrant destroy`` is replaced (there is no VM to destroy; the VM test runs the real one).
 
-libvirt's daemon comes from the VM test's ``libvirt`` fixture (the running one, or started and stopped
-here by PID, with libvirt's firewall chains removed after). No libvirt domain is made or touched.
+libvirt's daemon: the running one, or the VM test's ``libvirt`` fixture starts one and stops it by PID
+after, with libvirt's firewall chains removed (``libvirt_daemon``). No libvirt domain is made or touched.
 """
 from __future__ import annotations
 
@@ -46,6 +46,19 @@ from tests.requires import missing, require_root, require_tool
 pytestmark = pytest.mark.lab
 libvirt = vagrant_e2e.libvirt  # the VM test's libvirtd fixture (module scope), shared, not copied
 virsh = vagrant_e2e._virsh
+
+
+@pytest.fixture(scope="module")
+def libvirt_daemon(request) -> Iterator[None]:
+    """A libvirtd to define networks in. One that already runs is somebody's (a VM test of another
+    session may be using it): this test then touches only its own networks, which libvirt tears down
+    with their firewall rules. Otherwise the VM test's ``libvirt`` fixture starts one and, after,
+    stops it and removes whatever libvirt added."""
+    if require_tool("virsh", "apt-get install libvirt-clients") and virsh("version").returncode == 0:
+        yield
+    else:
+        request.getfixturevalue("libvirt")
+        yield
 MGMT_OCTET = TEST_SUBNET_BASE - 1   # the lab on 192.168.120.0/24 (the test lock's), its management on .119
 
 
@@ -96,7 +109,7 @@ def vm_nic(bridge: str, address: str, gateway: str) -> Iterator[str]:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
 
 
-def test_the_guard_on_libvirts_bridges(libvirt, lab_lock, tmp_path, monkeypatch):
+def test_the_guard_on_libvirts_bridges(libvirt_daemon, lab_lock, tmp_path, monkeypatch):
     require_root()
     require_tool("nft", "apt-get install nftables")
     name = "t" + secrets.token_hex(3)

@@ -8,7 +8,7 @@ lab address, as root with its own key (installed by provision/common.sh), or, if
 the VM, as the user and key ``vagrant ssh-config`` names.
 
 Under libvirt the VMs' networks are bridges on this machine (virbrN): ``up`` puts labctl's forwarding
-guard on them (:mod:`labctl.backends.forward_guard`, the netns lab's), ``down`` takes it away, and
+guard on them (:mod:`labctl.backends.vagrant.libvirt_networks`), ``down`` takes it away, and
 ``status`` shows it. VirtualBox's networks are not this machine's bridges: no guard there.
 """
 from __future__ import annotations
@@ -26,11 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.remote_links import RemoteLinks
 from labctl.backends.running import vagrant_dotfile
-from labctl.backends.vagrant import preflight
+from labctl.backends.vagrant import libvirt_networks, preflight
 from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import DEFAULT_LAB_FILE, Lab
@@ -40,7 +39,6 @@ PROJECT_DIR = Path(__file__).resolve().parents[3]  # where the Vagrantfile is
 PROVIDERS = ("virtualbox", "libvirt")
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 _PUBKEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+")
-NFT = subprocess.run  # how the forwarding guard runs nft (the unit tests record instead)
 
 
 # --- ssh-config ----------------------------------------------------------------------------------------
@@ -81,15 +79,6 @@ def parse_pin_output(text: str) -> tuple[str, str | None, bool]:
         elif ": " in line and " inet " in line:  # `ip -o -4 addr show to ADDR`: "3: eth1    inet ..."
             interface = line.split()[1].split("@")[0]
     return host_key, interface, key_ok
-
-
-def parse_net_info_bridge(text: str) -> str | None:
-    """The bridge ``virsh net-info NETWORK`` names (``Bridge:         virbr2``); None if it names none."""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Bridge" and value.strip():
-            return value.strip()
-    return None
 
 
 def holds_address(address: str) -> bool:
@@ -232,9 +221,8 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
-        if self.provider == "libvirt" and forward_guard.remove(self.lab.name, run=NFT) and progress:
-            progress(f"removed the forwarding guard (nft table {forward_guard.FAMILY} "
-                     f"{forward_guard.table_name(self.lab.name)})")
+        if self.provider == "libvirt" and libvirt_networks.unguard(self.lab.name) and progress:
+            progress(f"removed the forwarding guard ({libvirt_networks.guard_table(self.lab.name)})")
         return None  # vagrant destroy does not say whether there was a VM to destroy
 
     def clean(self, progress: Progress | None = None) -> list[str]:
@@ -252,43 +240,15 @@ class VagrantBackend(RemoteLinks, Backend):
 
     def libvirt_networks(self) -> list[str]:
         """This lab's libvirt networks (named by the Vagrantfile: labctl-NAME, labctl-NAME-mgmt)."""
-        proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-list", "--all", "--name"],
-                              capture_output=True, text=True, check=False)
-        mine = {f"labctl-{self.lab.name}", f"labctl-{self.lab.name}-mgmt"}
-        return [n.strip() for n in proc.stdout.splitlines() if n.strip() in mine]
-
-    # --- the forwarding guard on libvirt's bridges ----------------------------------------------------
-
-    def libvirt_bridges(self) -> list[str]:
-        """The bridges on this machine of this lab's libvirt networks (the lab's, Vagrant's management)."""
-        bridges = []
-        for network in self.libvirt_networks():
-            proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-info", network], capture_output=True,
-                                  text=True, check=False)
-            bridge = parse_net_info_bridge(proc.stdout)
-            if bridge:
-                bridges.append(bridge)
-        return bridges
+        return libvirt_networks.of_lab(self.lab.name)
 
     def guard_forwarding(self, say: Progress) -> None:
         """Put the forwarding guard on the lab's libvirt bridges (idempotent; VirtualBox: nothing to do)."""
-        if self.provider != "libvirt":
-            return
-        bridges = self.libvirt_bridges() if shutil.which("virsh") else []
-        if not bridges:
-            raise BackendError(f"found no libvirt network labctl-{self.lab.name} (virsh net-list): the "
-                               "forwarding guard needs its bridge; labctl down removes the VMs")
-        say(f"forwarding guard on {', '.join(bridges)} (nft table {forward_guard.FAMILY} "
-            f"{forward_guard.table_name(self.lab.name)})")
-        forward_guard.install(self.lab.name, *bridges, run=NFT)
+        if self.provider == "libvirt":
+            libvirt_networks.guard(self.lab.name, say)
 
     def guard_status(self) -> str | None:
-        if self.provider != "libvirt":
-            return None
-        if not forward_guard.present(self.lab.name, run=NFT) and not (
-                shutil.which("virsh") and self.libvirt_networks()):
-            return None  # no network, no guard: the lab is not up
-        return forward_guard.describe(self.lab.name, run=NFT)
+        return libvirt_networks.guard_status(self.lab.name) if self.provider == "libvirt" else None
 
     def machine_states(self) -> dict[str, str]:
         """{machine: state} from ``vagrant status`` (running, poweroff, not_created, ...)."""
@@ -310,7 +270,7 @@ class VagrantBackend(RemoteLinks, Backend):
         down = [n.name for n in self.lab.nodes if states.get(n.name) != "running"]
         if down:
             raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
-        if self.provider == "libvirt" and not forward_guard.present(self.lab.name, run=NFT):
+        if self.provider == "libvirt" and not libvirt_networks.guarded(self.lab.name):
             self.guard_forwarding(lambda _m: None)  # VMs of a plain `vagrant up` (or a flushed ruleset)
         pins = self._read_pins()
         if any(n.name not in pins for n in self.lab.nodes):  # VMs of a plain `vagrant up`: adopt them once
