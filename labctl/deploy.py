@@ -31,7 +31,8 @@ from labctl.remote import Connection, Group, reason
 REMOTE_DIR = "labctl"  # relative: under the remote user's home (each netns node has its own /root)
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 SERVER_PROGRAM = "timeserver.py"
-SERVER_FILES = (SERVER_PROGRAM, "timeserver_protocol.py", "timeserver_limits.py")  # it imports the other two
+SERVER_FILES = (SERVER_PROGRAM, "timeserver_protocol.py", "timeserver_limits.py",  # it imports the others
+                "timeserver_lines.py")
 CLIENT_PROGRAM = "timeclient.py"
 LAUNCHER = "startat.py"
 LAUNCHER_FILES = (LAUNCHER, "startat_hold.py")

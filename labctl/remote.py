@@ -9,19 +9,16 @@ lab's bridge (:mod:`labctl.safety`).
 """
 from __future__ import annotations
 
-import base64
 import logging
 import select
 import shlex
 import socket
-import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, TypeVar, Union
 
 # paramiko imports `invoke` only for ssh_config's `Match exec`, which labctl never uses; skipping it
 # saves ~40 ms per labctl process.
@@ -29,8 +26,16 @@ sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 
 import paramiko  # noqa: E402
 
-from labctl.errors import LabctlError  # noqa: E402
 from labctl.inventory import Host  # noqa: E402
+from labctl.remote_keys import load_private_key, pinned_host_keys  # noqa: E402
+from labctl.remote_result import (  # noqa: E402
+    CommandFailed,
+    GroupResult,
+    HostKeyError,
+    RemoteError,
+    Result,
+    reason,
+)
 from labctl.safety import check_host, unsafe_hosts  # noqa: E402
 
 if TYPE_CHECKING:
@@ -42,39 +47,21 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
-
-
-class RemoteError(LabctlError):
-    """A host could not be reached, refused us, or a remote operation failed."""
-
-
-class HostKeyError(RemoteError):
-    """The host's key is not the pinned one (or none is pinned): refuse, never auto-accept."""
-
-
-@dataclass(frozen=True)
-class Result:
-    """What one remote command did."""
-
-    host: str
-    command: str
-    exited: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exited == 0
-
-
-class CommandFailed(RemoteError):
-    """A remote command exited non-zero (with ``check=True``)."""
-
-    def __init__(self, result: Result) -> None:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        detail = f": {' / '.join(tail)}" if tail else ""
-        super().__init__(f"{result.host}: `{result.command}` exited {result.exited}{detail}")
-        self.result = result
+__all__ = [
+    "Command",
+    "CommandFailed",
+    "Connection",
+    "Group",
+    "GroupResult",
+    "HostKeyError",
+    "RemoteError",
+    "Result",
+    "Stream",
+    "command_line",
+    "load_private_key",
+    "pinned_host_keys",
+    "reason",
+]
 
 
 def command_line(cmd: Command, *, sudo: bool = False, user: str = "root") -> str:
@@ -83,36 +70,6 @@ def command_line(cmd: Command, *, sudo: bool = False, user: str = "root") -> str
     if sudo and user != "root":
         line = "sudo -n -- sh -c " + shlex.quote(line)
     return line
-
-
-def pinned_host_keys(host: Host) -> paramiko.HostKeys:
-    """A known_hosts holding only ``host``'s pinned key, under the name paramiko will look it up by."""
-    keys = paramiko.HostKeys()
-    fields = host.host_key.split()
-    if len(fields) < 2:
-        raise HostKeyError(f"{host.name}: no pinned host key in the inventory; refusing to connect "
-                           "(labctl never accepts an unknown host key)")
-    try:
-        key = paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1]))
-    except (ValueError, paramiko.SSHException) as exc:
-        raise HostKeyError(f"{host.name}: pinned host key is not readable: {exc}") from None
-    keys.add(host.known_hosts_name, key.get_name(), key)
-    return keys
-
-
-def load_private_key(path: Path) -> paramiko.PKey:
-    """Load the client key, refusing one that others may read (it must be 0600)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise RemoteError(f"private key {path} not found (is the lab up? run labctl up)") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise RemoteError(f"private key {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-                          f"run: chmod 600 {shlex.quote(str(path))}")
-    try:
-        return paramiko.PKey.from_path(path)
-    except (OSError, paramiko.SSHException) as exc:
-        raise RemoteError(f"private key {path}: {exc}") from None
 
 
 # Seconds for the SSH handshake (banner, key exchange, auth) and for opening a channel, once the TCP
@@ -211,12 +168,8 @@ class Connection:
     def run(self, cmd: Command, *, timeout: float | None = None, check: bool = True, sudo: bool = False,
             stdin: bytes | str | None = None) -> Result:
         """Run a command, wait for it, return its :class:`Result` (raise :class:`CommandFailed` if check)."""
-        line = command_line(cmd, sudo=sudo, user=self.host.user)
-        self.open()
-        assert self._client is not None
+        line, chan = self._start(cmd, sudo, "running")
         try:
-            chan = self._client.get_transport().open_session(timeout=self.handshake_timeout)
-            chan.exec_command(line)
             if stdin is not None:
                 chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
             chan.shutdown_write()
@@ -236,6 +189,11 @@ class Connection:
         """Start a command and return at once; its stdin stays open (see :mod:`labctl.remote_process`)."""
         from labctl.remote_process import RemoteProcess
 
+        line, chan = self._start(cmd, sudo, "starting")
+        return RemoteProcess(self.host.name, line, chan)
+
+    def _start(self, cmd: Command, sudo: bool, doing: str) -> tuple[str, paramiko.Channel]:
+        """Open a session channel and start ``cmd`` in it: (the shell line, the channel)."""
         line = command_line(cmd, sudo=sudo, user=self.host.user)
         self.open()
         assert self._client is not None
@@ -243,8 +201,8 @@ class Connection:
             chan = self._client.get_transport().open_session(timeout=self.handshake_timeout)
             chan.exec_command(line)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise RemoteError(f"{self.host.name}: lost the connection starting `{line}`: {exc}") from None
-        return RemoteProcess(self.host.name, line, chan)
+            raise RemoteError(f"{self.host.name}: lost the connection {doing} `{line}`: {exc}") from None
+        return line, chan
 
     def sftp(self) -> paramiko.SFTPClient:
         self.open()
@@ -318,12 +276,8 @@ class Connection:
     def stream(self, cmd: Command, *, sudo: bool = False) -> Stream:
         """Start ``cmd`` and return at once: its output is read as it comes with :meth:`Stream.pump`
         (``tcpdump -w -``); :meth:`Stream.close` ends the channel, not the remote process."""
-        line = command_line(cmd, sudo=sudo, user=self.host.user)
-        self.open()
-        assert self._client is not None
+        line, chan = self._start(cmd, sudo, "starting")
         try:
-            chan = self._client.get_transport().open_session(timeout=self.handshake_timeout)
-            chan.exec_command(line)
             chan.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise RemoteError(f"{self.host.name}: could not start `{line}`: {exc}") from None
@@ -381,23 +335,6 @@ def _drain(chan: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes]
         if left is not None and left <= 0:
             raise socket.timeout()
         select.select([fd], [], [], 0.5 if left is None else min(left, 0.5))
-
-
-@dataclass
-class GroupResult(Generic[T]):
-    """Per-host results and per-host failures of one fanned-out call."""
-
-    results: dict[str, T] = field(default_factory=dict)
-    failures: dict[str, BaseException] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def __getitem__(self, name: str) -> T:
-        if name in self.failures:
-            raise self.failures[name]
-        return self.results[name]
 
 
 class Group:
@@ -496,14 +433,3 @@ class Group:
     def close(self) -> None:
         for conn in self.connections.values():
             conn.close()
-
-
-def reason(exc: BaseException) -> str:
-    """A host's failure as one line, without the host-name prefix the remote layer puts first
-    (for tables that show the host in a column of its own)."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, RemoteError) and ": " in text:
-        head, rest = text.split(": ", 1)
-        if " " not in head.strip() or head.endswith(")"):
-            return rest
-    return text

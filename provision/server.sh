@@ -9,7 +9,7 @@ need_env LABCTL_SOURCE LABCTL_ADDRESS LABCTL_TCP_PORT LABCTL_PROTO_PORT LABCTL_T
 
 unit=labctl-timeserver.service
 restart=0
-for f in timeserver.py timeserver_protocol.py timeserver_limits.py; do  # the server imports the other two
+for f in timeserver.py timeserver_protocol.py timeserver_limits.py timeserver_lines.py; do  # the server imports the others
     if install_file "$LABCTL_SOURCE/$f" "/opt/labctl/$f" 755; then
         restart=1
     fi

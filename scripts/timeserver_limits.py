@@ -1,10 +1,10 @@
 """What the lab's time server refuses: the limits that keep it up, fair and quiet under abuse (stdlib only).
 
-Read timeserver_protocol.py first; timeserver.py uses these.
+Read timeserver_protocol.py first; timeserver.py and timeserver_lines.py use these.
 
   * request lines are capped (--max-line): `ERR line too long`, then close   (timeserver_protocol)
   * a line-protocol connection with no complete request for --idle-timeout s is closed: trickling
-    bytes does not reset the clock (slowloris)                                  (timeserver.py)
+    bytes does not reset the clock (slowloris)                            (timeserver_lines.py)
   * at most --max-conns line-protocol connections, and at most --max-conns-per-source from one
     address, so one address cannot lock the others out: the excess gets `ERR busy`   ConnectionLimits
   * UDP replies per source address go through a token bucket (--rate-limit/--rate-burst)  TokenBuckets
@@ -17,7 +17,9 @@ Read timeserver_protocol.py first; timeserver.py uses these.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 
 from timeserver_protocol import ERR_BUSY, ERR_BUSY_SOURCE, Clock
 
@@ -128,6 +130,15 @@ def raise_fd_limit(want: int) -> int:
         except (ValueError, OSError):
             pass
     return soft if soft != resource.RLIM_INFINITY else want
+
+
+def accept_spare(sock: socket.socket, spare: int) -> int:
+    """Out of file descriptors (EMFILE at accept): free the spare one, accept and close, so the backlog
+    cannot wedge us; returns the new spare."""
+    os.close(spare)
+    with contextlib.suppress(OSError):
+        os.close(sock._accept()[0])
+    return os.open(os.devnull, os.O_RDONLY)
 
 
 def peer_str(addr: tuple) -> str:

@@ -222,7 +222,7 @@ def test_link_types(name, linktype):
 
 
 def test_a_link_type_without_ip_is_named():
-    from labctl.analyse.links import linktype_name
+    from labctl.analyse.linktypes import linktype_name
 
     assert linktype_name(189) == "USB (Linux)" and linktype_name(60000) == "link type 60000"
 

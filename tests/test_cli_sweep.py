@@ -17,6 +17,7 @@ import pytest
 
 from labctl.cli import build_parser, main
 from tests.pcapwrite import tcp_daytime, write_pcap
+from tests.said import stderr_lines
 
 NUMBERS = ["0", "-1", "-99999999999999999999", "9" * 400, "1e999", "inf", "-inf", "nan", "0x10", "1.5",
            "abc", "", " ", "\t"]
@@ -195,8 +196,7 @@ def test_commands_that_need_a_lab_say_it_is_not_up_in_one_line(scratch, capsys):
     for argv in (["deploy"], ["run", "tcp"], ["run", "udp", "--timeout", "1"], ["capture", "--duration", "1"],
                  ["ssh", "server", "true"], ["inventory"], ["impair", "--loss", "1%"], ["status"]):
         code, out, err = _run_case(["--lab", str(lab), "--state-dir", str(state), *argv], capsys)
-        said = [line for line in err.strip().splitlines()  # beside the one line naming the backend in use
-                if line.startswith("labctl: ") and not line.startswith("labctl: backend ")]
+        said = [line for line in stderr_lines(err) if line.startswith("labctl: ")]  # beside the backend line
         if argv == ["status"]:
             assert code == 1 and out.strip() == "lab hhard (netns) is not up: labctl up brings it up"
             continue

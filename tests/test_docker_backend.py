@@ -20,6 +20,7 @@ from labctl.backends.docker.plan import DockerPlan, DockerState, plan
 from labctl.cli import build_parser
 from labctl.inventory import LabNotUp
 from labctl.lab import Lab
+from tests.said import stderr_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh5b0iJ3k5Z8u1rIhQpT2t7Lm0Yf8c3xW9sQ6eJ1bKz"
@@ -171,8 +172,7 @@ def test_a_container_lab_that_is_not_up_is_one_clear_line(tmp_path):
                            str(lab_file), "--state-dir", str(tmp_path / "state"), "run", "tcp", "--json"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    said = [line for line in proc.stderr.strip().splitlines()  # beside the line naming the backend
-            if not line.startswith("labctl: backend ")]
+    said = stderr_lines(proc.stderr)  # beside the line naming the backend
     assert said == ["labctl: lab is not up: run labctl --backend docker up "
                                                 f"(lab dk: no plan in {tmp_path}/state/dk/docker)"]
 

@@ -26,6 +26,7 @@ from labctl.backends.probes import subnet_users, tcp_accepting
 from labctl.inventory import LabNotUp
 from labctl.lab import MAX_CLIENTS, Lab
 from tests.requires import require_file
+from tests.said import stderr_lines
 
 # --- names and manifest ------------------------------------------------------------------------------
 
@@ -295,7 +296,7 @@ def test_a_failed_preflight_is_one_line_from_the_cli(monkeypatch, tmp_path, caps
     missing = "missing: tcpdump; apt-get install -y tcpdump"
     monkeypatch.setattr(preflight_module, "problems", lambda: [missing])
     assert main(["--lab", str(lab_file), "--state-dir", str(tmp_path), "up"]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("labctl: backend ")]
+    err = stderr_lines(capsys.readouterr().err)
     assert err == [f"labctl: {missing}"]
     assert not (tmp_path / "tpre").exists()
 

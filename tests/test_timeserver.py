@@ -606,3 +606,19 @@ def test_pipelining_client_that_never_reads_cannot_grow_memory_or_block(make_ser
         assert closed
     finally:
         flood.close()
+
+
+def test_every_file_the_server_imports_goes_to_the_server_node():
+    """The server is several files: deploy, the Vagrantfile and provision/server.sh copy each one it
+    imports (a file left out works here and fails on the node with ModuleNotFoundError)."""
+    from labctl.deploy import SERVER_FILES
+
+    local = {p.stem for p in SERVER.parent.glob("timeserver*.py")}
+    imported = set()
+    for path in SERVER.parent.glob("timeserver*.py"):
+        imported |= {m for m in re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M) if m in local}
+    wanted = {f"{m}.py" for m in imported} | {SERVER.name}
+    assert wanted <= set(SERVER_FILES)
+    assert len(wanted) == 4  # protocol, limits, lines and the server itself
+    for where in (ROOT / "Vagrantfile", ROOT / "provision" / "server.sh"):
+        assert all(name in where.read_text() for name in wanted), where

@@ -1,7 +1,9 @@
 """The vagrant backend without VMs: python-vagrant drives a fake ``vagrant`` program on PATH.
 
 The fake records every call (arguments and the environment labctl gives the Vagrantfile) and answers
-like Vagrant 2.3 with vagrant-libvirt does. Also: ssh-config parsing and the VirtualBox preflight.
+like Vagrant 2.3 with vagrant-libvirt does; a fake ``virsh`` lists the libvirt networks its ``up``
+made, and nft calls are recorded (the guard for real: tests/e2e/test_vagrant_guard_e2e.py). Also:
+ssh-config parsing and the VirtualBox preflight.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from labctl.backends import make_backend
 from labctl.backends.base import BackendError
 from labctl.backends.vagrant.backend import parse_pin_output, parse_ssh_config
+from labctl.backends.vagrant.libvirt_networks import parse_net_info_bridge
 from labctl.backends.vagrant.preflight import (
     VagrantPreflightError,
     check_virtualbox,
@@ -27,6 +30,7 @@ from labctl.backends.vagrant.preflight import (
 from labctl.errors import LabctlError
 from labctl.inventory import LabNotUp
 from labctl.lab import load_lab
+from tests.test_forward_guard import FakeNft
 
 FAKE_VAGRANT = r'''#!PYTHON
 """A fake vagrant: answers like Vagrant 2.3.4 + vagrant-libvirt, records each call."""
@@ -42,12 +46,15 @@ state["calls"].append({"args": args, "env": {k: os.environ.get(k) for k in keep}
 rc = 0
 cmd = args[0]
 names = [m for m in state["machines"]]
+lab_file = os.environ.get("LABCTL_LAB")
+lab = [line.split()[1] for line in open(lab_file) if line.startswith("name:")][0] if lab_file else "lab"
 if cmd == "up":
     if state.get("fail_up"):
         print("Error while activating network: Call to virNetworkCreate failed", file=sys.stderr)
         rc = 1
     else:
         print("==> server: Creating domain")
+        state["networks"] = {f"labctl-{lab}": "virbr7", f"labctl-{lab}-mgmt": "virbr8"}
         for m in names:
             state["machines"][m] = "running"
 elif cmd == "status":
@@ -69,6 +76,7 @@ elif cmd == "ssh":
     if state.get("key_ok"):
         print("LABCTL_KEY_OK")
 elif cmd == "destroy":
+    state["networks"] = {}  # vagrant-libvirt removes the networks it made with their last VM
     for m in names:
         state["machines"][m] = "not_created"
 elif cmd == "halt":
@@ -76,6 +84,22 @@ elif cmd == "halt":
         state["machines"][m] = "shutoff"
 json.dump(state, open(state_file, "w"))
 sys.exit(rc)
+'''
+
+FAKE_VIRSH = r'''#!PYTHON
+"""A fake virsh: the libvirt networks the fake vagrant's up made."""
+import json, os, sys
+networks = json.load(open(os.environ["FAKE_VAGRANT_STATE"])).get("networks", {})
+args = [a for a in sys.argv[1:] if a not in ("-c", "qemu:///system")]
+if args[:1] == ["net-list"]:
+    print("default")
+    print("\n".join(networks))
+elif args[:1] == ["net-info"]:
+    if args[1] not in networks:
+        sys.exit("error: Network not found")
+    print(f"Name:           {args[1]}\nActive:         yes\nBridge:         {networks[args[1]]}")
+else:
+    print("Running hypervisor: QEMU 7.2.0")
 '''
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0oHZz4f6OPOBXbkKu4rLk6+6m0bQn1lFkP+Vd3w2cA"
@@ -90,7 +114,7 @@ def fake(tmp_path, monkeypatch):
     vagrant.write_text(FAKE_VAGRANT.replace("PYTHON", sys.executable))
     vagrant.chmod(0o755)
     virsh = bin_dir / "virsh"
-    virsh.write_text("#!/bin/sh\necho 'Running hypervisor: QEMU 7.2.0'\n")
+    virsh.write_text(FAKE_VIRSH.replace("PYTHON", sys.executable))
     virsh.chmod(0o755)
     key_dir = tmp_path / "machines"
     machines = ["server", "client1", "client2", "client3"]
@@ -106,8 +130,13 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_VAGRANT_STATE", str(state_file))
     monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "libvirt")
     monkeypatch.setattr("labctl.backends.vagrant.backend.host_interface", lambda address: "virbr7")
+    nft = FakeNft()
+    monkeypatch.setattr("labctl.backends.vagrant.libvirt_networks.NFT", nft)
 
     class Fake:
+        nft_calls = nft.calls
+        nft_tables = nft.tables
+
         def state(self) -> dict:
             return json.loads(state_file.read_text())
 
@@ -175,11 +204,14 @@ def test_status_inventory_halt_and_down(fake, backend):
     backend.down()
     assert fake.calls()[-1]["args"] == ["destroy", "--force"]
     assert not backend.pins_file.exists()
-    fake.update(machines=dict.fromkeys(["server", "client1", "client2", "client3"], "running"))
+    fake.update(machines=dict.fromkeys(["server", "client1", "client2", "client3"], "running"),
+                networks={"labctl-lab": "virbr7", "labctl-lab-mgmt": "virbr8"})
     # VMs that a plain `vagrant up` made: the first inventory adopts them (reads and pins each host key,
-    # installs labctl's key for root over vagrant ssh), once
+    # installs labctl's key for root over vagrant ssh), once, and puts the forwarding guard in place
     before = len(fake.calls())
+    assert fake.nft_tables == {}
     inventory = backend.inventory()
+    assert 'iifname { "virbr7", "virbr8" }' in fake.nft_tables["labctl-lab"]
     assert backend.pins_file.exists() and backend.client_key.is_file()
     assert [h.name for h in inventory] == ["server", "client1", "client2", "client3"]
     ssh_calls = [c for c in fake.calls()[before:] if c["args"][:1] == ["ssh"]]
@@ -407,3 +439,81 @@ def test_an_unwritable_state_dir_is_a_clear_error(fake, tmp_path):
     b = make_backend("vagrant", load_lab(), blocker / "lab")
     with pytest.raises(LabctlError, match=r"cannot create state directory .*--state-dir"):
         b.up()
+
+
+# --- the forwarding guard on libvirt's bridges ----------------------------------------------------------
+
+def test_up_guards_the_labs_libvirt_bridges_and_down_removes_the_guard(fake, backend):
+    messages: list[str] = []
+    assert backend.guard_status() is None, "no network, no guard: nothing to show"
+    backend.up(messages.append)
+    rules = fake.nft_tables["labctl-lab"]
+    assert 'iifname "virbr7" oifname "virbr7"' in rules and 'iifname "virbr8" oifname "virbr8"' in rules
+    assert 'iifname { "virbr7", "virbr8" } counter' in rules and 'oifname { "virbr7", "virbr8" }' in rules
+    assert any("forwarding guard on virbr7, virbr8 (nft table inet labctl-lab)" in m for m in messages)
+    assert backend.guard_status().startswith("nft table inet labctl-lab on virbr7, virbr8: dropped 7")
+    backend.up()  # again: the same one table
+    assert list(fake.nft_tables) == ["labctl-lab"]
+    fake.nft_tables.clear()  # somebody flushed the ruleset: status says so
+    assert backend.guard_status().startswith("missing: no nft table inet labctl-lab (labctl up puts it back")
+    backend.up()
+    said: list[str] = []
+    backend.down(said.append)
+    assert fake.nft_tables == {}
+    assert said[-1] == "removed the forwarding guard (nft table inet labctl-lab)"
+    assert backend.guard_status() is None
+
+
+def test_a_failed_up_still_guards_what_booted_and_keeps_its_own_error(fake, backend, monkeypatch):
+    fake.update(fail_up=True, networks={"labctl-lab": "virbr7"})  # the lab network came up, then it failed
+    with pytest.raises(BackendError, match=r"vagrant up failed"):
+        backend.up()
+    assert 'iifname "virbr7"' in fake.nft_tables["labctl-lab"]
+    fake.update(networks={})
+    fake.nft_tables.clear()
+    with pytest.raises(BackendError, match=r"vagrant up failed"):  # no network: still up's error, not ours
+        backend.up()
+    assert fake.nft_tables == {}
+
+
+def test_an_up_that_made_no_libvirt_network_is_refused_clearly(fake, backend, monkeypatch):
+    monkeypatch.setattr("labctl.backends.vagrant.libvirt_networks.bridges", lambda lab_name: [])
+    with pytest.raises(BackendError, match=r"found no libvirt network labctl-lab .*forwarding guard needs"):
+        backend.up()
+
+
+def test_virtualbox_networks_get_no_guard(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABCTL_VAGRANT_PROVIDER", "virtualbox")
+    b = make_backend("vagrant", load_lab(), tmp_path / "state" / "lab")
+    b.guard_forwarding(lambda _m: None)
+    assert fake.nft_tables == {} and b.guard_status() is None
+    b.down()
+    assert fake.nft_calls == [], "no nft on a VirtualBox host (macOS, Windows): down never asks for it"
+
+
+def test_libvirts_preflight_wants_nft_before_vagrant_up(fake, monkeypatch):
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, **kw: None if name == "nft" else which(name, **kw))
+    with pytest.raises(VagrantPreflightError, match=r"nft is missing .*apt-get install -y nftables"):
+        require("libvirt", "192.168.20.0/24")
+
+
+def test_cli_status_shows_the_guard(fake, tmp_path, capsys):
+    from labctl.cli import main
+
+    state = ["--state-dir", str(tmp_path / "state")]
+    make_backend("vagrant", load_lab(), tmp_path / "state" / "lab").up()  # (the CLI's would check SSH too)
+    main([*state, "--backend", "vagrant", "status", "--json"])
+    status = json.loads(capsys.readouterr().out)
+    assert status["forward_guard"].startswith("nft table inet labctl-lab on virbr7, virbr8")
+    main([*state, "--backend", "vagrant", "status"])
+    assert "forwarding guard: nft table inet labctl-lab on virbr7, virbr8" in capsys.readouterr().out
+
+
+def test_net_info_bridge_parsing():
+    text = ("Name:           labctl-va24cf4\nUUID:           40ec4403-5c54-4f57-969c-16da8bccc587\n"
+            "Active:         yes\nPersistent:     yes\nAutostart:      no\nBridge:         virbr2\n\n")
+    assert parse_net_info_bridge(text) == "virbr2"  # as virsh 9.0 prints it
+    assert parse_net_info_bridge("Name: x\nBridge:\n") is None

@@ -1,6 +1,6 @@
 """The general decoder: every frame the fast path (``fastpath.py``) does not take.
 
-``Decoder.decode`` finds the network layer of any link type (``links.py``), walks the headers between
+``Decoder.decode`` finds the network layer of any link type (``linktypes.py``), walks the headers between
 it and IP (VLAN stacks, PPPoE, MPLS, LLC/SNAP: ``tunnels.py``), decodes IPv4 (any header length) and
 IPv6 (its extension headers: a hop-by-hop jumbo payload length, a routing header's final destination),
 reassembles fragments (``fragments.py``), and follows tunnels (IP-in-IP, GRE, VXLAN, Geneve, ...) to the
@@ -19,11 +19,11 @@ import struct
 
 from labctl.analyse import tunnels as tun
 from labctl.analyse.fragments import Reassembler
-from labctl.analyse.links import CUT, ET_IPV4, ET_IPV6, LINK, linktype_name
+from labctl.analyse.linktypes import CUT, ET_IPV4, ET_IPV6, LINK, linktype_name
 
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
 
-# Why a frame was not analysed (keys of Builder.skipped); others are made by tunnels.py and links.py.
+# Why a frame was not analysed (keys of Builder.skipped); others are made by tunnels.py and linktypes.py.
 SKIP_CUT = CUT
 SKIP_BAD = "malformed header"
 SKIP_OTHER_PROTO = "IP but neither TCP nor UDP: ICMP"

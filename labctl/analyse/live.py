@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from labctl.analyse.decode import TCP, UDP, Decoder
-from labctl.analyse.links import LINK
+from labctl.analyse.linktypes import LINK
 from labctl.analyse.model import flag_text, split_key
 from labctl.analyse.pcap_stream import StreamPacket
 

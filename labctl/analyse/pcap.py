@@ -33,7 +33,7 @@ from labctl.analyse.chunks import (  # noqa: F401 (found here by the rest of lab
     Chunk,
     ReadInfo,
 )
-from labctl.analyse.links import (  # noqa: F401 (the link types were always found here)
+from labctl.analyse.linktypes import (  # noqa: F401 (the link types were always found here)
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,

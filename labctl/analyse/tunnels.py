@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import struct
 
-from labctl.analyse.links import CUT, ET_ETHERNET, ET_IPV4, ET_IPV6, ET_LLC, ET_MPLS, ieee80211, ppp_carries
+from labctl.analyse.linktypes import (
+    CUT,
+    ET_ETHERNET,
+    ET_IPV4,
+    ET_IPV6,
+    ET_LLC,
+    ET_MPLS,
+    ieee80211,
+    ppp_carries,
+)
 
 _U16 = struct.Struct(">H").unpack_from
 

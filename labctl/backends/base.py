@@ -117,6 +117,12 @@ class Backend(ABC):
         """The end of the node's SSH server log, if this backend keeps one ("" otherwise)."""
         return ""
 
+    def guard_status(self) -> str | None:
+        """The forwarding guard on this lab's bridges here (``labctl status`` prints it), ``missing: ...``
+        when it should be there and is not; None where this backend puts no bridge on this machine or
+        the lab is not up."""
+        return None
+
     def clean(self, progress: Progress | None = None) -> list[str]:
         """Remove leftovers of a crashed run; return what was removed. Default: same as down."""
         self.down(progress)

@@ -20,8 +20,13 @@ machine, every Docker host): frames bridged between two lab ports then pass the 
 with the bridge as both input and output device. Without that module they never reach it. A drop in
 any base chain is final in nftables, so no other table's ``accept`` can undo the guard.
 
+A lab with several bridges here (the vagrant backend's libvirt networks: the lab's and Vagrant's
+management network) gets one "within" rule per bridge and the drops for all of them (``iifname {
+"virbr1", "virbr2" }``): nothing is routed between them either.
+
 Any backend that puts a bridge on this machine (the namespace lab, libvirt's networks, a Docker
-network) calls :func:`install` once the bridge exists and :func:`remove` when it tears the lab down.
+network) calls :func:`install` once the bridge exists and :func:`remove` when it tears the lab down;
+:func:`describe` is the line ``labctl status`` prints.
 """
 from __future__ import annotations
 
@@ -50,20 +55,26 @@ def table_name(lab_name: str) -> str:
     return f"labctl-{lab_name}"
 
 
-def ruleset(lab_name: str, bridge: str) -> str:
+def ruleset(lab_name: str, bridge: str, *more: str) -> str:
     """The ``nft -f`` script that (re)creates the guard atomically: one transaction, never a gap."""
-    if not _IFNAME_RE.match(bridge):
-        raise GuardError(f"bridge name {bridge!r} is not a Linux interface name")
+    bridges = list(dict.fromkeys((bridge, *more)))
+    for name in bridges:
+        if not _IFNAME_RE.match(name):
+            raise GuardError(f"bridge name {name!r} is not a Linux interface name")
     table = table_name(lab_name)
+    within = "".join(f"\t\tiifname \"{name}\" oifname \"{name}\" counter accept comment \"within the lab\"\n"
+                     for name in bridges)
+    named = f"\"{bridges[0]}\"" if len(bridges) == 1 else "{ " + ", ".join(f"\"{n}\"" for n in bridges) + " }"
+    which = f"lab bridge {bridges[0]}" if len(bridges) == 1 else f"lab bridges {', '.join(bridges)}"
     return (f"table {FAMILY} {table}\n"
             f"delete table {FAMILY} {table}\n"
             f"table {FAMILY} {table} {{\n"
-            f"\tcomment \"labctl: nothing is forwarded into or out of lab bridge {bridge}\"\n"
+            f"\tcomment \"labctl: nothing is forwarded into or out of {which}\"\n"
             f"\tchain forward {{\n"
             f"\t\ttype filter hook forward priority filter - 10; policy accept;\n"
-            f"\t\tiifname \"{bridge}\" oifname \"{bridge}\" counter accept comment \"within the lab\"\n"
-            f"\t\tiifname \"{bridge}\" counter drop comment \"out of the lab\"\n"
-            f"\t\toifname \"{bridge}\" counter drop comment \"into the lab\"\n"
+            f"{within}"
+            f"\t\tiifname {named} counter drop comment \"out of the lab\"\n"
+            f"\t\toifname {named} counter drop comment \"into the lab\"\n"
             f"\t}}\n"
             f"}}\n")
 
@@ -75,9 +86,9 @@ def _nft(run: Runner, *args: str, script: str | None = None) -> subprocess.Compl
     return run(argv, input=script, capture_output=True, text=True, check=False)
 
 
-def install(lab_name: str, bridge: str, *, run: Runner = subprocess.run) -> None:
-    """Create (or replace) the guard of ``lab_name`` on ``bridge``; idempotent."""
-    proc = _nft(run, script=ruleset(lab_name, bridge))
+def install(lab_name: str, bridge: str, *more: str, run: Runner = subprocess.run) -> None:
+    """Create (or replace) the guard of ``lab_name`` on ``bridge`` (and ``more`` bridges); idempotent."""
+    proc = _nft(run, script=ruleset(lab_name, bridge, *more))
     if proc.returncode != 0:
         raise GuardError(f"could not install the forwarding guard (nft table {FAMILY} "
                          f"{table_name(lab_name)}): {(proc.stderr or '').strip() or 'nft failed'}")
@@ -100,9 +111,26 @@ def present(lab_name: str, *, run: Runner = subprocess.run) -> bool:
 
 
 def counters(lab_name: str, *, run: Runner = subprocess.run) -> dict[str, int]:
-    """Packets each guard rule has matched, by its comment (``within the lab``, ``out of the lab`` ...)."""
-    proc = _nft(run, "list", "table", FAMILY, table_name(lab_name))
+    """Packets the guard's rules have matched, by comment (``within the lab``, ``out of the lab`` ...),
+    summed over the bridges."""
+    return _counters(_nft(run, "list", "table", FAMILY, table_name(lab_name)).stdout or "")
+
+
+def _counters(listing: str) -> dict[str, int]:
     found: dict[str, int] = {}
-    for match in re.finditer(r'counter packets (\d+) bytes \d+ \w+ comment "([^"]+)"', proc.stdout or ""):
-        found[match.group(2)] = int(match.group(1))
+    for match in re.finditer(r'counter packets (\d+) bytes \d+ \w+ comment "([^"]+)"', listing):
+        found[match.group(2)] = found.get(match.group(2), 0) + int(match.group(1))
     return found
+
+
+def describe(lab_name: str, *, run: Runner = subprocess.run) -> str:
+    """One line for ``labctl status``: the guard's table, the bridges it guards and what it dropped,
+    or that it is missing."""
+    table = f"nft table {FAMILY} {table_name(lab_name)}"
+    proc = _nft(run, "list", "table", FAMILY, table_name(lab_name))
+    if proc.returncode != 0:
+        return f"missing: no {table} (labctl up puts it back; until then nothing stops forwarding)"
+    bridges = re.findall(r'iifname "([^"]+)" oifname "\1"', proc.stdout or "")
+    seen = _counters(proc.stdout or "")
+    return (f"{table} on {', '.join(bridges) or 'no bridge'}: dropped {seen.get('out of the lab', 0)} "
+            f"packet(s) routed out of the lab, {seen.get('into the lab', 0)} into it")

@@ -108,11 +108,12 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
     backend = ctx.backend()
     nodes = bringup.status(backend)
     links = impairment.reports(backend)
+    guard = backend.guard_status()
     if args.json:
         print(json.dumps({"backend": backend.name,
                           "nodes": [{"name": n.name, "role": n.role, "address": n.address, "up": n.up,
                                      "detail": n.detail} for n in nodes],
-                          "links": links_json(links)}, indent=1))
+                          "links": links_json(links), "forward_guard": guard}, indent=1))
     elif nodes and all(not n.up and n.detail == NODE_NOT_UP for n in nodes) and not links:
         print(f"lab {backend.lab.name} ({backend.name}) is not up: labctl up brings it up")
     else:
@@ -125,6 +126,8 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
         for n in nodes:
             table.add_row(n.name, n.role, n.address, "[green]up[/]" if n.up else "[red]down[/]", n.detail)
         Console().print(table)
+        if guard:
+            print(f"forwarding guard: {guard}")
         print_links(links, title="links (labctl impair)")
     return 0 if nodes and all(n.up for n in nodes) else 1
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/: pcapwrite.py, the tests' one pcap writer
+from pcapwrite import global_header, record  # noqa: E402
+
 A, B = "10.1.0.1", "10.1.0.2"                  # the client and the server of most captures
 A6, B6 = "2001:db8::1", "2001:db8::2"
 MAC = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"
@@ -49,13 +53,10 @@ def eth(payload: bytes, et: int = 0x0800) -> bytes:
 
 def write_pcap(path: Path, frames: list[tuple[float, bytes]], linktype: int = 1, snaplen: int = 65535,
                orig: dict[int, int] | None = None) -> Path:
-    """A pcap file; ``orig`` gives some frames (by index) a larger length on the wire."""
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)]
-    for i, (ts, fr) in enumerate(frames):
-        sec = int(ts)
-        usec = round((ts - sec) * 1e6)
-        out.append(struct.pack("<IIII", sec, usec, len(fr), (orig or {}).get(i, len(fr))) + fr)
-    path.write_bytes(b"".join(out))
+    """A pcap file (tests/pcapwrite.py's header and records); ``orig`` gives some frames (by index) a
+    larger length on the wire."""
+    path.write_bytes(global_header(linktype, snaplen)
+                     + b"".join(record(ts, fr, (orig or {}).get(i)) for i, (ts, fr) in enumerate(frames)))
     return path
 
 

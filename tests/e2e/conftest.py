@@ -29,6 +29,7 @@ from labctl.backends.netns import NetnsBackend
 from labctl.backends.netns.preflight import problems
 from labctl.inventory import Inventory
 from labctl.lab import load_lab
+from tests.procs import live_processes
 from tests.requires import missing, require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,20 +111,15 @@ def leftovers(name: str, state_dir: Path) -> list[str]:
         found += [f"netns {p.name}" for p in netns_dir.iterdir() if p.name.startswith(f"{name}-")]
     found += [f"link {p.name}" for p in Path("/sys/class/net").iterdir() if p.name.startswith(f"{name}-")]
     needle = str(state_dir).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, cmdline, entry in live_processes():
+        if needle in cmdline:
+            found.append(f"process {pid}: {cmdline[:120]!r}")
         try:
-            stat = (entry / "stat").read_bytes()
-            if stat[stat.rindex(b")") + 2:][:1] in (b"Z", b"X"):
-                continue
-            if needle in (entry / "cmdline").read_bytes():
-                found.append(f"process {entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
             mounts = (entry / "mountinfo").read_bytes()
         except OSError:
             continue
         if needle + b"/" in mounts:
-            found.append(f"mount in the mount namespace of pid {entry.name}")
+            found.append(f"mount in the mount namespace of pid {pid}")
     if state_dir.exists():
         found.append(f"state {state_dir}")
     return sorted(set(found))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO
+from tests.procs import live_processes
 from tests.requires import require_tool
 
 pytestmark = pytest.mark.lab
@@ -41,19 +42,11 @@ def fields(pcap: Path, *names: str, display_filter: str = "") -> list[list[str]]
 def all_tcpdumps(lab) -> list[int]:
     """labctl's tcpdumps in any node of ``lab``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
-        except (OSError, IndexError):
-            continue
-        if b"tcpdump" in cmd and b"--time-stamp-precision=nano" in cmd and state != "Z":
-            ns = subprocess.run(["ip", "netns", "identify", entry.name], capture_output=True,
-                                text=True).stdout
+    for pid, cmd, _entry in live_processes():
+        if b"tcpdump" in cmd and b"--time-stamp-precision=nano" in cmd:
+            ns = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True).stdout
             if ns.startswith(f"{lab.name}-"):
-                found.append(int(entry.name))
+                found.append(pid)
     return found
 
 

@@ -1,11 +1,12 @@
 """`down` of a lab that is not up says one thing; a host-key mismatch says what re-pins (real lab, CLI)."""
 from __future__ import annotations
 
+from tests.said import stderr_lines
+
 
 def _said(proc) -> list[str]:
-    """What a command said, beside the one stderr line naming the backend it uses."""
-    return [line for line in (proc.stdout + proc.stderr).strip().splitlines()
-            if not line.startswith("labctl: backend ")]
+    """What a command said (stdout, then stderr), beside the one stderr line naming the backend it uses."""
+    return stderr_lines(proc.stdout + proc.stderr)
 
 
 def test_down_twice_says_one_thing_each_time(make_lab):

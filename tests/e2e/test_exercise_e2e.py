@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import live_processes
 from tests.requires import require_tool
 
 pytestmark = pytest.mark.lab
@@ -67,18 +68,14 @@ def tcpdumps_of_labctl(lab) -> list[int]:
     except FileNotFoundError:
         return []
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, cmd, entry in live_processes():
         try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
             ns = os.stat(entry / "ns" / "net").st_ino
-        except (OSError, IndexError):
+        except OSError:
             continue
         ours = b"labctl-capture-" in cmd or b"--time-stamp-precision=nano" in cmd  # -w FILE, or -w -
-        if ours and b"tcpdump" in cmd and state != "Z" and ns == server_ns:
-            found.append(int(entry.name))
+        if ours and b"tcpdump" in cmd and ns == server_ns:
+            found.append(pid)
     return found
 
 

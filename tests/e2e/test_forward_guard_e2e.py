@@ -10,6 +10,7 @@ nothing arrives, in either direction, while the nodes still talk to each other.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
 import subprocess
@@ -100,6 +101,8 @@ def test_nothing_leaves_the_lab(make_lab):
     plan = backend.state.read_plan()
     client, server = plan.node("client1"), plan.node("server")
     assert forward_guard.present(lab.name), "up installs the guard"
+    status = json.loads(lab.cli("status", "--json").stdout)["forward_guard"]
+    assert status.startswith(f"nft table inet labctl-{lab.name} on {plan.bridge}: dropped "), status
     subnet = str(ipaddress.IPv4Network(plan.subnet))
     with outside(subnet) as out, ip_forward_on():
         sh("ip", "route", "add", "default", "via", plan.host_address, ns=client.netns)  # root in a node can

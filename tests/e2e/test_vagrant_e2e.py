@@ -371,6 +371,7 @@ def vms(box, libvirt, tmp_path_factory):
         assert not left_vms and not left_networks, (left_vms, left_networks)
         assert not left_processes, f"processes of the lab left (qemu, dnsmasq): {left_processes}"
         assert not left_machines, f"Vagrant still lists machines: {left_machines}"
+        assert ("inet", f"labctl-{lab.name}") not in _nft_tables(), "down removes the lab's forwarding guard"
 
 
 def _last_json(proc: subprocess.CompletedProcess) -> dict:
@@ -436,6 +437,22 @@ def test_isolation_and_pinned_host_keys(vms):
         assert all(r.stdout.strip() == "" for r in routes.results.values()), routes.results
         python = group.run(["sh", "-c", "python3 --version && tcpdump --version | head -n 1"])
         assert python.ok, python.failures
+
+
+def test_the_forwarding_guard_is_on_both_libvirt_bridges(vms):
+    """The first labctl command after a plain ``vagrant up`` put labctl's forwarding guard on the lab's
+    and Vagrant's management bridge (``labctl down`` removes it: the libvirt fixture's leftover check
+    sees any nft table left). The guard's traffic checks: tests/e2e/test_vagrant_guard_e2e.py."""
+    vms.backend().inventory()
+    bridges = [line.split(":", 1)[1].strip() for network in (f"labctl-{vms.name}", f"labctl-{vms.name}-mgmt")
+               for line in _virsh("net-info", network, check=True).stdout.splitlines()
+               if line.startswith("Bridge:")]
+    assert len(bridges) == 2, bridges
+    rules = "\n".join(_nft_table_rules("inet", f"labctl-{vms.name}"))
+    for bridge in bridges:
+        assert f'iifname "{bridge}" oifname "{bridge}"' in rules, rules
+    status = json.loads(vms.labctl("status", "--json").stdout)
+    assert status["forward_guard"].startswith(f"nft table inet labctl-{vms.name} on "), status
 
 
 def test_provisioning_is_idempotent(vms):

@@ -265,6 +265,10 @@ class DockerBackend(RemoteLinks, Backend):
             result.append(NodeStatus(n.name, n.role, n.address, up, detail))
         return result
 
+    def guard_status(self) -> str | None:
+        current = self.state.read_plan()
+        return forward_guard.describe(current.lab) if current is not None else None
+
     def node_log(self, name: str) -> str:
         """The end of the node's container log (its sshd logs to stderr), for a failed SSH check."""
         try:

@@ -325,6 +325,10 @@ class NetnsBackend(netns_links.NetnsLinks, Backend):
             result.append(NodeStatus(n.name, n.role, n.address, up, detail))
         return result
 
+    def guard_status(self) -> str | None:
+        current = self.state.read_plan()
+        return forward_guard.describe(current.lab) if current is not None else None
+
     def node_log(self, name: str) -> str:
         return self.state.log_tail(name)
 

@@ -6,6 +6,10 @@ reads the same lab file. Then, once per ``up``, each VM's host key is read over 
 Vagrant's ``StrictHostKeyChecking no``. From then on labctl reaches every VM directly on its private
 lab address, as root with its own key (installed by provision/common.sh), or, if that key is not in
 the VM, as the user and key ``vagrant ssh-config`` names.
+
+Under libvirt the VMs' networks are bridges on this machine (virbrN): ``up`` puts labctl's forwarding
+guard on them (:mod:`labctl.backends.vagrant.libvirt_networks`), ``down`` takes it away, and
+``status`` shows it. VirtualBox's networks are not this machine's bridges: no guard there.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Any
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.remote_links import RemoteLinks
 from labctl.backends.running import vagrant_dotfile
-from labctl.backends.vagrant import preflight
+from labctl.backends.vagrant import libvirt_networks, preflight
 from labctl.backends.vagrant.preflight import LIBVIRT_URI, VagrantPreflightError
 from labctl.inventory import Host, Inventory, LabNotUp
 from labctl.lab import DEFAULT_LAB_FILE, Lab
@@ -185,8 +189,14 @@ class VagrantBackend(RemoteLinks, Backend):
         self._ensure_client_key()
         v = self.vagrant()
         say(f"vagrant up --provider={self.provider} ({len(self.lab.nodes)} VMs; log: {self.log_file})")
-        with self._calling("vagrant up"):
-            v.up(provider=self.provider, provision=True)
+        try:
+            with self._calling("vagrant up"):
+                v.up(provider=self.provider, provision=True)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the VMs that did boot are guarded all the same
+                self.guard_forwarding(say)
+            raise
+        self.guard_forwarding(say)
         say("reading each VM's host key over vagrant ssh, to pin it")
         self.pin_host_keys(v)
         inventory = self.inventory()
@@ -202,7 +212,8 @@ class VagrantBackend(RemoteLinks, Backend):
             self.vagrant().halt()
 
     def down(self, progress: Progress | None = None) -> str | None:
-        """Destroy every VM of the lab (``vagrant destroy -f``) and forget their host keys."""
+        """Destroy every VM of the lab (``vagrant destroy -f``), forget their host keys, and remove the
+        forwarding guard (once the VMs are gone: never a moment with VMs and no guard)."""
         if progress:
             progress("vagrant destroy -f")
         if shutil.which("vagrant") is not None:
@@ -210,6 +221,8 @@ class VagrantBackend(RemoteLinks, Backend):
                 self.vagrant().destroy()
         with contextlib.suppress(FileNotFoundError):
             self.pins_file.unlink()
+        if self.provider == "libvirt" and libvirt_networks.unguard(self.lab.name) and progress:
+            progress(f"removed the forwarding guard ({libvirt_networks.guard_table(self.lab.name)})")
         return None  # vagrant destroy does not say whether there was a VM to destroy
 
     def clean(self, progress: Progress | None = None) -> list[str]:
@@ -227,10 +240,15 @@ class VagrantBackend(RemoteLinks, Backend):
 
     def libvirt_networks(self) -> list[str]:
         """This lab's libvirt networks (named by the Vagrantfile: labctl-NAME, labctl-NAME-mgmt)."""
-        proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, "net-list", "--all", "--name"],
-                              capture_output=True, text=True, check=False)
-        mine = {f"labctl-{self.lab.name}", f"labctl-{self.lab.name}-mgmt"}
-        return [n.strip() for n in proc.stdout.splitlines() if n.strip() in mine]
+        return libvirt_networks.of_lab(self.lab.name)
+
+    def guard_forwarding(self, say: Progress) -> None:
+        """Put the forwarding guard on the lab's libvirt bridges (idempotent; VirtualBox: nothing to do)."""
+        if self.provider == "libvirt":
+            libvirt_networks.guard(self.lab.name, say)
+
+    def guard_status(self) -> str | None:
+        return libvirt_networks.guard_status(self.lab.name) if self.provider == "libvirt" else None
 
     def machine_states(self) -> dict[str, str]:
         """{machine: state} from ``vagrant status`` (running, poweroff, not_created, ...)."""
@@ -246,11 +264,14 @@ class VagrantBackend(RemoteLinks, Backend):
                            states.get(n.name, "not in the Vagrantfile")) for n in self.lab.nodes]
 
     def inventory(self) -> Inventory:
-        """Each running VM on its lab address, with its pinned host key; LabNotUp otherwise."""
+        """Each running VM on its lab address, with its pinned host key; LabNotUp otherwise. Running VMs
+        under libvirt without the forwarding guard (a plain ``vagrant up``) get it first."""
         states = self.machine_states()
         down = [n.name for n in self.lab.nodes if states.get(n.name) != "running"]
         if down:
             raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
+        if self.provider == "libvirt" and not libvirt_networks.guarded(self.lab.name):
+            self.guard_forwarding(lambda _m: None)  # VMs of a plain `vagrant up` (or a flushed ruleset)
         pins = self._read_pins()
         if any(n.name not in pins for n in self.lab.nodes):  # VMs of a plain `vagrant up`: adopt them once
             self._ensure_client_key()

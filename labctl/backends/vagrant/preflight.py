@@ -96,6 +96,9 @@ def check_libvirt(uri: str = LIBVIRT_URI) -> None:
     if proc.returncode != 0:
         raise VagrantPreflightError(f"libvirtd does not answer on {uri} ({proc.stderr.strip()}): start it "
                                     "(without systemd: virtlogd -d; libvirtd -d), see docs/backends.md")
+    if shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin:/bin") is None:
+        raise VagrantPreflightError("nft is missing (the forwarding guard on the lab's libvirt bridges "
+                                    "needs it): apt-get install -y nftables")
 
 
 def require(provider: str, subnet: str) -> None:
