@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from labctl.analyse.decode import network_start
-from labctl.analyse.links import ET_IPV4
+from labctl.analyse.linktypes import ET_IPV4
 from labctl.analyse.model import flag_text
 from labctl.analyse.points import Captures
 

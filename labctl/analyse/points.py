@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.analyse.decode import network_start
-from labctl.analyse.links import ET_IPV4, linktype_name
+from labctl.analyse.linktypes import ET_IPV4, linktype_name
 from labctl.analyse.pcap import CaptureFileError
 
 
