@@ -30,7 +30,7 @@ class ClientResult:
     timings: dict[str, float] = field(default_factory=dict)   # epoch seconds (and *_ms)
     late_ms: float | None = None
     timed_out: bool = False
-    attempts: int | None = None      # attempts the client made (None: unknown, a program labctl did not write)
+    attempts: int | None = None      # attempts the client made (None: unknown: a program not labctl's)
     timeouts: int | None = None      # of them, how many timed out (None: unknown)
     attempt_log: list[str] | None = None  # how each attempt ended: ok, timeout, refused, ... (built-in only)
 
