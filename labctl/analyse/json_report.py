@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 
 from labctl.analyse.figures import (
+    TCP_CLIENT,
     TcpFigures,
     UdpFigures,
     tcp_figures,
@@ -120,7 +121,8 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
         cache: dict[tuple, list] = {}    # figures -> [figures read, count, times, rest] (times, rest: exact)
         lines: list[str] = []
         line = lines.append
-        for ca, cp, sa, sp, t0, k in rows:
+        resent = b.tcp.resent if proto == "tcp" else {}
+        for i, (ca, cp, sa, sp, t0, k) in enumerate(rows):
             e = cache.get(k)
             if e is None:
                 if len(cache) >= CACHE_MAX:
@@ -142,6 +144,8 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
                      f'{rest}')
             else:
                 line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{rest}')
+            if i in resent:                     # (only conversations that resent something)
+                lines[-1] = lines[-1][:-1] + "," + resent_field(b, i, k, t0, tot.s) + "}"
             if len(lines) >= BATCH:
                 batch(lines)
                 lines.clear()
@@ -149,6 +153,20 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
             batch(lines)
         _flush(cache, tot)
     return tcp, udp
+
+
+def resent_field(b: Builder, i: int, k: tuple, t0: int, s: ProtoSummary) -> str:
+    """``"resent":{...}`` for the i-th TCP conversation (``resent.py``), added up into ``s``."""
+    from labctl.analyse.resent import cost_ms, explain, segments, unknown
+
+    segs = segments(b, i, k[TCP_CLIENT], t0)
+    cost = cost_ms(segs)
+    s.retransmitted += 1
+    s.retransmission_ms += cost or 0.0
+    s.retransmission_unknown += unknown(segs)
+    return '"resent":' + json.dumps({"cost_ms": None if cost is None else round(cost, 3),
+                                     "unknown": unknown(segs), "explained": explain(segs),
+                                     "segments": [r.to_json() for r in segs]}, separators=(",", ":"))
 
 
 def summary_dict(facts: Facts, tcp: ProtoSummary, udp: ProtoSummary) -> dict:

@@ -26,6 +26,7 @@ from labctl.analyse.figures import (
 )
 from labctl.analyse.milliseconds import FloatClock
 from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
+from labctl.analyse.resent import Resent, cost_ms, explain, segments
 from labctl.analyse.tcp import F_ISN
 
 FLAG_NAMES = ((wire.SYN, "SYN"), (wire.FIN, "FIN"), (wire.RST, "RST"), (wire.PSH, "PSH"), (wire.ACK, "ACK"))
@@ -124,6 +125,13 @@ class Conversation(ByteCounts):
     handshake: bool = False
     exchanges: list[Exchange] = field(default_factory=list)
     ladder: list[Packet] | None = None
+    resent: list[Resent] = field(default_factory=list)   # TCP: the segments sent again (``resent.py``)
+    retransmission_ms: float | None = None   # TCP: the time they added (None: none resent, or not known)
+
+    @property
+    def retransmission_story(self) -> str:
+        """TCP: its retransmissions and what they cost, in one sentence."""
+        return explain(self.resent, self.handshake or bool(self.syn))
 
     @property
     def unanswered(self) -> int:
@@ -182,6 +190,9 @@ class Analysis:
         clock = FloatClock(b.times)
         for i, (ca, cp, sa, sp, t0, k) in enumerate(tcp_rows(b, exact=False)):
             conv = tcp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
+            if i in b.tcp.resent:
+                conv.resent = segments(b, i, k[TCP_CLIENT], t0)
+                conv.retransmission_ms = cost_ms(conv.resent)
             detail = b.tcp.detail_of(i)
             if detail is not None:
                 f = b.tcp.flat(i)

@@ -22,6 +22,18 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
+def _cost(tcp: ProtoSummary) -> str:
+    """", which made N conversations X ms longer in all (Y ms each)": what the retransmissions cost."""
+    if not tcp.retransmitted or not tcp.retransmission_ms:
+        return ""
+    unknown = tcp.retransmission_unknown
+    known = f"; {_plural(unknown, 'segment')} of unknown cost: its original is not in the capture" \
+        if unknown else ""
+    per = tcp.retransmission_ms / tcp.retransmitted
+    return (f", which made {_plural(tcp.retransmitted, 'conversation')} {tcp.retransmission_ms:.0f} ms "
+            f"longer in all ({per:.0f} ms each{known})")
+
+
 def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the TCP-vs-UDP table."""
     rows = [
@@ -36,6 +48,7 @@ def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], li
         ["time to first byte of answer (median)", _ms(tcp.ttfb_ms), _ms(udp.ttfb_ms)],
         ["duration (median)", _ms(tcp.duration_ms), _ms(udp.duration_ms)],
         ["retransmissions", str(tcp.retransmissions), "– (none: UDP never resends)"],
+        ["time retransmissions added", f"{tcp.retransmission_ms:.1f} ms" if tcp.retransmitted else "–", "–"],
         ["unanswered requests", str(tcp.unanswered), str(udp.unanswered)],
         ["refused connections (RST)", str(tcp.refused), "–"],
     ]
@@ -70,8 +83,8 @@ def findings(tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
         if lost:
             out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing"
                        + (f" (and sent {again})" if spurious else "")
-                       + f", and {got} of {tcp.conversations - tcp.refused} connected clients got their "
-                       "answer.")
+                       + _cost(tcp) + f", and {got} of {tcp.conversations - tcp.refused} connected clients "
+                       "got their answer.")
         elif spurious:
             out.append(f"TCP sent {again}; no data was lost: {got} of "
                        f"{tcp.conversations - tcp.refused} connected clients got their answer.")

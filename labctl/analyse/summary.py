@@ -22,12 +22,15 @@ from labctl.analyse.figures import (
 )
 from labctl.analyse.milliseconds import FloatClock, MicroClock, median
 from labctl.analyse.model import Analysis, ByteCounts, Conversation
+from labctl.analyse.resent import stories
+from labctl.analyse.resent import totals as resent_totals
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
     from labctl.analyse.conversations import Builder
 
 KNOWN_MAX = 16384        # distinct figures remembered while adding up
+RESENT_LISTED = 20       # TCP conversations whose retransmissions the reports explain one by one
 
 
 @dataclass
@@ -49,6 +52,9 @@ class ProtoSummary(ByteCounts):
     duration_ms: float | None = None     # median conversation duration
     packets_per_conversation: float | None = None
     bytes_per_conversation: float | None = None
+    retransmitted: int = 0               # TCP conversations that sent something again (``resent.py``)
+    retransmission_ms: float = 0.0       # the time their retransmissions added, all together
+    retransmission_unknown: int = 0      # segments resent whose original this capture did not see
 
     @property
     def unanswered(self) -> int:
@@ -66,7 +72,10 @@ class ProtoSummary(ByteCounts):
                 "refused": self.refused, "rtt_ms_median": r(self.rtt_ms),
                 "ttfb_ms_median": r(self.ttfb_ms), "duration_ms_median": r(self.duration_ms),
                 "packets_per_conversation": r(self.packets_per_conversation),
-                "bytes_per_conversation": r(self.bytes_per_conversation)}
+                "bytes_per_conversation": r(self.bytes_per_conversation),
+                "retransmitted_conversations": self.retransmitted,
+                "retransmission_ms": round(self.retransmission_ms, 3),
+                "retransmission_unknown": self.retransmission_unknown}
 
 
 class Totals:
@@ -112,7 +121,8 @@ class Totals:
 
     def merge(self, other: Totals) -> None:
         for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions",
-                  "spurious_retransmissions", "out_of_order", "dup_acks", "requests", "answered", "refused"):
+                  "spurious_retransmissions", "out_of_order", "dup_acks", "requests", "answered", "refused",
+                  "retransmitted", "retransmission_ms", "retransmission_unknown"):
             setattr(self.s, f, getattr(self.s, f) + getattr(other.s, f))
         for mine, theirs in zip(self.times, other.times):
             for v, n in theirs.items():
@@ -148,6 +158,8 @@ def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
             e[1] += 1
             count_times(times(e[0], clock, t0), 1)
         _add_up(known, tot)
+    s = tcp.s
+    s.retransmitted, s.retransmission_ms, s.retransmission_unknown = resent_totals(b)
     return tcp.finish(clock), udp.finish(clock)
 
 
@@ -221,6 +233,8 @@ class Summary:
     udp: ProtoSummary
     drawable: dict[str, list[Conversation]]
     listed: list[Conversation] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)   # per TCP conversation that resent: what it cost
+    resent_total: int = 0                             # how many did (``resent`` lists the first ones)
 
     def shown(self, proto: str, limit: int) -> list[Conversation]:
         """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
@@ -247,4 +261,5 @@ def summarise(analysis: Analysis, listed: int = 0) -> Summary:
                 drawable[proto].append(c)
             if len(first) < listed:
                 first.append(c)
-    return Summary(Facts.of(analysis), tcp, udp, drawable, first)
+    resent, n = stories(analysis.builder, RESENT_LISTED)
+    return Summary(Facts.of(analysis), tcp, udp, drawable, first, resent, n)

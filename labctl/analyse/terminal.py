@@ -149,6 +149,17 @@ class _Out:
             self.file.write(fmt(r) + "\n")
 
 
+def resent_lines(summary: Summary) -> list[str]:
+    """What each TCP conversation's retransmissions cost, one line each (none when nothing was resent)."""
+    if not summary.resent:
+        return []
+    out = ["", "TCP retransmissions, per conversation (first copy to the one that got through):"]
+    out += ["  " + line for line in summary.resent]
+    if summary.resent_total > len(summary.resent):
+        out.append(f"  (the first {len(summary.resent)} of {summary.resent_total}; --json lists them all)")
+    return out
+
+
 def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width: int | None = None) -> None:
     """Ladders for the first conversations of each protocol (``ladders`` each), the comparison table and
     the findings, to ``out`` (stdout)."""
@@ -189,6 +200,8 @@ def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width:
     o.line("")
     for sentence in findings(summary.tcp, summary.udp):
         o.line("• " + sentence, "text")
+    for line in resent_lines(summary):
+        o.line(line, "text")
     if f.not_analysed:
         o.line("")
         o.line(not_analysed, "lane")
