@@ -169,14 +169,18 @@ def resent_field(b: Builder, i: int, k: tuple, t0: int, s: ProtoSummary) -> str:
                                      "segments": [r.to_json() for r in segs]}, separators=(",", ":"))
 
 
-def summary_dict(facts: Facts, tcp: ProtoSummary, udp: ProtoSummary) -> dict:
-    return {"file": facts.path, "format": facts.format, "link_types": facts.link_types,
-            "packets": facts.packets, "bytes": facts.bytes, "tcp": tcp.as_dict(), "udp": udp.as_dict(),
-            "not_analysed": facts.not_analysed, "ipv6_packets": facts.ipv6_packets,
-            "warnings": facts.warnings}
+def summary_dict(facts: Facts, tcp: ProtoSummary, udp: ProtoSummary, clients: list | None = None) -> dict:
+    d = {"file": facts.path, "format": facts.format, "link_types": facts.link_types,
+         "packets": facts.packets, "bytes": facts.bytes, "tcp": tcp.as_dict(), "udp": udp.as_dict(),
+         "not_analysed": facts.not_analysed, "ipv6_packets": facts.ipv6_packets,
+         "warnings": facts.warnings}
+    if clients is not None:
+        d["udp_clients"] = [c.to_json() for c in clients]
+    return d
 
 
-def write_json(analysis: Analysis, out: TextIO) -> None:
+def write_json(analysis: Analysis, out: TextIO, run: dict | None = None,
+               captured: set[str] | None = None) -> None:
     """``{"conversations": [...], "summary": {...}}``, written a batch of lines at a time."""
     write = out.write
     write('{"conversations":[')
@@ -200,5 +204,8 @@ def write_json(analysis: Analysis, out: TextIO) -> None:
     tcp_s = tcp.finish(clock, float_resolver(b, "tcp") if exact else None)
     udp_s = udp.finish(clock, float_resolver(b, "udp") if exact else None)
     write('],\n"summary":')
-    write(json.dumps(summary_dict(Facts.of(analysis), tcp_s, udp_s), indent=1))
+    from labctl.analyse.clients import seen_per_client, udp_clients
+
+    clients = udp_clients(seen_per_client(b), run, captured)
+    write(json.dumps(summary_dict(Facts.of(analysis), tcp_s, udp_s, clients), indent=1))
     write("}\n")

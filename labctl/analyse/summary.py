@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from labctl.analyse.clients import UdpClient, seen_per_client, udp_clients
 from labctl.analyse.figures import (
     TcpFigures,
     UdpFigures,
@@ -235,6 +236,7 @@ class Summary:
     listed: list[Conversation] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)   # per TCP conversation that resent: what it cost
     resent_total: int = 0                             # how many did (``resent`` lists the first ones)
+    clients: list[UdpClient] = field(default_factory=list)   # per UDP client: did it get an answer
 
     def shown(self, proto: str, limit: int) -> list[Conversation]:
         """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
@@ -247,9 +249,11 @@ class Summary:
         return normal + odd[:max(1, limit - len(normal))]
 
 
-def summarise(analysis: Analysis, listed: int = 0) -> Summary:
+def summarise(analysis: Analysis, listed: int = 0, run: dict | None = None,
+              captured: set[str] | None = None) -> Summary:
     """The summary of ``analysis``; ``listed``: how many conversations to list one by one (first TCP,
-    then UDP)."""
+    then UDP); ``run``, ``captured``: the run's results and the nodes captured, for the UDP clients'
+    verdicts (``clients.py``)."""
     tcp, udp = totals(analysis.builder)
     drawable: dict[str, list[Conversation]] = {"tcp": [], "udp": []}
     first: list[Conversation] = []
@@ -262,4 +266,5 @@ def summarise(analysis: Analysis, listed: int = 0) -> Summary:
             if len(first) < listed:
                 first.append(c)
     resent, n = stories(analysis.builder, RESENT_LISTED)
-    return Summary(Facts.of(analysis), tcp, udp, drawable, first, resent, n)
+    clients = udp_clients(seen_per_client(analysis.builder), run, captured)
+    return Summary(Facts.of(analysis), tcp, udp, drawable, first, resent, n, clients)

@@ -160,6 +160,13 @@ def resent_lines(summary: Summary) -> list[str]:
     return out
 
 
+def client_lines(summary: Summary) -> list[str]:
+    """Per UDP client: whether it got an answer, and from what that is known."""
+    if not summary.clients:
+        return []
+    return ["", "UDP clients:"] + ["  " + c.sentence() for c in summary.clients]
+
+
 def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width: int | None = None) -> None:
     """Ladders for the first conversations of each protocol (``ladders`` each), the comparison table and
     the findings, to ``out`` (stdout)."""
@@ -200,7 +207,7 @@ def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width:
     o.line("")
     for sentence in findings(summary.tcp, summary.udp):
         o.line("• " + sentence, "text")
-    for line in resent_lines(summary):
+    for line in resent_lines(summary) + client_lines(summary):
         o.line(line, "text")
     if f.not_analysed:
         o.line("")

@@ -28,6 +28,10 @@ def register(subparsers) -> None:
                         "into DIR")
     p.add_argument("--html", type=path_arg, metavar="FILE",
                    help="write a self-contained HTML report (ladders, comparison, reflection answers)")
+    p.add_argument("--results", type=path_arg, metavar="RUN.json",
+                   help="the run this capture saw (labctl run --json, labctl capture --run --json, or an "
+                        "exercise's run.json): each UDP client's own attempts, timeouts and answer, "
+                        "which a capture on the server alone cannot show (a datagram lost before it)")
     p.add_argument("--ladders", type=int, default=1, metavar="N",
                    help="ladders per protocol in the terminal (default 1; 0 for none); the first "
                         "conversations, plus the first one that lost packets or was refused")
@@ -98,8 +102,13 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
     _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
+    run, captured = None, None
+    if args.results is not None:
+        from labctl.analyse.clients import load_results
+
+        run, captured = load_results(args.results, None if str(args.file) == "-" else str(args.file))
     source = open_source(args.file, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
-    if args.json and not args.svg and not args.html and not source.stream:
+    if args.json and not args.svg and not args.html and not source.stream and args.results is None:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
         jobs = args.jobs if args.jobs is not None else default_jobs(args.file)
@@ -114,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         from labctl.analyse.json_report import write_json
 
-        write_json(analysis, sys.stdout)
+        write_json(analysis, sys.stdout, run, captured)
         sys.stdout.flush()
     written = []
     if not args.json or args.svg or args.html:
@@ -123,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         listed = 0
         if args.html:
             from labctl.analyse.html import LISTED as listed
-        summary = summarise(analysis, listed=listed)
+        summary = summarise(analysis, listed=listed, run=run, captured=captured)
         if not args.json:
             from labctl.analyse import terminal
 
