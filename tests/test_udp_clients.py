@@ -135,3 +135,8 @@ def test_analyse_results_in_text_and_json(tmp_path):
     bad = cli("--results", str(tmp_path / "missing.json"))
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("labctl: --results")
     assert "Traceback" not in bad.stderr
+
+
+def test_clients_seen_only_in_the_capture_are_listed_ipv4_then_ipv6():
+    seen = {"[2001:db8::1]": Seen(1, 1), "10.0.0.9": Seen(1, 0), "10.0.0.10": Seen(2, 2)}
+    assert [c.address for c in udp_clients(seen)] == ["10.0.0.9", "10.0.0.10", "[2001:db8::1]"]

@@ -102,9 +102,10 @@ def _order(addr: str) -> tuple:
     import ipaddress
 
     try:
-        return (0, ipaddress.ip_address(addr.strip("[]")))
+        ip = ipaddress.ip_address(addr.strip("[]"))
     except ValueError:
-        return (1, addr)
+        return (2, b"", addr)
+    return (ip.version, ip.packed, addr)   # (IPv4 first, then IPv6, each in numeric order)
 
 
 def udp_clients(seen: dict[str, Seen], run: dict | None = None, captured: set[str] | None = None
