@@ -2,6 +2,8 @@
 numbers of *this* capture (shared by the terminal report and the HTML report)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from labctl.analyse.summary import ProtoSummary
 
 
@@ -167,3 +169,89 @@ def reflection(tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str
         ("When would you choose which protocol?", when),
         ("How can these two protocols be used with respect to system integration?", integ),
     ]
+
+
+# --- the lossy round: TCP against UDP under loss, from the run's own packets and results ---------------
+
+@dataclass
+class LossyRound:
+    """What the lossy round of an exercise cost each protocol (every figure from its captures and its
+    results: ``lossy_round``)."""
+
+    loss: float                          # percent, on every link
+    tcp_clients: int                     # TCP clients of the lossy round ...
+    tcp_answered: int                    # ... that got the time (their own result)
+    extra_packets: float | None          # per TCP conversation, against the clean hour (None: none)
+    resent_per_client: float             # TCP retransmissions per client (the server's capture)
+    resent_ms_per_client: float          # the time they added per client (first copy to the last)
+    clients_ms_more: float | None        # the clients' own total time, lossy round minus clean hour (mean)
+    udp_clients: int
+    udp_lost: int                        # UDP clients that got no answer
+    udp_timeouts: int | None             # timeouts the UDP clients counted (None: not known)
+    udp_retries: int                     # attempts after the first, all UDP clients together
+
+    def sentence(self) -> str:
+        """"With 30 % loss, TCP needed 1.8 extra packets and 210 ms more per client and all 3 got the time;
+        UDP lost 1 of 3 answers and nobody noticed but the client's timeout.\""""
+        if self.extra_packets is not None:
+            packets = f"{_n(self.extra_packets)} extra packets"
+        else:
+            packets = f"{_n(self.resent_per_client)} packets sent again"
+        ms = f"{self.resent_ms_per_client:.0f} ms more per client"
+        if self.clients_ms_more is not None:
+            ms += f" (by the clients' own clocks {self.clients_ms_more:+.0f} ms)"
+        if self.tcp_answered == self.tcp_clients and self.tcp_clients > 1:
+            got = "both" if self.tcp_clients == 2 else f"all {self.tcp_clients}"
+        else:
+            got = f"{self.tcp_answered} of {self.tcp_clients}"
+        tcp = f"With {self.loss:g} % loss, TCP needed {packets} and {ms} and {got} got the time"
+        if not self.udp_clients:
+            return tcp + "."
+        timeouts = "" if not self.udp_timeouts else f" ({_plural(self.udp_timeouts, 'timeout')})"
+        if not self.udp_lost:
+            udp = (f"UDP lost none of its {self.udp_clients} answers this time: luck, nothing in UDP would "
+                   "have noticed a loss")
+        elif self.udp_retries:
+            udp = (f"UDP lost {self.udp_lost} of {self.udp_clients} answers; only the clients' own retries "
+                   f"({_plural(self.udp_retries, 'attempt')} more) tried again{timeouts}")
+        else:
+            udp = (f"UDP lost {self.udp_lost} of {self.udp_clients} answers and nobody noticed but the "
+                   f"client's timeout{timeouts}")
+        return f"{tcp}; {udp}."
+
+
+def _ints(results: list[dict], key: str) -> int | None:
+    values = [r.get(key) for r in results]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return sum(values)
+
+
+def _mean_total_ms(run: dict | None) -> float | None:
+    ms = [(r.get("timings") or {}).get("total_ms") for r in (run or {}).get("results", []) if r.get("ok")]
+    ms = [x for x in ms if isinstance(x, (int, float))]
+    return sum(ms) / len(ms) if ms else None
+
+
+def lossy_round(loss: float, tcp_lossy: ProtoSummary, tcp_clean: ProtoSummary | None,
+                tcp_run: dict | None, udp_run: dict | None, clean_tcp_run: dict | None = None) -> LossyRound:
+    """The lossy round's figures: ``tcp_lossy``/``tcp_clean`` from the captures of the lossy and the clean
+    TCP hour, ``*_run`` the runs' results (run.json's ``run`` of each hour)."""
+    tcp_results = (tcp_run or {}).get("results", [])
+    clients = len(tcp_results) or tcp_lossy.conversations - tcp_lossy.refused
+    answered = sum(1 for r in tcp_results if r.get("ok")) if tcp_results else tcp_lossy.answered
+    per = max(clients, 1)
+    extra = None
+    if tcp_clean is not None and tcp_clean.conversations and tcp_lossy.conversations:
+        extra = tcp_lossy.packets / tcp_lossy.conversations - tcp_clean.packets / tcp_clean.conversations
+    lossy_ms, clean_ms = _mean_total_ms(tcp_run), _mean_total_ms(clean_tcp_run)
+    more = lossy_ms - clean_ms if lossy_ms is not None and clean_ms is not None else None
+    udp_results = (udp_run or {}).get("results", [])
+    attempts = _ints(udp_results, "attempts")
+    return LossyRound(
+        loss=loss, tcp_clients=clients, tcp_answered=answered, extra_packets=extra,
+        resent_per_client=tcp_lossy.retransmissions / per,
+        resent_ms_per_client=tcp_lossy.retransmission_ms / per,
+        clients_ms_more=more, udp_clients=len(udp_results),
+        udp_lost=sum(1 for r in udp_results if not r.get("ok")), udp_timeouts=_ints(udp_results, "timeouts"),
+        udp_retries=0 if attempts is None else max(0, attempts - len(udp_results)))
