@@ -123,8 +123,7 @@ def lossy_figures(data: dict, analyses: dict[str, Analysis]) -> LossyRound | Non
     tcp_lossy = totals(analyses["tcp-lossy"].builder)[0]
     tcp_clean = totals(analyses["tcp"].builder)[0] if "tcp" in analyses else None
     return lossy_round(float(data.get("loss") or _hour(data, "tcp-lossy").get("loss") or 0), tcp_lossy,
-                       tcp_clean, _hour(data, "tcp-lossy").get("run"), _hour(data, "udp-lossy").get("run"),
-                       _hour(data, "tcp").get("run"))
+                       tcp_clean, _hour(data, "tcp-lossy").get("run"), _hour(data, "udp-lossy").get("run"))
 
 
 def lossy_sentence(data: dict, analyses: dict[str, Analysis]) -> str | None:

@@ -184,7 +184,7 @@ class LossyRound:
     extra_packets: float | None          # per TCP conversation, against the clean hour (None: none)
     resent_per_client: float             # TCP retransmissions per client (the server's capture)
     resent_ms_per_client: float          # the time they added per client (first copy to the last)
-    clients_ms_more: float | None        # the clients' own total time, lossy round minus clean hour (mean)
+    tcp_gave_up: int                     # TCP clients that stopped at their own timeout (TCP still trying)
     udp_clients: int
     udp_lost: int                        # UDP clients that got no answer
     udp_timeouts: int | None             # timeouts the UDP clients counted (None: not known)
@@ -194,17 +194,20 @@ class LossyRound:
         """"With 30 % loss, TCP needed 1.8 extra packets and 210 ms more per client and all 3 got the time;
         UDP lost 1 of 3 answers and nobody noticed but the client's timeout.\""""
         if self.extra_packets is not None:
-            packets = f"{_n(self.extra_packets)} extra packets"
+            n = _n(self.extra_packets)
+            packets = f"{n} extra packet{'' if n == '1' else 's'}"
         else:
-            packets = f"{_n(self.resent_per_client)} packets sent again"
+            n = _n(self.resent_per_client)
+            packets = f"{n} packet{'' if n == '1' else 's'} sent again"
         ms = f"{self.resent_ms_per_client:.0f} ms more per client"
-        if self.clients_ms_more is not None:
-            ms += f" (by the clients' own clocks {self.clients_ms_more:+.0f} ms)"
         if self.tcp_answered == self.tcp_clients and self.tcp_clients > 1:
             got = "both" if self.tcp_clients == 2 else f"all {self.tcp_clients}"
         else:
             got = f"{self.tcp_answered} of {self.tcp_clients}"
         tcp = f"With {self.loss:g} % loss, TCP needed {packets} and {ms} and {got} got the time"
+        if self.tcp_gave_up:
+            tcp += (f" ({_plural(self.tcp_gave_up, 'client')} gave up at its own timeout while TCP was "
+                    "still retransmitting)").replace("clients gave up at its", "clients gave up at their")
         if not self.udp_clients:
             return tcp + "."
         timeouts = "" if not self.udp_timeouts else f" ({_plural(self.udp_timeouts, 'timeout')})"
@@ -227,14 +230,8 @@ def _ints(results: list[dict], key: str) -> int | None:
     return sum(values)
 
 
-def _mean_total_ms(run: dict | None) -> float | None:
-    ms = [(r.get("timings") or {}).get("total_ms") for r in (run or {}).get("results", []) if r.get("ok")]
-    ms = [x for x in ms if isinstance(x, (int, float))]
-    return sum(ms) / len(ms) if ms else None
-
-
 def lossy_round(loss: float, tcp_lossy: ProtoSummary, tcp_clean: ProtoSummary | None,
-                tcp_run: dict | None, udp_run: dict | None, clean_tcp_run: dict | None = None) -> LossyRound:
+                tcp_run: dict | None, udp_run: dict | None) -> LossyRound:
     """The lossy round's figures: ``tcp_lossy``/``tcp_clean`` from the captures of the lossy and the clean
     TCP hour, ``*_run`` the runs' results (run.json's ``run`` of each hour)."""
     tcp_results = (tcp_run or {}).get("results", [])
@@ -244,14 +241,13 @@ def lossy_round(loss: float, tcp_lossy: ProtoSummary, tcp_clean: ProtoSummary | 
     extra = None
     if tcp_clean is not None and tcp_clean.conversations and tcp_lossy.conversations:
         extra = tcp_lossy.packets / tcp_lossy.conversations - tcp_clean.packets / tcp_clean.conversations
-    lossy_ms, clean_ms = _mean_total_ms(tcp_run), _mean_total_ms(clean_tcp_run)
-    more = lossy_ms - clean_ms if lossy_ms is not None and clean_ms is not None else None
+    gave_up = sum(1 for r in tcp_results if not r.get("ok") and "timed out" in str(r.get("error") or ""))
     udp_results = (udp_run or {}).get("results", [])
     attempts = _ints(udp_results, "attempts")
     return LossyRound(
         loss=loss, tcp_clients=clients, tcp_answered=answered, extra_packets=extra,
         resent_per_client=tcp_lossy.retransmissions / per,
         resent_ms_per_client=tcp_lossy.retransmission_ms / per,
-        clients_ms_more=more, udp_clients=len(udp_results),
+        tcp_gave_up=gave_up, udp_clients=len(udp_results),
         udp_lost=sum(1 for r in udp_results if not r.get("ok")), udp_timeouts=_ints(udp_results, "timeouts"),
         udp_retries=0 if attempts is None else max(0, attempts - len(udp_results)))

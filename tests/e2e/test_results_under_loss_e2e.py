@@ -159,7 +159,7 @@ def test_the_exercise_reflection_carries_the_figures_of_its_run(make_lab, tmp_pa
         return len(fields) / len(set(fields))
     # the extra packets per client: tshark's packet and conversation counts of the two TCP hours
     extra = per_conversation(out / hours["tcp-lossy"]["pcap"]) - per_conversation(out / hours["tcp"]["pcap"])
-    assert f"TCP needed {extra:.1f}".rstrip("0").rstrip(".") + " extra packets" in said, (said, extra)
+    assert f"TCP needed {extra:.1f}".rstrip("0").rstrip(".") + " extra packet" in said, (said, extra)
     # the time per client: what analyse says the retransmissions cost, over the clients of the run
     doc = analyse_json(lab, out / hours["tcp-lossy"]["pcap"])
     per_client = doc["summary"]["tcp"]["retransmission_ms"] / n
