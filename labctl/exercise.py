@@ -22,6 +22,7 @@ from labctl.errors import LabctlError
 HOURS = (("tcp", "First hour: the time over TCP"), ("udp", "Second hour: the time over UDP"),
          ("proto", "Third hour: the line protocol (GET TIME, SAY HI on one connection)"))
 LOCAL_DIR = Path("captures")
+LOSSY_TCP_TIMEOUT = 30.0   # s: a TCP client's timeout in the lossy round (see _timeout)
 
 Progress = Callable[[str], None]
 
@@ -246,7 +247,8 @@ def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progres
         "while every client calls at once")
     try:
         result = capture(conn, [port_for(protocol, ports)], output=hour.pcap,
-                         during=lambda p=protocol: runner.trigger(p), analyse=read_back)
+                         during=lambda p=protocol: runner.trigger(p, timeout=_timeout(hour)),
+                         analyse=read_back)
         hour.run = result.run.to_json() if result.run is not None else None
         hour.capture = {"node": result.node, "interface": result.interface,
                         "stats": {"captured": result.stats.captured,
@@ -262,6 +264,12 @@ def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progres
     ex.steps[hour.name] = hour.seconds
     if hour.pcap is not None and not hour.pcap.exists():
         hour.pcap = None
+
+
+def _timeout(hour: Hour) -> float | None:
+    """The clients' timeout: their default, but in the lossy round long enough for TCP's own retries (the
+    SYN again after 1, 3, 7, 15 s) to get their chance; UDP keeps it: what a plain UDP client does."""
+    return LOSSY_TCP_TIMEOUT if hour.loss and hour.protocol == "tcp" else None
 
 
 def _write_json(ex: Exercise) -> None:
