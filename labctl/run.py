@@ -75,12 +75,13 @@ def check_timeout(timeout: float | None) -> None:
 
 def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
     """What a client node runs to be measured: its clock, a start of the launcher (a Python start:
-    what an interpreted client costs too), its clock again; for the built-in client also a start of it."""
+    what an interpreted client costs too), its clock again; for the built-in client also a start of it;
+    its clock at the end (what the script took there narrows when the first reading was taken)."""
     py = " ".join(PYTHON)
     script = f"date +%s.%N; {py} {remote_dir}/{LAUNCHER} --help > /dev/null 2>&1; date +%s.%N; "
     if builtin:
         script += f"{py} {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; "
-    return script + "true"
+    return script + "date +%s.%N"
 
 
 def launcher_argv(argv: Sequence[str], at: float, timeout: float, node: str,
@@ -147,16 +148,19 @@ def choose_lead(costs: Sequence[float]) -> float:
     return lead
 
 
-def clock_offset(before: float, after: float, remote: float | None) -> float:
+def clock_offset(before: float, after: float, remote: float | None, rest: float = 0.0) -> float:
     """The node clock's offset from ours, or 0.0 when the probe cannot tell it from zero.
 
-    ``remote`` was read on the node somewhere between ``before`` and ``after`` (our clock), so the
-    true offset lies in ``[remote - after, remote - before]``. Only when that interval excludes zero
-    (a VM whose clock is off by more than the round trip) is a correction applied.
+    ``remote`` was read on the node somewhere between ``before`` and ``after`` (our clock), and the
+    node worked ``rest`` seconds more after reading it before it answered, so the true offset lies in
+    ``[remote - (after - rest), remote - before]``. Only when that interval excludes zero (a VM whose
+    clock is off by more than the round trip) is a correction applied.
     """
     if remote is None:
         return 0.0
-    low, high = remote - after, remote - before
+    if not 0.0 <= rest <= after - before:  # a node clock that jumped or races: do not narrow
+        rest = 0.0
+    low, high = remote - (after - rest), remote - before
     if low <= 0.0 <= high:
         return 0.0
     return (low + high) / 2.0
@@ -257,7 +261,10 @@ class Runner:
         lines = [float(w) for w in stdout.split() if _is_float(w)]
         remote = lines[0] if lines else None
         python = lines[1] - lines[0] if len(lines) > 1 else cost
-        return cost, max(python, 0.0), clock_offset(before, after, remote)
+        # the first reading was taken at least what the rest of the script took there before `after`:
+        # on a slow VM that is seconds, which would hide a clock seconds off inside the probe's interval
+        rest = lines[-1] - lines[0] if len(lines) > 2 else 0.0
+        return cost, max(python, 0.0), clock_offset(before, after, remote, rest)
 
     def trigger(self, program: Program | ProgramSpec | str = "tcp", *, send: Sequence[str] | None = None,
                 timeout: float | None = None, retries: int | None = None,
