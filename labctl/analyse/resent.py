@@ -6,8 +6,9 @@ segment's cost is the time from its first transmission to the one that got throu
 the sender stopped there); a spurious retransmission costs nothing (the original had arrived, only
 its acknowledgement was late or lost). A conversation's cost is the union of its segments' intervals
 (two segments resent over the same 200 ms cost 200 ms, not 400): how much longer the exchange took
-than the clean one. The original's time comes from the conversation's state alone (``tcp.original``),
-so a segment inside a burst of data may be "unknown"; such segments are counted, never guessed.
+than the clean one. The original's time comes from the conversation's state alone: the last segment
+that way when it was resent (``tcp.resend``: a SYN, a FIN, a tail segment), or the first segment of a
+burst of data (``burst_start``). A segment inside a burst is "unknown"; counted, never guessed.
 """
 from __future__ import annotations
 
@@ -61,13 +62,29 @@ def segments(b: Builder, i: int, client_dir: int, t0: int) -> list[Resent]:
         return (ticks(t) - start) * 1000.0 / units
 
     out = []
-    for (d, seq), (first, last, copies, spurious) in segs.items():
+    for (d, seq), (first, last, copies, spurious, plen) in segs.items():
         isn = f[T.F_ISN + 12 * d]
         rel = (seq - isn) & T.M32 if isn >= 0 else seq
+        if first < 0 and plen and isn >= 0:
+            first = burst_start(f, d, rel - 1)
         out.append(Resent(d == client_dir, rel, copies, None if first < 0 else ms(first), ms(last),
                           bool(spurious)))
     out.sort(key=lambda r: r.last_ms)
     return out
+
+
+def burst_start(f, d: int, pos: int) -> int:
+    """The time of the burst of data direction ``d`` began with its byte ``pos`` (counted from 0), or -1:
+    a segment that began a burst was first sent then (the bursts are in the conversation's flat form)."""
+    at = 0
+    for i in range(T.F_SIZE, len(f), 3):
+        if f[i] == d:
+            if at == pos:
+                return f[i + 1]
+            at += f[i + 2]
+            if at > pos:
+                break
+    return -1
 
 
 def cost_ms(segs: list[Resent]) -> float | None:
