@@ -16,7 +16,6 @@ from labctl.analyse.clients import (
     ResultsError,
     Seen,
     load_results,
-    merge_seen,
     seen_per_client,
     udp_clients,
 )
@@ -50,14 +49,14 @@ def _run() -> dict:
 
 
 def test_the_capture_alone_cannot_see_a_datagram_lost_before_it(tmp_path):
-    clients = udp_clients(seen_per_client(analyse_file(_capture(tmp_path)).builder))
+    clients = udp_clients(seen_per_client(analyse_file(_capture(tmp_path)).builder)).listed
     assert [(c.address, c.answered, c.source) for c in clients] == [(A, True, CAPTURE_ONLY),
                                                                      (C, True, CAPTURE_ONLY)]  # (B: absent)
 
 
 def test_the_runs_results_tell_who_got_nothing_and_where_it_was_lost(tmp_path):
     seen = seen_per_client(analyse_file(_capture(tmp_path)).builder)
-    a, b, c = udp_clients(seen, _run(), captured={"server"})
+    a, b, c = udp_clients(seen, _run(), captured={"server"}).listed
     assert (a.node, a.answered, a.source, a.attempts) == ("client1", True, RESULTS, 1)
     assert not b.answered and b.timeouts == 1 and b.requests_seen == 0
     assert "0 of its 1 datagrams: 1 lost on the way to the server" in b.why
@@ -69,7 +68,7 @@ def test_the_runs_results_tell_who_got_nothing_and_where_it_was_lost(tmp_path):
 def test_a_captured_client_is_judged_from_its_own_side(tmp_path):
     # captured on client1 and client3 (capture --nodes): what their own interfaces saw decides
     seen = {A: Seen(1, 1), C: Seen(1, 0)}
-    a, b, c = udp_clients(seen, _run(), captured={"server", "client1", "client3"})
+    a, b, c = udp_clients(seen, _run(), captured={"server", "client1", "client3"}).listed
     assert (a.source, a.answered) == (CLIENT_SIDE, True)
     assert (b.source, b.answered) == (RESULTS, False)
     assert (c.source, c.answered) == (CLIENT_SIDE, False)
@@ -78,18 +77,30 @@ def test_a_captured_client_is_judged_from_its_own_side(tmp_path):
 def test_a_program_labctl_did_not_write_has_unknown_attempts():
     run = {"program": "mine", "results": [{"node": "client1", "address": A, "ok": True,
                                            "attempts": "unknown", "timeouts": "unknown"}]}
-    (a,) = udp_clients({A: Seen(1, 1)}, run)
+    (a,) = udp_clients({A: Seen(1, 1)}, run).listed
     assert a.attempts is None and a.to_json()["attempts"] == "unknown"
 
 
 def test_a_tcp_runs_results_do_not_judge_udp_clients():
     run = {"program": "tcp", "protocol": "tcp", "results": [{"node": "client1", "address": A, "ok": False}]}
-    assert udp_clients({}, run) == []
+    assert udp_clients({}, run).listed == []
 
 
 def test_workers_counts_merge():
-    merged = merge_seen([{A: Seen(2, 1)}, {A: Seen(1, 1), B: Seen(1, 0)}])
-    assert (merged[A].requests, merged[A].replies, merged[B].replies) == (3, 2, 0)
+    from labctl.analyse.summary import Totals
+
+    one, two = Totals("udp"), Totals("udp")
+    one.seen, two.seen = {A: Seen(2, 1)}, {A: Seen(1, 1), B: Seen(1, 0)}
+    one.merge(two)
+    assert (one.seen[A].requests, one.seen[A].replies, one.seen[B].replies) == (3, 2, 0)
+
+
+def test_thousands_of_clients_list_the_first_and_count_all():
+    seen = {f"10.0.{i // 256}.{i % 256}": Seen(1, i % 2) for i in range(5000)}
+    clients = udp_clients(seen, limit=64)
+    assert len(clients.listed) == 64 and clients.total == 5000 and clients.answered == 2500
+    assert [c.address for c in clients.listed[:3]] == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+    assert "the first 64 of 5000 UDP clients; 2500 of all 5000 got an answer" in clients.note()
 
 
 def test_load_results_reads_run_capture_and_exercise_documents(tmp_path):
@@ -139,4 +150,4 @@ def test_analyse_results_in_text_and_json(tmp_path):
 
 def test_clients_seen_only_in_the_capture_are_listed_ipv4_then_ipv6():
     seen = {"[2001:db8::1]": Seen(1, 1), "10.0.0.9": Seen(1, 0), "10.0.0.10": Seen(2, 2)}
-    assert [c.address for c in udp_clients(seen)] == ["10.0.0.9", "10.0.0.10", "[2001:db8::1]"]
+    assert [c.address for c in udp_clients(seen).listed] == ["10.0.0.9", "10.0.0.10", "[2001:db8::1]"]

@@ -15,13 +15,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.analyse.figures import udp_figures, udp_rows
+from labctl.analyse.figures import UdpFigures, udp_figures, udp_rows
 from labctl.errors import LabctlError
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
     from labctl.analyse.conversations import Builder
 
+KNOWN_MAX = 16384        # distinct figures remembered while counting
+LISTED = 64              # clients the reports list one by one (of thousands: these, and counts)
 MAX_RESULTS = 64 << 20   # bytes of a --results file read at most (a run of many clients is far smaller)
 CLIENT_SIDE, RESULTS, CAPTURE_ONLY = "client side of the capture", "the run's results", "the capture only"
 
@@ -30,12 +32,28 @@ class ResultsError(LabctlError):
     """A --results file that cannot be read as a run's results."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Seen:
     """What the capture holds of one client's UDP conversations."""
 
     requests: int = 0     # datagrams from the client (each opens an exchange)
     replies: int = 0      # exchanges the server answered
+
+
+@dataclass
+class Clients:
+    """Every UDP client's verdict: the first ``LISTED`` one by one, and the counts over all of them."""
+
+    listed: list[UdpClient]
+    total: int = 0
+    answered: int = 0
+
+    def note(self) -> str:
+        """What the reports say after the listed ones (empty when all are listed)."""
+        if self.total <= len(self.listed):
+            return ""
+        return (f"(the first {len(self.listed)} of {self.total} UDP clients; {self.answered} of all "
+                f"{self.total} got an answer; --json counts them)")
 
 
 @dataclass
@@ -66,16 +84,33 @@ class UdpClient:
                 "timeouts": "unknown" if self.timeouts is None else self.timeouts, "why": self.why}
 
 
+def exchange_counts(fig: UdpFigures) -> tuple[int, int]:
+    """(requests, answered exchanges) of one conversation's figures."""
+    ex = fig.exchanges
+    return sum(e[0] is not None for e in ex), sum(e[2] is not None for e in ex)
+
+
+def see(seen: dict[str, Seen], client: str, counts: tuple[int, int]) -> None:
+    """Add one conversation's ``exchange_counts`` to its client's."""
+    s = seen.get(client)
+    if s is None:
+        s = seen[client] = Seen()
+    s.requests += counts[0]
+    s.replies += counts[1]
+
+
 def seen_per_client(b: Builder) -> dict[str, Seen]:
-    """Client address -> what the capture holds of its UDP conversations."""
+    """Client address -> what the capture holds of its UDP conversations (``summary.totals`` and
+    ``json_report.write_lines`` count the same on their way through the conversations)."""
     out: dict[str, Seen] = {}
+    known: dict[tuple, tuple[int, int]] = {}     # figures repeat: read each distinct one once
     for ca, _cp, _sa, _sp, _t0, k in udp_rows(b):
-        fig = udp_figures(k)
-        s = out.get(ca)
-        if s is None:
-            s = out[ca] = Seen()
-        s.requests += sum(1 for e in fig.exchanges if e[0] is not None)
-        s.replies += sum(1 for e in fig.exchanges if e[2] is not None)
+        counts = known.get(k)
+        if counts is None:
+            if len(known) >= KNOWN_MAX:
+                known.clear()
+            counts = known[k] = exchange_counts(udp_figures(k))
+        see(out, ca, counts)
     return out
 
 
@@ -87,29 +122,20 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def merge_seen(parts: list[dict[str, Seen]]) -> dict[str, Seen]:
-    """The per-client counts of several workers' shares (``parallel.py``) added up."""
-    out: dict[str, Seen] = {}
-    for part in parts:
-        for addr, s in part.items():
-            mine = out.setdefault(addr, Seen())
-            mine.requests += s.requests
-            mine.replies += s.replies
-    return out
-
-
 def _order(addr: str) -> tuple:
-    import ipaddress
+    """IPv4 first, then IPv6, each in numeric order."""
+    import socket
 
-    try:
-        ip = ipaddress.ip_address(addr.strip("[]"))
-    except ValueError:
-        return (2, b"", addr)
-    return (ip.version, ip.packed, addr)   # (IPv4 first, then IPv6, each in numeric order)
+    for n, family in ((0, socket.AF_INET), (1, socket.AF_INET6)):
+        try:
+            return (n, socket.inet_pton(family, addr.strip("[]")), addr)
+        except OSError:
+            continue
+    return (2, b"", addr)
 
 
-def udp_clients(seen: dict[str, Seen], run: dict | None = None, captured: set[str] | None = None
-                ) -> list[UdpClient]:
+def udp_clients(seen: dict[str, Seen], run: dict | None = None, captured: set[str] | None = None,
+                limit: int = LISTED) -> Clients:
     """Every UDP client's verdict (``seen``: ``seen_per_client``): from its own side of the capture when
     it was captured (``captured``: the node names a ``capture --nodes`` covered), else from the run's
     results (``run``: a RunResult's JSON) when given, else from the capture as it is."""
@@ -135,13 +161,19 @@ def udp_clients(seen: dict[str, Seen], run: dict | None = None, captured: set[st
                 why = _lost_where(s, attempts, why, r.get("error"))
         out.append(UdpClient(addr, node, answered, source, s.requests, s.replies, attempts, timeouts,
                              why.strip(", ")))
-    for addr, s in sorted(seen.items(), key=lambda kv: _order(kv[0])):
+    total = len(out) + len(seen)
+    answered = sum(c.answered for c in out) + sum(s.replies > 0 for s in seen.values())
+    out = out[:limit]
+    import heapq
+
+    for addr in heapq.nsmallest(max(0, limit - len(out)), seen, key=_order):
+        s = seen[addr]
         why = f"{_plural(s.requests, 'datagram')} seen, {s.replies} answered"
         if s.replies < s.requests:
             why += ("; a datagram lost before the capture point is not in it: --results RUN.json "
                     "tells what the client saw")
         out.append(UdpClient(addr, None, s.replies > 0, CAPTURE_ONLY, s.requests, s.replies, why=why))
-    return out
+    return Clients(out, total, answered)
 
 
 def _lost_where(s: Seen, attempts: int | None, tries: str, error: object) -> str:

@@ -108,13 +108,15 @@ def render_html(summary: Summary) -> str:
         if summary.resent_total > len(summary.resent):
             out.append(f'<p class="small">The first {len(summary.resent)} of {summary.resent_total}; '
                        "'labctl analyse FILE --json' lists them all.</p>")
-    if summary.clients:
+    if summary.clients is not None and summary.clients.listed:
         out.append("<h2>UDP clients</h2>")
         out.append("<p>Whether each UDP client got an answer: from its own side of the capture when it was "
                    "captured, else from the run's results (a capture on the server alone cannot show a "
                    "datagram lost before it).</p>")
         out.append('<ul class="findings">' + "".join(f"<li>{escape(c.sentence())}</li>"
-                                                     for c in summary.clients) + "</ul>")
+                                                     for c in summary.clients.listed) + "</ul>")
+        if summary.clients.note():
+            out.append(f'<p class="small">{escape(summary.clients.note())}</p>')
     out.append("<h2>Every conversation</h2>")
     convs = summary.listed
     total = f.tcp_conversations + f.udp_conversations

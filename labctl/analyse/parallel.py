@@ -45,9 +45,7 @@ def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
             "notes": b.notes,
             "first_ts": b.first_ts,
             "last_ts": b.last_ts}
-    from labctl.analyse.clients import seen_per_client
-
-    return {"totals": totals, "seen": seen_per_client(b), "tcp_frame": b.tcp.frames,
+    return {"totals": totals, "tcp_frame": b.tcp.frames,
             "udp_frame": b.udp.frames, "files": {k: str(v) for k, v in files.items()},
             "info": info, "meta": meta}
 
@@ -135,9 +133,9 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
                 for h in handles:
                     h.close()
         write(b'],\n"summary":')
-        from labctl.analyse.clients import merge_seen, udp_clients
+        from labctl.analyse.clients import udp_clients
 
-        clients = udp_clients(merge_seen([d["seen"] for d in done]))
+        clients = udp_clients(udp.seen)
         summary = summary_dict(Facts.of(analysis), tcp.finish(clock), udp.finish(clock), clients)
         write(json.dumps(summary, indent=1).encode())
         write(b"}\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from labctl.analyse.clients import UdpClient, seen_per_client, udp_clients
+from labctl.analyse.clients import Clients, Seen, see, seen_per_client, udp_clients
 from labctl.analyse.figures import (
     TcpFigures,
     UdpFigures,
@@ -86,6 +86,7 @@ class Totals:
         self.s = ProtoSummary(proto)
         self.times: tuple[dict, dict, dict] = ({}, {}, {})   # rtt, ttfb, duration: value -> count
         self.add = self.add_tcp if proto == "tcp" else self.add_udp
+        self.seen: dict[str, Seen] = {}   # UDP: client address -> what the capture holds of it (clients.py)
 
     def add_tcp(self, fig: TcpFigures, n: int) -> None:
         """``n`` conversations with the figures ``fig`` (their times: ``count_times``)."""
@@ -128,6 +129,8 @@ class Totals:
         for mine, theirs in zip(self.times, other.times):
             for v, n in theirs.items():
                 mine[v] = mine.get(v, 0) + n
+        for addr, s in other.seen.items():
+            see(self.seen, addr, (s.requests, s.replies))
 
     def finish(self, clock: FloatClock | MicroClock,
                resolve: Callable[[int], Callable[[int, int], tuple[float, float]]] | None = None
@@ -236,7 +239,7 @@ class Summary:
     listed: list[Conversation] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)   # per TCP conversation that resent: what it cost
     resent_total: int = 0                             # how many did (``resent`` lists the first ones)
-    clients: list[UdpClient] = field(default_factory=list)   # per UDP client: did it get an answer
+    clients: Clients | None = None     # per UDP client: did it get an answer (``clients.py``)
 
     def shown(self, proto: str, limit: int) -> list[Conversation]:
         """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
@@ -266,5 +269,5 @@ def summarise(analysis: Analysis, listed: int = 0, run: dict | None = None,
             if len(first) < listed:
                 first.append(c)
     resent, n = stories(analysis.builder, RESENT_LISTED)
-    clients = udp_clients(seen_per_client(analysis.builder), run, captured)
+    clients = udp_clients(seen_per_client(analysis.builder), run, captured)  # (one pass over UDP)
     return Summary(Facts.of(analysis), tcp, udp, drawable, first, resent, n, clients)

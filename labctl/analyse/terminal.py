@@ -162,9 +162,11 @@ def resent_lines(summary: Summary) -> list[str]:
 
 def client_lines(summary: Summary) -> list[str]:
     """Per UDP client: whether it got an answer, and from what that is known."""
-    if not summary.clients:
+    clients = summary.clients
+    if clients is None or not clients.listed:
         return []
-    return ["", "UDP clients:"] + ["  " + c.sentence() for c in summary.clients]
+    out = ["", "UDP clients:"] + ["  " + c.sentence() for c in clients.listed]
+    return out + (["  " + clients.note()] if clients.note() else [])
 
 
 def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width: int | None = None) -> None:
