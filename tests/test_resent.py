@@ -116,7 +116,8 @@ def test_the_json_line_of_a_conversation_that_resent_explains_it(tmp_path):
     assert line["resent"]["cost_ms"] == pytest.approx(210.0) and line["resent"]["unknown"] == 0
     (seg,) = line["resent"]["segments"]
     assert seg == {"from": "server", "seq": 1, "copies": 1, "first_ms": 30.0, "last_ms": 240.0,
-                   "spurious": False, "cost_ms": 210.0}
+                   "spurious": False, "bytes": 21, "cost_ms": 210.0}
+    assert "the server's 21 bytes at seq 1 sent again once: 210.0 ms" in line["resent"]["explained"]
     assert "210.0 ms more than the clean exchange" in line["resent"]["explained"]
     assert doc["summary"]["tcp"]["retransmission_ms"] == pytest.approx(210.0)
     assert doc["summary"]["tcp"]["retransmitted_conversations"] == 1

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 KNOWN_MAX = 16384        # distinct figures remembered while counting
 LISTED = 64              # clients the reports list one by one (of thousands: these, and counts)
 MAX_RESULTS = 64 << 20   # bytes of a --results file read at most (a run of many clients is far smaller)
-CLIENT_SIDE, RESULTS, CAPTURE_ONLY = "client side of the capture", "the run's results", "the capture only"
+CLIENT_SIDE, RESULTS, CAPTURE_ONLY = "its own side of the capture", "the run's results", "the capture only"
 
 
 class ResultsError(LabctlError):
@@ -151,7 +151,9 @@ def udp_clients(seen: dict[str, Seen], run: dict | None = None, captured: set[st
             ("" if not timeouts else f", {timeouts} timed out")
         if captured is not None and node in captured:
             answered, source = s.replies > 0, CLIENT_SIDE
-            why = f"{_plural(s.requests, 'datagram')} sent, {s.replies} answered"
+            # (a capture of several nodes holds a datagram once per node that saw it: no counts here)
+            why = ("its own interface saw the reply" if answered else "no reply reached its own interface") \
+                + (f"; {tries}" if tries else "")
             if answered != bool(r.get("ok")):
                 why += f"; its own result says {'ok' if r.get('ok') else r.get('error')}"
         else:

@@ -33,6 +33,7 @@ class Resent:
     first_ms: float | None      # its original, since the conversation's first packet (None: not captured)
     last_ms: float              # its last copy, the same way
     spurious: bool              # the original had arrived already
+    length: int = 0             # its payload bytes (0: a SYN, SYN-ACK or FIN)
 
     @property
     def cost_ms(self) -> float | None:
@@ -45,7 +46,7 @@ class Resent:
         cost = self.cost_ms
         return {"from": "client" if self.from_client else "server", "seq": self.seq, "copies": self.copies,
                 "first_ms": None if self.first_ms is None else round(self.first_ms, 3),
-                "last_ms": round(self.last_ms, 3), "spurious": self.spurious,
+                "last_ms": round(self.last_ms, 3), "spurious": self.spurious, "bytes": self.length,
                 "cost_ms": None if cost is None else round(cost, 3)}
 
 
@@ -68,7 +69,7 @@ def segments(b: Builder, i: int, client_dir: int, t0: int) -> list[Resent]:
         if first < 0 and plen and isn >= 0:
             first = burst_start(f, d, rel - 1)
         out.append(Resent(d == client_dir, rel, copies, None if first < 0 else ms(first), ms(last),
-                          bool(spurious)))
+                          bool(spurious), plen))
     out.sort(key=lambda r: r.last_ms)
     return out
 
@@ -109,9 +110,11 @@ def unknown(segs: list[Resent]) -> int:
 
 def _what(r: Resent, handshake: bool) -> str:
     who = "client" if r.from_client else "server"
-    if r.seq == 0 and handshake:
+    if r.seq == 0 and handshake and not r.length:
         return f"the {who}'s {'SYN' if r.from_client else 'SYN-ACK'}"
-    return f"the {who}'s segment at seq {r.seq}"
+    if not r.length:
+        return f"the {who}'s FIN"
+    return f"the {who}'s {r.length} bytes at seq {r.seq}"
 
 
 def _times(n: int) -> str:

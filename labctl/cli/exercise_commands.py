@@ -179,7 +179,7 @@ def run_table(result, title: str | None = None):
     table = Table(title=title)
     for col, justify in (("node", "left"), ("address", "left"), ("reply", "left"), ("exit", "right"),
                          ("start ms", "right"), ("connect ms", "right"), ("first byte ms", "right"),
-                         ("total ms", "right"), ("attempts", "right"), ("timeouts", "right")):
+                         ("total ms", "right"), ("tries", "right"), ("timeouts", "right")):
         table.add_column(col, justify=justify)
     for r in result.results:
         cells = [_ms(r.late_ms), _ms(r.ms("connected")), _ms(r.ms("first_byte")), _ms(r.ms("done")),
