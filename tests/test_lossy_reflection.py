@@ -57,6 +57,9 @@ def test_the_reflection_sentence_carries_the_figures_of_its_run(directory):
     assert f"{extra:.1f}".rstrip("0").rstrip(".") + " extra packets" in text
     assert f"{per_client_ms:.0f} ms more per client and both got the time" in text
     assert "UDP lost 1 of 3 answers and nobody noticed but the client's timeout (1 timeout)" in text
+    page = html_module.unescape(html)
+    assert "ms more than the clean exchange" in page          # each TCP conversation's retransmissions
+    assert "client2 10.0.0.2: got NO answer" in page and "[from the run's results]" in page
 
 
 def test_figures_change_with_the_run():

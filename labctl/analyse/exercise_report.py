@@ -82,6 +82,7 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[l
         out.append(_table(["node", "address", "reply", "connected ms", "first byte ms", "total ms",
                            "attempts", "timeouts"], rows)
                    .replace("<td>FAILED", '<td class="reply bad">FAILED'))
+    out.extend(_explained(analysis, hour))
     conv = _first(analysis, "tcp") or _first(analysis, "udp")
     if conv is not None and hour["protocol"] == "proto":
         out.append("<h3>The line protocol: several requests on one connection</h3>")
@@ -89,6 +90,21 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str]) -> tuple[l
     for w in analysis.warnings:
         out.append(f'<p class="warn">Warning: {escape(w)}</p>')
     return out, analysis
+
+
+def _explained(analysis: Analysis, hour: dict) -> list[str]:
+    """The hour's TCP retransmissions and what they cost, and each UDP client's verdict (with the hour's
+    results: the capture on the server cannot see a datagram lost before it)."""
+    cap = hour.get("capture") or {}
+    summary = summarise(analysis, run=hour.get("run"), captured={cap["node"]} if cap.get("node") else None)
+    items = list(summary.resent)
+    if summary.resent_total > len(summary.resent):
+        items.append(f"(the first {len(summary.resent)} of {summary.resent_total})")
+    if hour.get("protocol") == "udp" and summary.clients is not None:
+        items += [c.sentence() for c in summary.clients.listed]
+    if not items:
+        return []
+    return ['<ul class="findings">' + "".join(f"<li>{escape(s)}</li>" for s in items) + "</ul>"]
 
 
 def _textbook(conv: Conversation, proto: str) -> list[str]:
