@@ -367,3 +367,17 @@ def test_the_builtin_clients_attempts_and_timeouts_are_reported():
     res = parse_client("c", "a", json.dumps(lost), timings_line(0.5, exit=4), 4, start_at=1.0, builtin=True,
                        timeout=3)
     assert not res.ok and (res.attempts, res.timeouts) == (1, 1)   # (timeouts from the log)
+
+
+def test_the_run_table_shows_attempts_and_timeouts_and_unknown_for_foreign_programs():
+    from rich.console import Console
+
+    from labctl.cli.exercise_commands import run_table
+
+    results = [ClientResult("client1", "a", True, reply="t", attempts=3, timeouts=2, exit=0),
+               ClientResult("client2", "b", True, reply="t", exit=0)]          # a program not labctl's
+    console = Console(width=200, record=True)
+    console.print(run_table(RunResult("mine", "s", 8080, 10.0, 0.1, results)))
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if "client" in line}
+    assert [c.strip() for c in rows["client1"].split("│")[-3:-1]] == ["3", "2"]     # tries, timeouts
+    assert [c.strip() for c in rows["client2"].split("│")[-3:-1]] == ["unknown", "unknown"]
