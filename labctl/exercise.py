@@ -27,6 +27,7 @@ HOURS = (("tcp", "First hour: the time over TCP"), ("udp", "Second hour: the tim
 LOCAL_DIR = Path("captures")
 NODES = ("all", "server")          # --nodes: every node, the server only, or a list of names
 DEFAULT_NODES = "server"           # (see docs/exercise.md, "Where it captures": measured both)
+LOSSY_TCP_TIMEOUT = 30.0   # s: a TCP client's timeout in the lossy round (see _timeout)
 
 Progress = Callable[[str], None]
 
@@ -336,7 +337,7 @@ def _hour(ex: Exercise, hour: Hour, runner, conns, inventory, ports, say: Progre
         port = program.port if hour.program is not None else port_for(hour.protocol, ports)
         say(f"{hour.title}: capturing port {port} on {where} while every client calls at once")
         result = capture(conns, [port], output=hour.pcap,
-                         during=lambda: runner.trigger(program), analyse=read_back)
+                         during=lambda: runner.trigger(program, timeout=_timeout(hour)), analyse=read_back)
         hour.run = result.run.to_json() if result.run is not None else None
         hour.capture = {"node": result.node, "interface": result.interface,
                         "nodes": [n.node for n in result.nodes],
@@ -381,6 +382,12 @@ def _own_protocol(hour: Hour) -> None:
     protocols = ((hour.capture or {}).get("summary") or {}).get("protocols") or {}
     hour.protocol = "udp" if protocols.get("udp") and not protocols.get("tcp") else "tcp"
     hour.title = f"{hour.title}, over {hour.protocol.upper()}"
+
+
+def _timeout(hour: Hour) -> float | None:
+    """The clients' timeout: their default, but in the lossy round long enough for TCP's own retries (the
+    SYN again after 1, 3, 7, 15 s) to get their chance; UDP keeps it: what a plain UDP client does."""
+    return LOSSY_TCP_TIMEOUT if hour.loss and hour.protocol == "tcp" else None
 
 
 def _write_json(ex: Exercise) -> None:

@@ -336,10 +336,11 @@ class Runner:
             host = self.connection(name).host
             proc = launched.get(name)
             if name in prep.unreachable:
-                results.append(ClientResult(name, host.address, False, error=prep.unreachable[name]))
+                results.append(ClientResult(name, host.address, False, error=prep.unreachable[name],
+                                            attempts=0, timeouts=0))  # (no client ran there)
             elif name in failures or proc is None:
                 why = failures.get(name, "interrupted before it started" if interrupted else "not started")
-                results.append(ClientResult(name, host.address, False, error=why))
+                results.append(ClientResult(name, host.address, False, error=why, attempts=0, timeouts=0))
             else:
                 off = prep.offsets.get(name, 0.0)  # the client's clock is ours + off
                 res = parse_client(name, host.address, proc.text("stdout"), proc.text("stderr"), proc.exited,

@@ -30,6 +30,14 @@ class ClientResult:
     timings: dict[str, float] = field(default_factory=dict)   # epoch seconds (and *_ms)
     late_ms: float | None = None
     timed_out: bool = False
+    attempts: int | None = None      # attempts the client made (None: unknown: a program not labctl's)
+    timeouts: int | None = None      # of them, how many timed out (None: unknown)
+    attempt_log: list[str] | None = None  # how each attempt ended: ok, timeout, refused, ... (built-in only)
+
+    @property
+    def retries(self) -> int | None:
+        """Attempts after the first (None: unknown)."""
+        return None if self.attempts is None else max(0, self.attempts - 1)
 
     def ms(self, what: str) -> float | None:
         """Milliseconds from the program's start at the instant (``exec``) to ``what``."""
@@ -48,8 +56,13 @@ class ClientResult:
             timings["late_ms"] = round(self.late_ms, 3)
         if "ready" in self.timings and "execve" in self.timings:  # what exec costs: to its first network call
             timings["startup_ms"] = round((self.timings["ready"] - self.timings["execve"]) * 1000.0, 3)
+        unknown = "unknown"   # a program labctl did not write: it does not say, and labctl does not guess
         return {"node": self.node, "address": self.address, "ok": self.ok, "reply": self.reply,
-                "stderr": self.stderr, "exit": self.exit, "timings": timings, "error": self.error}
+                "stderr": self.stderr, "exit": self.exit, "timings": timings, "error": self.error,
+                "attempts": unknown if self.attempts is None else self.attempts,
+                "retries": unknown if self.retries is None else self.retries,
+                "timeouts": unknown if self.timeouts is None else self.timeouts,
+                "attempt_log": unknown if self.attempt_log is None else list(self.attempt_log)}
 
 
 @dataclass
@@ -146,6 +159,22 @@ def parse_client(node: str, address: str, stdout: str, stderr: str, exited: int 
     return res
 
 
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _attempts(data: dict) -> tuple[int | None, int | None, list[str] | None]:
+    """(attempts, timeouts, how each attempt ended) from the built-in client's ``--json``; an older
+    client that gave attempts but no log: timeouts unknown."""
+    attempts = _count(data.get("attempts"))
+    log = data.get("attempt_log")
+    log = [str(x) for x in log] if isinstance(log, list) else None
+    timeouts = _count(data.get("timeouts"))
+    if timeouts is None and log is not None:
+        timeouts = log.count("timeout")
+    return attempts, timeouts, log
+
+
 def _builtin(res: ClientResult, reply: str, start_at: float, launcher_error: str | None,
              timeout: float) -> ClientResult:
     """The built-in client's ``--json`` line: its reply, its timings, its own idea of late."""
@@ -165,8 +194,12 @@ def _builtin(res: ClientResult, reply: str, start_at: float, launcher_error: str
     own = _numbers(data.get("timings") or {})
     res.timings = {**{k: v for k, v in launch.items() if k in ("start", "execve", "end")},
                    **{k: v for k, v in own.items() if k != "start"}}
-    if "start" in own:
-        res.timings["exec"] = own["start"]       # let go at the instant by its own --start-at
+    first = own.pop("first_start", None)
+    if isinstance(data.get("first_start"), (int, float)):
+        first = float(data["first_start"])
+    if first is not None or "start" in own:     # let go at the instant by its own --start-at: the first
+        res.timings["exec"] = first if first is not None else own["start"]   # attempt's start
+    res.attempts, res.timeouts, res.attempt_log = _attempts(data)
     late = data.get("late_ms")
     res.late_ms = float(late) if isinstance(late, (int, float)) else None
     ready = own.get("ready", data.get("ready"))

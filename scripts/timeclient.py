@@ -12,7 +12,10 @@ the client sleeps until that wall-clock instant (coarse sleep, then a ~2 ms spin
 connects/sends. Waking more than --late-tolerance-ms after it is reported (stderr; `late_ms` and
 `late` in --json). --json prints one object: protocol, host, port, ok, reply, error, exit_code,
 timings {start, connected, first_byte, done} (epoch seconds), late_ms, attempts, local, ...
-For udp, `connected` is the moment the datagram went out.
+For udp, `connected` is the moment the datagram went out. With --retries the timings are the last
+attempt's, `first_start` the first attempt's start; `attempts` counts the attempts made, `timeouts`
+and `refusals` how many of them ended that way, `attempt_log` says how each ended (`ok`, `timeout`,
+`refused`, `garbage`, `network`, `busy`).
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ EXIT_CODES = f"""exit status:
   {EXIT_NETWORK}  other network error (unreachable, reset, unknown host)
   {EXIT_BUSY}  the server answered `ERR busy` (its connection cap)"""
 
+OUTCOMES = {EXIT_OK: "ok", EXIT_REFUSED: "refused", EXIT_TIMEOUT: "timeout", EXIT_GARBAGE: "garbage",
+            EXIT_NETWORK: "network", EXIT_BUSY: "busy"}  # how an attempt ended, by its exit status
 DEFAULT_PORTS = {"tcp": 8080, "udp": 8080, "proto": 8081, "time": 37}
 MAX_REPLY = 4096
 SECONDS_1900_TO_1970 = 2208988800
@@ -144,6 +149,8 @@ class Exchange:
         self.sent = 0
         self.received = 0
         self.deadline = 0.0  # monotonic: the end of this attempt (--timeout bounds the whole exchange)
+        self.first_start: float | None = None  # the first attempt's start (the timings are the last's)
+        self.outcomes: list[str] = []          # how each attempt ended: ok, timeout, refused, ...
 
     def left(self, s: socket.socket) -> None:
         """Give the socket's next call only the time this attempt has left (so a server trickling one
@@ -194,6 +201,8 @@ class Exchange:
     def attempt(self, s: socket.socket) -> None:
         a = self.a
         self.timings["start"] = time.time()
+        if self.first_start is None:
+            self.first_start = self.timings["start"]
         self.deadline = time.monotonic() + a.timeout
         if self.kind == socket.SOCK_STREAM:
             self.left(s)
@@ -268,6 +277,7 @@ class Exchange:
             s = self.sock
             try:
                 self.attempt(s)
+                self.outcomes.append("ok")
                 return EXIT_OK, None, attempts, late_ms
             except Failure as f:
                 err = f
@@ -275,6 +285,7 @@ class Exchange:
                 err = net_failure(e, f"{a.protocol} {a.host}:{a.port}")
             finally:
                 s.close()
+            self.outcomes.append(OUTCOMES.get(err.code, "network"))
             if err.code not in (EXIT_REFUSED, EXIT_TIMEOUT):
                 break  # garbage, busy, unreachable: retrying would not help
         return err.code, str(err), attempts, late_ms
@@ -341,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                "start_at": a.start_at, "ready": ex.ready if ex else None,
                "late_ms": None if late_ms is None else round(late_ms, 3),
                "late": late, "attempts": attempts, "local": ex.local if ex else None,
+               "timeouts": ex.outcomes.count("timeout") if ex else 0,
+               "refusals": ex.outcomes.count("refused") if ex else 0,
+               "attempt_log": ex.outcomes if ex else [], "first_start": ex.first_start if ex else None,
                "replies": ex.replies if ex else [], "bytes_sent": ex.sent if ex else 0,
                "bytes_received": ex.received if ex else 0,
                "server_time": None}

@@ -203,7 +203,10 @@ def test_a_foreign_clients_outcome():
                       builtin=False, timeout=5)
     assert ok.ok and ok.reply == "the time" and ok.stderr == "warn" and ok.exit == 0
     assert ok.late_ms == pytest.approx(0.3) and set(ok.to_json()) == \
-        {"node", "address", "ok", "reply", "stderr", "exit", "timings", "error"}
+        {"node", "address", "ok", "reply", "stderr", "exit", "timings", "error", "attempts", "retries",
+         "timeouts", "attempt_log"}
+    # a program labctl did not write does not say how often it tried: unknown, never a guess
+    assert ok.attempts is None and ok.to_json()["attempts"] == "unknown" == ok.to_json()["timeouts"]
     assert {"start", "exec", "end"} <= set(ok.to_json()["timings"])
     timed_out = parse_client("c", "a", "partial", timings_line(10.0, exit=124, timed_out=True), 124,
                              start_at=10.0, builtin=False, timeout=2)
@@ -235,7 +238,8 @@ def test_trigger_gives_every_client_the_same_future_instant():
     assert len(instants) == 1 and float(instants.pop()) >= before + result.lead
     out = result.to_json()
     assert set(out) >= {"program", "results", "spread_ms"} and out["program"] == "tcp"
-    assert set(out["results"][0]) == {"node", "address", "ok", "reply", "stderr", "exit", "timings", "error"}
+    assert set(out["results"][0]) >= {"node", "address", "ok", "reply", "stderr", "exit", "timings", "error",
+                                     "attempts", "timeouts"}
     assert out["results"][0]["timings"]["connect_ms"] == pytest.approx(0.2)
     assert result.spread_ms == pytest.approx(1.1, abs=1e-3) and out["spread_ms"] == 1.1  # first to last start
     assert conns["server"].puts == [] and not any(CLIENT_PROGRAM in c for c in conns["server"].commands)
@@ -345,3 +349,35 @@ def test_a_flooding_client_cannot_fill_our_memory_and_its_timings_survive():
     data = bytes(out)
     assert len(data) < 2 * KEEP + 100 and out.dropped > 0
     assert split_launcher(data.decode())[0]["exit"] == 0  # the launcher's last line is kept
+
+
+def test_the_builtin_clients_attempts_and_timeouts_are_reported():
+    data = {"reply": "t", "ok": True, "error": None, "late_ms": 0.1, "attempts": 3, "timeouts": 2,
+            "attempt_log": ["timeout", "timeout", "ok"], "first_start": 1.0,
+            "timings": {"ready": 0.7, "start": 1.4, "connected": 1.401, "first_byte": 1.402, "done": 1.402}}
+    res = parse_client("c", "a", json.dumps(data), timings_line(0.5), 0, start_at=1.0, builtin=True,
+                       timeout=3)
+    assert res.ok and (res.attempts, res.timeouts, res.retries) == (3, 2, 2)
+    j = res.to_json()
+    assert j["attempts"] == 3 and j["timeouts"] == 2 and j["attempt_log"] == ["timeout", "timeout", "ok"]
+    # the client's time runs from its first attempt: the retries' wait is part of what it took
+    assert j["timings"]["total_ms"] == pytest.approx(402.0)
+    lost = {"reply": None, "ok": False, "error": "udp s:8080: timed out", "attempts": 1,
+            "attempt_log": ["timeout"], "timings": {"start": 1.0}}
+    res = parse_client("c", "a", json.dumps(lost), timings_line(0.5, exit=4), 4, start_at=1.0, builtin=True,
+                       timeout=3)
+    assert not res.ok and (res.attempts, res.timeouts) == (1, 1)   # (timeouts from the log)
+
+
+def test_the_run_table_shows_attempts_and_timeouts_and_unknown_for_foreign_programs():
+    from rich.console import Console
+
+    from labctl.cli.exercise_commands import run_table
+
+    results = [ClientResult("client1", "a", True, reply="t", attempts=3, timeouts=2, exit=0),
+               ClientResult("client2", "b", True, reply="t", exit=0)]          # a program not labctl's
+    console = Console(width=200, record=True)
+    console.print(run_table(RunResult("mine", "s", 8080, 10.0, 0.1, results)))
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if "client" in line}
+    assert [c.strip() for c in rows["client1"].split("│")[-3:-1]] == ["3", "2"]     # tries, timeouts
+    assert [c.strip() for c in rows["client2"].split("│")[-3:-1]] == ["unknown", "unknown"]

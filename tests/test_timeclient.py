@@ -241,6 +241,8 @@ def test_timeout_exit_4_with_retries(fake):
     t0 = time.monotonic()
     code, obj = run_json("udp", HOST, "--port", str(silent_udp.port), "--timeout", "0.3", "--retries", "2")
     assert code == 4 and obj["attempts"] == 3 and "timed out" in obj["error"]
+    assert obj["timeouts"] == 3 and obj["attempt_log"] == ["timeout"] * 3 and obj["refusals"] == 0
+    assert obj["first_start"] < obj["timings"]["start"]   # the first attempt's start is kept
     assert time.monotonic() - t0 < 3 * 0.3 + 0.3 + 10  # three attempts and their back-off, not more
     silent_tcp = fake(socket.SOCK_STREAM, None)  # accepts, never writes
     out = run("tcp", HOST, "--port", str(silent_tcp.port), "--timeout", "0.3")

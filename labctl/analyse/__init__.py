@@ -40,11 +40,13 @@ def analyse_file(path: str | Path | Source, detail: int = DEFAULT_DETAIL) -> Ana
     return Analysis(str(path), info, builder)
 
 
-def summarise(analysis: Analysis, listed: int = 0) -> Summary:
-    """The capture's summary: facts, totals, the conversations to draw (and the first ``listed``)."""
+def summarise(analysis: Analysis, listed: int = 0, run: dict | None = None,
+              captured: set[str] | None = None) -> Summary:
+    """The capture's summary: facts, totals, the conversations to draw (and the first ``listed``);
+    ``run``/``captured``: the run's results and the nodes captured, for the UDP clients' verdicts."""
     from labctl.analyse.summary import summarise as _summarise
 
-    return _summarise(analysis, listed)
+    return _summarise(analysis, listed, run, captured)
 
 
 def render_terminal(analysis: Analysis, out: TextIO | None = None, ladders: int = 1,

@@ -14,7 +14,7 @@ from labctl.analyse.html import _table
 from labctl.analyse.labdrawing import lab_svg
 from labctl.analyse.model import Analysis, Conversation
 from labctl.analyse.one_point import at_point, points
-from labctl.analyse.story import comparison_rows, findings, reflection
+from labctl.analyse.story import LossyRound, comparison_rows, findings, lossy_round, reflection
 from labctl.analyse.summary import ProtoSummary, summarise, totals
 from labctl.analyse.svg import ladder_group, svg_document
 from labctl.analyse.textbook import SLOW_MS, differences, late_clients, textbook_conversation
@@ -50,7 +50,8 @@ def _run_rows(run: dict | None) -> list[list[str]]:
         if total is None and "exec" in t and "end" in t:  # a program of yours: from the instant to its exit
             total = (t["end"] - t["exec"]) * 1000.0
         rows.append([r.get("node", ""), r.get("address", ""), reply, _ms(t.get("connect_ms")),
-                     _ms(t.get("first_byte_ms")), _ms(total)])
+                     _ms(t.get("first_byte_ms")), _ms(total), str(r.get("attempts", "unknown")),
+                     str(r.get("timeouts", "unknown"))])
     return rows
 
 
@@ -107,12 +108,14 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str],
         out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>" for s in late) + "</ul>")
     rows = _run_rows(hour.get("run"))
     if rows:
-        out.append(_table(["node", "address", "reply", "connected ms", "first byte ms", "total ms"], rows)
+        out.append(_table(["node", "address", "reply", "connected ms", "first byte ms", "total ms",
+                           "attempts", "timeouts"], rows)
                    .replace("<td>FAILED", '<td class="reply bad">FAILED'))
         if hour.get("program"):
             out.append("<p>labctl sees only when your client was let go and when it ended: total ms is "
                        "from the instant to its exit; its connection and first byte are on the wire "
                        "above.</p>")
+    out.extend(_explained(analysis, hour))
     conv = _first(analysis, "tcp") or _first(analysis, "udp")
     if conv is not None and hour["protocol"] == "proto":
         out.append("<h3>The line protocol: several requests on one connection</h3>")
@@ -123,6 +126,21 @@ def _hour_section(hour: dict, directory: Path, names: dict[str, str],
     for w in analysis.warnings:
         out.append(f'<p class="warn">Warning: {escape(w)}</p>')
     return out, analysis
+
+
+def _explained(analysis: Analysis, hour: dict) -> list[str]:
+    """The hour's TCP retransmissions and what they cost, and each UDP client's verdict (with the hour's
+    results: the capture on the server cannot see a datagram lost before it)."""
+    cap = hour.get("capture") or {}
+    summary = summarise(analysis, run=hour.get("run"), captured={cap["node"]} if cap.get("node") else None)
+    items = list(summary.resent)
+    if summary.resent_total > len(summary.resent):
+        items.append(f"(the first {len(summary.resent)} of {summary.resent_total})")
+    if hour.get("protocol") == "udp" and summary.clients is not None:
+        items += [c.sentence() for c in summary.clients.listed]
+    if not items:
+        return []
+    return ['<ul class="findings">' + "".join(f"<li>{escape(s)}</li>" for s in items) + "</ul>"]
 
 
 def _textbook(conv: Conversation, proto: str) -> list[str]:
@@ -143,6 +161,27 @@ def _pair(analyses: dict[str, Analysis], tcp_key: str, udp_key: str) -> tuple[Pr
     tcp = totals(analyses[tcp_key].builder)[0] if tcp_key in analyses else ProtoSummary("tcp")
     udp = totals(analyses[udp_key].builder)[1] if udp_key in analyses else ProtoSummary("udp")
     return tcp, udp
+
+
+def _hour(data: dict, name: str) -> dict:
+    return next((h for h in data.get("hours", []) if (h.get("name") or h.get("protocol")) == name), {})
+
+
+def lossy_figures(data: dict, analyses: dict[str, Analysis]) -> LossyRound | None:
+    """The lossy round's figures, from this run's captures (``analyses``, by hour) and results (``data``:
+    run.json); None when the run had no lossy TCP hour that was captured."""
+    if "tcp-lossy" not in analyses:
+        return None
+    tcp_lossy = totals(analyses["tcp-lossy"].builder)[0]
+    tcp_clean = totals(analyses["tcp"].builder)[0] if "tcp" in analyses else None
+    return lossy_round(float(data.get("loss") or _hour(data, "tcp-lossy").get("loss") or 0), tcp_lossy,
+                       tcp_clean, _hour(data, "tcp-lossy").get("run"), _hour(data, "udp-lossy").get("run"))
+
+
+def lossy_sentence(data: dict, analyses: dict[str, Analysis]) -> str | None:
+    """"With 30 % loss, TCP needed 1.8 extra packets and 210 ms more per client ...", or None."""
+    figures = lossy_figures(data, analyses)
+    return figures.sentence() if figures is not None else None
 
 
 def render_report(data: dict, directory: Path) -> str:
@@ -208,12 +247,17 @@ def render_report(data: dict, directory: Path) -> str:
         out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
                                                      for s in findings(tcp, udp)) + "</ul>")
         ltcp, ludp = _pair(analyses, "tcp-lossy", "udp-lossy")
+        lossy_said = lossy_sentence(data, analyses)
         if ltcp.conversations or ludp.conversations:
             out.append(f"<h3>The lossy round: {data.get('loss', 0):g} % loss on every link</h3>")
+            if lossy_said:
+                out.append(f'<p class="lossy">{escape(lossy_said)}</p>')
             out.append(_table(*comparison_rows(ltcp, ludp)))
             out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>"
                                                          for s in findings(ltcp, ludp)) + "</ul>")
         out.append("<h2>Reflection, answered from this run</h2>")
+        if lossy_said:
+            out.append(f'<p class="lossy"><b>{escape(lossy_said)}</b></p>')
         lossy_round = ltcp.conversations or ludp.conversations
         lossy_answers = dict(reflection(ltcp, ludp)) if lossy_round else {}
         for question, answers in reflection(tcp, udp):

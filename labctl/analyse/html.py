@@ -49,7 +49,8 @@ def _conv_rows(convs: list[Conversation]) -> list[list[str]]:
     for c in convs:
         extra = []
         if c.retransmissions:
-            extra.append(f"{c.retransmissions} retransmitted")
+            extra.append(f"{c.retransmissions} retransmitted" + (
+                "" if c.retransmission_ms is None else f" (+{c.retransmission_ms:.1f} ms)"))
         if c.refused:
             extra.append("refused")
         if c.proto == "udp" and c.unanswered:
@@ -127,6 +128,25 @@ def render_html(summary: Summary) -> str:
     for question, answers in reflection(tcp, udp):
         out.append(f'<p class="q">{escape(question)}</p>')
         out.extend(f"<p>{escape(a)}</p>" for a in answers)
+    if summary.resent:
+        out.append("<h2>Retransmissions</h2>")
+        out.append("<p>Per TCP conversation that sent something again: how often, and how much longer "
+                   "the exchange took than the clean one (from a segment's first transmission to the "
+                   "one that got through).</p>")
+        out.append('<ul class="findings">' + "".join(f"<li>{escape(s)}</li>" for s in summary.resent)
+                   + "</ul>")
+        if summary.resent_total > len(summary.resent):
+            out.append(f'<p class="small">The first {len(summary.resent)} of {summary.resent_total}; '
+                       "'labctl analyse FILE --json' lists them all.</p>")
+    if summary.clients is not None and summary.clients.listed:
+        out.append("<h2>UDP clients</h2>")
+        out.append("<p>Whether each UDP client got an answer: from its own side of the capture when it was "
+                   "captured, else from the run's results (a capture on the server alone cannot show a "
+                   "datagram lost before it).</p>")
+        out.append('<ul class="findings">' + "".join(f"<li>{escape(c.sentence())}</li>"
+                                                     for c in summary.clients.listed) + "</ul>")
+        if summary.clients.note():
+            out.append(f'<p class="small">{escape(summary.clients.note())}</p>')
     out.append("<h2>Every conversation</h2>")
     convs = summary.listed
     total = f.tcp_conversations + f.udp_conversations

@@ -17,7 +17,9 @@ import gc
 import json
 from collections.abc import Callable
 
+from labctl.analyse.clients import Clients, exchange_counts, see, udp_clients
 from labctl.analyse.figures import (
+    TCP_CLIENT,
     TcpFigures,
     UdpFigures,
     tcp_figures,
@@ -97,7 +99,7 @@ def udp_rest(fig: UdpFigures, times: tuple, clock: FloatClock | MicroClock, t0: 
 
 
 def _flush(cache: dict, tot: Totals) -> None:
-    for fig, n, times, _ in cache.values():
+    for fig, n, times, *_ in cache.values():
         tot.add(fig, n)
         if times is not None:
             tot.count_times(times, n)
@@ -120,12 +122,16 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
         cache: dict[tuple, list] = {}    # figures -> [figures read, count, times, rest] (times, rest: exact)
         lines: list[str] = []
         line = lines.append
-        for ca, cp, sa, sp, t0, k in rows:
+        resent = b.tcp.resent if proto == "tcp" else {}
+        seen = tot.seen if proto == "udp" else None
+        for i, (ca, cp, sa, sp, t0, k) in enumerate(rows):
             e = cache.get(k)
             if e is None:
                 if len(cache) >= CACHE_MAX:
                     _flush(cache, tot)
                 e = cache[k] = [read(k), 0, None, None]
+                if seen is not None:
+                    e.append(exchange_counts(e[0]))
                 if exact:                # the times and the rest do not depend on the start
                     e[2] = times_of(e[0], clock, t0)
                     e[3] = rest_of(e[0], e[2], clock, t0)
@@ -142,6 +148,10 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
                      f'{rest}')
             else:
                 line(f'{head}{ca}:{cp}","server":"{sa}:{sp}","start":{start(t0)},{rest}')
+            if seen is not None:
+                see(seen, ca, e[4])
+            if i in resent:                     # (only conversations that resent something)
+                lines[-1] = lines[-1][:-1] + "," + resent_field(b, i, k, t0, tot.s) + "}"
             if len(lines) >= BATCH:
                 batch(lines)
                 lines.clear()
@@ -151,14 +161,34 @@ def write_lines(b: Builder, clock: FloatClock | MicroClock, tcp_batch: Batch, ud
     return tcp, udp
 
 
-def summary_dict(facts: Facts, tcp: ProtoSummary, udp: ProtoSummary) -> dict:
-    return {"file": facts.path, "format": facts.format, "link_types": facts.link_types,
-            "packets": facts.packets, "bytes": facts.bytes, "tcp": tcp.as_dict(), "udp": udp.as_dict(),
-            "not_analysed": facts.not_analysed, "ipv6_packets": facts.ipv6_packets,
-            "warnings": facts.warnings}
+def resent_field(b: Builder, i: int, k: tuple, t0: int, s: ProtoSummary) -> str:
+    """``"resent":{...}`` for the i-th TCP conversation (``resent.py``), added up into ``s``."""
+    from labctl.analyse.resent import cost_ms, explain, segments, unknown
+
+    segs = segments(b, i, k[TCP_CLIENT], t0)
+    cost = cost_ms(segs)
+    s.retransmitted += 1
+    s.retransmission_ms += cost or 0.0
+    s.retransmission_unknown += unknown(segs)
+    return '"resent":' + json.dumps({"cost_ms": None if cost is None else round(cost, 3),
+                                     "unknown": unknown(segs), "explained": explain(segs),
+                                     "segments": [r.to_json() for r in segs]}, separators=(",", ":"))
 
 
-def write_json(analysis: Analysis, out: TextIO) -> None:
+def summary_dict(facts: Facts, tcp: ProtoSummary, udp: ProtoSummary, clients: Clients | None = None) -> dict:
+    d = {"file": facts.path, "format": facts.format, "link_types": facts.link_types,
+         "packets": facts.packets, "bytes": facts.bytes, "tcp": tcp.as_dict(), "udp": udp.as_dict(),
+         "not_analysed": facts.not_analysed, "ipv6_packets": facts.ipv6_packets,
+         "warnings": facts.warnings}
+    if clients is not None:
+        d["udp_clients"] = [c.to_json() for c in clients.listed]
+        d["udp_clients_total"] = clients.total
+        d["udp_clients_answered"] = clients.answered
+    return d
+
+
+def write_json(analysis: Analysis, out: TextIO, run: dict | None = None,
+               captured: set[str] | None = None) -> None:
     """``{"conversations": [...], "summary": {...}}``, written a batch of lines at a time."""
     write = out.write
     write('{"conversations":[')
@@ -184,7 +214,8 @@ def write_json(analysis: Analysis, out: TextIO) -> None:
     tcp_s = tcp.finish(clock, float_resolver(b, "tcp") if exact else None)
     udp_s = udp.finish(clock, float_resolver(b, "udp") if exact else None)
     write('],\n"summary":')
-    summary = summary_dict(Facts.of(analysis), tcp_s, udp_s)
+    clients = udp_clients(udp.seen, run, captured)
+    summary = summary_dict(Facts.of(analysis), tcp_s, udp_s, clients)
     if analysis.multi is not None:
         summary["files"] = analysis.multi.captures.files
         summary["nodes"] = analysis.multi.report().as_dict()

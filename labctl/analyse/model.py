@@ -26,6 +26,7 @@ from labctl.analyse.figures import (
 )
 from labctl.analyse.milliseconds import FloatClock
 from labctl.analyse.pcap import LINKTYPE_NAMES, ReadInfo
+from labctl.analyse.resent import Resent, cost_ms, explain, segments
 from labctl.analyse.tcp import F_ISN
 
 TYPE_CHECKING = False
@@ -139,6 +140,13 @@ class Conversation(ByteCounts):
     client_node: str = ""                # with several capture points: the nodes at either end,
     server_node: str = ""
     crossings: Crossings | None = None   # and what the points saw of it (multinode.Crossings)
+    resent: list[Resent] = field(default_factory=list)   # TCP: the segments sent again (``resent.py``)
+    retransmission_ms: float | None = None   # TCP: the time they added (None: none resent, or not known)
+
+    @property
+    def retransmission_story(self) -> str:
+        """TCP: its retransmissions and what they cost, in one sentence."""
+        return explain(self.resent, self.handshake or bool(self.syn))
 
     @property
     def unanswered(self) -> int:
@@ -198,6 +206,9 @@ class Analysis:
         clock = FloatClock(b.times)
         for i, (ca, cp, sa, sp, t0, k) in enumerate(tcp_rows(b, exact=False)):
             conv = tcp_conversation(i, f"{ca}:{cp}", f"{sa}:{sp}", t0, k, clock)
+            if i in b.tcp.resent:
+                conv.resent = segments(b, i, k[TCP_CLIENT], t0)
+                conv.retransmission_ms = cost_ms(conv.resent)
             detail = b.tcp.detail_of(i)
             if detail is not None:
                 f = b.tcp.flat(i)

@@ -45,8 +45,9 @@ def _worker(path: str, part: int, parts: int, tmp: str) -> dict:
             "notes": b.notes,
             "first_ts": b.first_ts,
             "last_ts": b.last_ts}
-    return {"totals": totals, "tcp_frame": b.tcp.frames, "udp_frame": b.udp.frames,
-            "files": {k: str(v) for k, v in files.items()}, "info": info, "meta": meta}
+    return {"totals": totals, "tcp_frame": b.tcp.frames,
+            "udp_frame": b.udp.frames, "files": {k: str(v) for k, v in files.items()},
+            "info": info, "meta": meta}
 
 
 def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
@@ -132,7 +133,10 @@ def write_json_parallel(path: str | Path, out: TextIO, jobs: int):
                 for h in handles:
                     h.close()
         write(b'],\n"summary":')
-        summary = summary_dict(Facts.of(analysis), tcp.finish(clock), udp.finish(clock))
+        from labctl.analyse.clients import udp_clients
+
+        clients = udp_clients(udp.seen)
+        summary = summary_dict(Facts.of(analysis), tcp.finish(clock), udp.finish(clock), clients)
         write(json.dumps(summary, indent=1).encode())
         write(b"}\n")
         if raw is not None:

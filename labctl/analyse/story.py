@@ -2,6 +2,8 @@
 numbers of *this* capture (shared by the terminal report and the HTML report)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from labctl.analyse.summary import ProtoSummary
 
 
@@ -22,6 +24,18 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
+def _cost(tcp: ProtoSummary) -> str:
+    """", which made N conversations X ms longer in all (Y ms each)": what the retransmissions cost."""
+    if not tcp.retransmitted or not tcp.retransmission_ms:
+        return ""
+    unknown = tcp.retransmission_unknown
+    known = f"; {_plural(unknown, 'segment')} of unknown cost: its original is not in the capture" \
+        if unknown else ""
+    per = tcp.retransmission_ms / tcp.retransmitted
+    return (f", which made {_plural(tcp.retransmitted, 'conversation')} {tcp.retransmission_ms:.0f} ms "
+            f"longer in all ({per:.0f} ms each{known})")
+
+
 def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the TCP-vs-UDP table."""
     rows = [
@@ -36,6 +50,7 @@ def comparison_rows(tcp: ProtoSummary, udp: ProtoSummary) -> tuple[list[str], li
         ["time to first byte of answer (median)", _ms(tcp.ttfb_ms), _ms(udp.ttfb_ms)],
         ["duration (median)", _ms(tcp.duration_ms), _ms(udp.duration_ms)],
         ["retransmissions", str(tcp.retransmissions), "– (none: UDP never resends)"],
+        ["time retransmissions added", f"{tcp.retransmission_ms:.1f} ms" if tcp.retransmitted else "–", "–"],
         ["unanswered requests", str(tcp.unanswered), str(udp.unanswered)],
         ["refused connections (RST)", str(tcp.refused), "–"],
     ]
@@ -70,8 +85,8 @@ def findings(tcp: ProtoSummary, udp: ProtoSummary) -> list[str]:
         if lost:
             out.append(f"TCP retransmitted {_plural(lost, 'segment')} that went missing"
                        + (f" (and sent {again})" if spurious else "")
-                       + f", and {got} of {tcp.conversations - tcp.refused} connected clients got their "
-                       "answer.")
+                       + _cost(tcp) + f", and {got} of {tcp.conversations - tcp.refused} connected clients "
+                       "got their answer.")
         elif spurious:
             out.append(f"TCP sent {again}; no data was lost: {got} of "
                        f"{tcp.conversations - tcp.refused} connected clients got their answer.")
@@ -154,3 +169,85 @@ def reflection(tcp: ProtoSummary, udp: ProtoSummary) -> list[tuple[str, list[str
         ("When would you choose which protocol?", when),
         ("How can these two protocols be used with respect to system integration?", integ),
     ]
+
+
+# --- the lossy round: TCP against UDP under loss, from the run's own packets and results ---------------
+
+@dataclass
+class LossyRound:
+    """What the lossy round of an exercise cost each protocol (every figure from its captures and its
+    results: ``lossy_round``)."""
+
+    loss: float                          # percent, on every link
+    tcp_clients: int                     # TCP clients of the lossy round ...
+    tcp_answered: int                    # ... that got the time (their own result)
+    extra_packets: float | None          # per TCP conversation, against the clean hour (None: none)
+    resent_per_client: float             # TCP retransmissions per client (the server's capture)
+    resent_ms_per_client: float          # the time they added per client (first copy to the last)
+    tcp_gave_up: int                     # TCP clients that stopped at their own timeout (TCP still trying)
+    udp_clients: int
+    udp_lost: int                        # UDP clients that got no answer
+    udp_timeouts: int | None             # timeouts the UDP clients counted (None: not known)
+    udp_retries: int                     # attempts after the first, all UDP clients together
+
+    def sentence(self) -> str:
+        """"With 30 % loss, TCP needed 1.8 extra packets and 210 ms more per client and all 3 got the time;
+        UDP lost 1 of 3 answers and nobody noticed but the client's timeout.\""""
+        if self.extra_packets is not None:
+            n = _n(self.extra_packets)
+            packets = f"{n} extra packet{'' if n == '1' else 's'}"
+        else:
+            n = _n(self.resent_per_client)
+            packets = f"{n} packet{'' if n == '1' else 's'} sent again"
+        ms = f"{self.resent_ms_per_client:.0f} ms more per client"
+        if self.tcp_answered == self.tcp_clients and self.tcp_clients > 1:
+            got = "both" if self.tcp_clients == 2 else f"all {self.tcp_clients}"
+        else:
+            got = f"{self.tcp_answered} of {self.tcp_clients}"
+        tcp = f"With {self.loss:g} % loss, TCP needed {packets} and {ms} and {got} got the time"
+        if self.tcp_gave_up:
+            tcp += (f" ({_plural(self.tcp_gave_up, 'client')} gave up at its own timeout while TCP was "
+                    "still retransmitting)").replace("clients gave up at its", "clients gave up at their")
+        if not self.udp_clients:
+            return tcp + "."
+        timeouts = "" if not self.udp_timeouts else f" ({_plural(self.udp_timeouts, 'timeout')})"
+        if not self.udp_lost:
+            udp = (f"UDP lost none of its {self.udp_clients} answers this time: luck, nothing in UDP would "
+                   "have noticed a loss")
+        elif self.udp_retries:
+            udp = (f"UDP lost {self.udp_lost} of {self.udp_clients} answers; only the clients' own retries "
+                   f"({_plural(self.udp_retries, 'attempt')} more) tried again{timeouts}")
+        else:
+            udp = (f"UDP lost {self.udp_lost} of {self.udp_clients} answers and nobody noticed but the "
+                   f"client's timeout{timeouts}")
+        return f"{tcp}; {udp}."
+
+
+def _ints(results: list[dict], key: str) -> int | None:
+    values = [r.get(key) for r in results]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return sum(values)
+
+
+def lossy_round(loss: float, tcp_lossy: ProtoSummary, tcp_clean: ProtoSummary | None,
+                tcp_run: dict | None, udp_run: dict | None) -> LossyRound:
+    """The lossy round's figures: ``tcp_lossy``/``tcp_clean`` from the captures of the lossy and the clean
+    TCP hour, ``*_run`` the runs' results (run.json's ``run`` of each hour)."""
+    tcp_results = (tcp_run or {}).get("results", [])
+    clients = len(tcp_results) or tcp_lossy.conversations - tcp_lossy.refused
+    answered = sum(1 for r in tcp_results if r.get("ok")) if tcp_results else tcp_lossy.answered
+    per = max(clients, 1)
+    extra = None
+    if tcp_clean is not None and tcp_clean.conversations and tcp_lossy.conversations:
+        extra = tcp_lossy.packets / tcp_lossy.conversations - tcp_clean.packets / tcp_clean.conversations
+    gave_up = sum(1 for r in tcp_results if not r.get("ok") and "timed out" in str(r.get("error") or ""))
+    udp_results = (udp_run or {}).get("results", [])
+    attempts = _ints(udp_results, "attempts")
+    return LossyRound(
+        loss=loss, tcp_clients=clients, tcp_answered=answered, extra_packets=extra,
+        resent_per_client=tcp_lossy.retransmissions / per,
+        resent_ms_per_client=tcp_lossy.retransmission_ms / per,
+        tcp_gave_up=gave_up, udp_clients=len(udp_results),
+        udp_lost=sum(1 for r in udp_results if not r.get("ok")), udp_timeouts=_ints(udp_results, "timeouts"),
+        udp_retries=0 if attempts is None else max(0, attempts - len(udp_results)))

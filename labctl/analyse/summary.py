@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from labctl.analyse.clients import Clients, Seen, see, seen_per_client, udp_clients
 from labctl.analyse.figures import (
     TcpFigures,
     UdpFigures,
@@ -22,6 +23,8 @@ from labctl.analyse.figures import (
 )
 from labctl.analyse.milliseconds import FloatClock, MicroClock, median
 from labctl.analyse.model import Analysis, ByteCounts, Conversation
+from labctl.analyse.resent import stories
+from labctl.analyse.resent import totals as resent_totals
 
 TYPE_CHECKING = False   # (typing is not imported at run time: it costs start-up time)
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from labctl.analyse.multinode import NodeReport
 
 KNOWN_MAX = 16384        # distinct figures remembered while adding up
+RESENT_LISTED = 20       # TCP conversations whose retransmissions the reports explain one by one
 
 
 @dataclass
@@ -50,6 +54,9 @@ class ProtoSummary(ByteCounts):
     duration_ms: float | None = None     # median conversation duration
     packets_per_conversation: float | None = None
     bytes_per_conversation: float | None = None
+    retransmitted: int = 0               # TCP conversations that sent something again (``resent.py``)
+    retransmission_ms: float = 0.0       # the time their retransmissions added, all together
+    retransmission_unknown: int = 0      # segments resent whose original this capture did not see
 
     @property
     def unanswered(self) -> int:
@@ -67,7 +74,10 @@ class ProtoSummary(ByteCounts):
                 "refused": self.refused, "rtt_ms_median": r(self.rtt_ms),
                 "ttfb_ms_median": r(self.ttfb_ms), "duration_ms_median": r(self.duration_ms),
                 "packets_per_conversation": r(self.packets_per_conversation),
-                "bytes_per_conversation": r(self.bytes_per_conversation)}
+                "bytes_per_conversation": r(self.bytes_per_conversation),
+                "retransmitted_conversations": self.retransmitted,
+                "retransmission_ms": round(self.retransmission_ms, 3),
+                "retransmission_unknown": self.retransmission_unknown}
 
 
 class Totals:
@@ -77,6 +87,7 @@ class Totals:
         self.s = ProtoSummary(proto)
         self.times: tuple[dict, dict, dict] = ({}, {}, {})   # rtt, ttfb, duration: value -> count
         self.add = self.add_tcp if proto == "tcp" else self.add_udp
+        self.seen: dict[str, Seen] = {}   # UDP: client address -> what the capture holds of it (clients.py)
 
     def add_tcp(self, fig: TcpFigures, n: int) -> None:
         """``n`` conversations with the figures ``fig`` (their times: ``count_times``)."""
@@ -113,11 +124,14 @@ class Totals:
 
     def merge(self, other: Totals) -> None:
         for f in ("conversations", "packets", "bytes", "payload_bytes", "retransmissions",
-                  "spurious_retransmissions", "out_of_order", "dup_acks", "requests", "answered", "refused"):
+                  "spurious_retransmissions", "out_of_order", "dup_acks", "requests", "answered", "refused",
+                  "retransmitted", "retransmission_ms", "retransmission_unknown"):
             setattr(self.s, f, getattr(self.s, f) + getattr(other.s, f))
         for mine, theirs in zip(self.times, other.times):
             for v, n in theirs.items():
                 mine[v] = mine.get(v, 0) + n
+        for addr, s in other.seen.items():
+            see(self.seen, addr, (s.requests, s.replies))
 
     def finish(self, clock: FloatClock | MicroClock,
                resolve: Callable[[int], Callable[[int, int], tuple[float, float]]] | None = None
@@ -149,6 +163,8 @@ def totals(b: Builder) -> tuple[ProtoSummary, ProtoSummary]:
             e[1] += 1
             count_times(times(e[0], clock, t0), 1)
         _add_up(known, tot)
+    s = tcp.s
+    s.retransmitted, s.retransmission_ms, s.retransmission_unknown = resent_totals(b)
     return tcp.finish(clock), udp.finish(clock)
 
 
@@ -223,6 +239,9 @@ class Summary:
     drawable: dict[str, list[Conversation]]
     listed: list[Conversation] = field(default_factory=list)
     nodes: NodeReport | None = None     # several capture points: between the nodes (multinode.py)
+    resent: list[str] = field(default_factory=list)   # per TCP conversation that resent: what it cost
+    resent_total: int = 0                             # how many did (``resent`` lists the first ones)
+    clients: Clients | None = None     # per UDP client: did it get an answer (``clients.py``)
 
     def shown(self, proto: str, limit: int) -> list[Conversation]:
         """Conversations to draw: the first ``limit`` ordinary ones, then the first unusual one
@@ -235,9 +254,11 @@ class Summary:
         return normal + odd[:max(1, limit - len(normal))]
 
 
-def summarise(analysis: Analysis, listed: int = 0) -> Summary:
+def summarise(analysis: Analysis, listed: int = 0, run: dict | None = None,
+              captured: set[str] | None = None) -> Summary:
     """The summary of ``analysis``; ``listed``: how many conversations to list one by one (first TCP,
-    then UDP)."""
+    then UDP); ``run``, ``captured``: the run's results and the nodes captured, for the UDP clients'
+    verdicts (``clients.py``)."""
     tcp, udp = totals(analysis.builder)
     drawable: dict[str, list[Conversation]] = {"tcp": [], "udp": []}
     first: list[Conversation] = []
@@ -250,4 +271,6 @@ def summarise(analysis: Analysis, listed: int = 0) -> Summary:
             if len(first) < listed:
                 first.append(c)
     nodes = analysis.multi.report() if analysis.multi is not None else None
-    return Summary(Facts.of(analysis), tcp, udp, drawable, first, nodes)
+    resent, n = stories(analysis.builder, RESENT_LISTED)
+    clients = udp_clients(seen_per_client(analysis.builder), run, captured)  # (one pass over UDP)
+    return Summary(Facts.of(analysis), tcp, udp, drawable, first, nodes, resent, n, clients)

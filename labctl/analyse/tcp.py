@@ -98,6 +98,9 @@ class TcpConversations:
         self.live: dict[bytes, list] = {}    # key (either direction) -> that direction's state
         self.slow: dict[bytes, list] = {}    # the same for conversations kept for ladders
         self.closed: dict[bytes, int] = {}   # key of a folded conversation -> its position
+        # conversation -> (direction, sequence number) -> [first sent (-1: not known here), last sent, copies,
+        # spurious, payload bytes]: every segment sent again, for the time retransmissions cost (resent.py)
+        self.resent: dict[int, dict[tuple[int, int], list[int]]] = {}
 
     def __len__(self) -> int:
         return len(self.convs)
@@ -287,6 +290,7 @@ class TcpConversations:
             if plen and self.acknowledged(s, seq, plen):   # new to us, yet already acknowledged
                 c[C_SPURIOUS] += 1
                 c[C_RETRANS] += 1
+                self.resend(c, s, t, seq, plen, flags, 1)
                 _note(c, "spurious retransmission")
         nseq = (seq + plen + (1 if flags & 3 else 0)) & M32
         if ns < 0 or (nseq != ns and ((nseq - ns) & M32) < HALF):
@@ -348,6 +352,7 @@ class TcpConversations:
         if plen and self.acknowledged(s, seq, plen):
             c[C_SPURIOUS] += 1
             c[C_RETRANS] += 1      # tshark's tcp.analysis.retransmission includes these too
+            self.resend(c, s, t, seq, plen, flags, 1)
             _note(c, "spurious retransmission")
             return
         if plen > 1 and seq == ((nextseq - 1) & M32):
@@ -359,6 +364,7 @@ class TcpConversations:
                 and ts - secs(r[S_ACKTIME]) < 0.020):
             c[C_FASTRT] += 1
             c[C_RETRANS] += 1
+            self.resend(c, s, t, seq, plen, flags, 0)
             _note(c, "fast retransmission")
             return
         irtt = secs(c[C_IRTT]) - secs(c[C_IRTT0]) if c[C_IRTT] >= 0 else None
@@ -369,7 +375,17 @@ class TcpConversations:
             _note(c, "out-of-order")
             return
         c[C_RETRANS] += 1
+        self.resend(c, s, t, seq, plen, flags, 0)
         _note(c, "retransmission")
+
+    def resend(self, c: list, s: list, t: int, seq: int, plen: int, flags: int, spurious: int) -> None:
+        """A copy of the segment at ``seq`` sent again at ``t``; its original's time when it was the last
+        segment this way (a SYN, a FIN, a tail segment), else -1 (``resent.py`` looks further)."""
+        end = (seq + plen + (1 if flags & (SYN | FIN) else 0)) & M32
+        segs = self.resent.setdefault(c[C_IDX], {})
+        first = s[S_NSTIME] if end == s[S_NEXTSEQ] else -1
+        e = segs.setdefault((s[S_DIR], seq), [first, t, 0, spurious, plen])
+        e[1], e[2], e[3] = t, e[2] + 1, e[3] & spurious   # (spurious only if every copy was)
 
 
 def advance(s: list, t: int, seq: int) -> None:

@@ -172,6 +172,26 @@ class _Out:
             self.file.write(fmt(r) + "\n")
 
 
+def resent_lines(summary: Summary) -> list[str]:
+    """What each TCP conversation's retransmissions cost, one line each (none when nothing was resent)."""
+    if not summary.resent:
+        return []
+    out = ["", "TCP retransmissions, per conversation (first copy to the one that got through):"]
+    out += ["  " + line for line in summary.resent]
+    if summary.resent_total > len(summary.resent):
+        out.append(f"  (the first {len(summary.resent)} of {summary.resent_total}; --json lists them all)")
+    return out
+
+
+def client_lines(summary: Summary) -> list[str]:
+    """Per UDP client: whether it got an answer, and from what that is known."""
+    clients = summary.clients
+    if clients is None or not clients.listed:
+        return []
+    out = ["", "UDP clients:"] + ["  " + c.sentence() for c in clients.listed]
+    return out + (["  " + clients.note()] if clients.note() else [])
+
+
 def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width: int | None = None) -> None:
     """Ladders for the first conversations of each protocol (``ladders`` each), the comparison table and
     the findings, to ``out`` (stdout)."""
@@ -217,6 +237,8 @@ def render(summary: Summary, out: TextIO | None = None, ladders: int = 1, width:
     o.line("")
     for sentence in findings(summary.tcp, summary.udp):
         o.line("• " + sentence, "text")
+    for line in resent_lines(summary) + client_lines(summary):
+        o.line(line, "text")
     if nodes is not None:
         render_nodes(o, nodes)
     if f.not_analysed:

@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                         "into DIR")
     p.add_argument("--html", type=path_arg, metavar="FILE",
                    help="write a self-contained HTML report (ladders, comparison, reflection answers)")
+    p.add_argument("--results", type=path_arg, metavar="RUN.json",
+                   help="the run this capture saw (labctl run --json, labctl capture --run --json, or an "
+                        "exercise's run.json): each UDP client's own attempts, timeouts and answer, "
+                        "which a capture on the server alone cannot show (a datagram lost before it)")
     p.add_argument("--ladders", type=int, default=1, metavar="N",
                    help="ladders per protocol in the terminal (default 1; 0 for none); the first "
                         "conversations, plus the first one that lost packets or was refused")
@@ -104,10 +108,16 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--jobs must be 1 to {MAX_JOBS}")
     _check_outputs(args)  # before the analysis: an unwritable path fails in a second, not after it
     detail = args.detail if args.detail is not None else max(DEFAULT_DETAIL, args.ladders * 2)
+    run, captured = None, None
+    if args.results is not None:
+        from labctl.analyse.clients import load_results
+
+        one = str(args.file[0]) if len(args.file) == 1 and str(args.file[0]) != "-" else None
+        run, captured = load_results(args.results, one)
     if _several_points(args.file):
         from labctl.analyse.multinode import analyse_captures
 
-        return _report(args, analyse_captures(args.file, detail))
+        return _report(args, analyse_captures(args.file, detail), run, captured)
     (path,) = args.file
     source = open_source(path, on_wait=lambda note: print(f"labctl: {note}", file=sys.stderr))
     if source.stream:      # a pcapng stream of several nodes (capture --nodes all -o -) is matched too
@@ -121,9 +131,9 @@ def _run(args: argparse.Namespace) -> int:
             data = io.BytesIO(head + source.file.read())
             data.name = source.name
             source.close()
-            return _report(args, analyse_captures([data], detail))
+            return _report(args, analyse_captures([data], detail), run, captured)
         source = Source(Prefixed(head, source.file), source.name, stream=True, owned=source.owned)
-    if args.json and not args.svg and not args.html and not source.stream:
+    if args.json and not args.svg and not args.html and not source.stream and args.results is None:
         from labctl.analyse.parallel import default_jobs, write_json_parallel
 
         jobs = args.jobs if args.jobs is not None else default_jobs(path)
@@ -134,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             for w in analysis.warnings:
                 print(f"labctl: warning: {w}", file=sys.stderr)
             return 0
-    return _report(args, analyse_file(source, detail=detail))
+    return _report(args, analyse_file(source, detail=detail), run, captured)
 
 
 def _several_points(files: list) -> bool:
@@ -157,14 +167,15 @@ def _several_points(files: list) -> bool:
     return True
 
 
-def _report(args: argparse.Namespace, analysis) -> int:
-    """Print or write what was asked for (--json, the terminal report, --svg, --html)."""
+def _report(args: argparse.Namespace, analysis, run: dict | None = None, captured=None) -> int:
+    """Print or write what was asked for (--json, the terminal report, --svg, --html); ``run`` and
+    ``captured``: what ``--results`` read (the run's outcome per client, and which nodes were captured)."""
     from labctl.cli import CliError
 
     if args.json:
         from labctl.analyse.json_report import write_json
 
-        write_json(analysis, sys.stdout)
+        write_json(analysis, sys.stdout, run, captured)
         sys.stdout.flush()
     written = []
     if not args.json or args.svg or args.html:
@@ -173,7 +184,7 @@ def _report(args: argparse.Namespace, analysis) -> int:
         listed = 0
         if args.html:
             from labctl.analyse.html import LISTED as listed
-        summary = summarise(analysis, listed=listed)
+        summary = summarise(analysis, listed=listed, run=run, captured=captured)
         if not args.json:
             from labctl.analyse import terminal
 

@@ -229,7 +229,8 @@ def _print_capture(console, result, inventory, *, ladder: bool) -> None:
     for warning in s.get("warnings", []):
         console.print(f"[yellow]warning: {warning}[/]")
     if ladder and result.analysis is not None and result.analysis.packets:
-        from labctl.analyse import render_terminal
+        from labctl.analyse import summarise, terminal
 
         sys.stdout.flush()
-        render_terminal(result.analysis)
+        run = result.run.to_json() if result.run is not None else None  # (each UDP client's own view)
+        terminal.render(summarise(result.analysis, run=run, captured={n.node for n in result.nodes}))

@@ -179,10 +179,11 @@ def run_table(result, title: str | None = None):
     table = Table(title=title)
     for col, justify in (("node", "left"), ("address", "left"), ("reply", "left"), ("exit", "right"),
                          ("start ms", "right"), ("connect ms", "right"), ("first byte ms", "right"),
-                         ("total ms", "right")):
+                         ("total ms", "right"), ("tries", "right"), ("timeouts", "right")):
         table.add_column(col, justify=justify)
     for r in result.results:
-        cells = [_ms(r.late_ms), _ms(r.ms("connected")), _ms(r.ms("first_byte")), _ms(r.ms("done"))]
+        cells = [_ms(r.late_ms), _ms(r.ms("connected")), _ms(r.ms("first_byte")), _ms(r.ms("done")),
+                 _count(r.attempts), _count(r.timeouts)]
         reply = _escape((r.reply or "").replace("\n", " | "))
         if not r.ok:
             reply = f"[red]FAILED: {_escape(r.error)}[/red]" + (f" [dim]{reply}[/dim]" if reply else "")
@@ -190,6 +191,11 @@ def run_table(result, title: str | None = None):
             reply += f" [yellow](started {r.late_ms:.1f} ms late)[/yellow]"
         table.add_row(r.node, r.address, reply, "-" if r.exit is None else str(r.exit), *cells)
     return table
+
+
+def _count(value: int | None) -> str:
+    """A client's attempts or timeouts; "unknown" for a program labctl did not write (never a guess)."""
+    return "unknown" if value is None else str(value)
 
 
 def _ms(value: float | None) -> str:
