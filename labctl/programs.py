@@ -43,7 +43,8 @@ PLACEHOLDERS = ("server", "port", "node", "address")
 KEYS = ("server", "client", "port", "timeout", "ready", "ready_timeout", "input", "files", "startup")
 DEFAULT_TIMEOUT = 5.0             # s a client may run from the instant (the seed's UDP client never ends)
 MAX_TIMEOUT = 3600.0              # every timeout is bounded
-DEFAULT_READY_TIMEOUT = 5.0       # s for a server to listen after it was started
+DEFAULT_READY_TIMEOUT = 15.0      # s for a server to listen after it was started (a Python start in a
+#                                   VM under QEMU without KVM on a busy machine took 5 s: the VM test)
 MAX_READY_TIMEOUT = 120.0
 MAX_INPUT = 65536                 # bytes of `input:` for a client's stdin
 PROGRAMS_DIR = "programs"         # on a node, under labctl's folder (deploy.REMOTE_DIR)

@@ -187,6 +187,8 @@ def run_table(result, title: str | None = None):
         reply = _escape((r.reply or "").replace("\n", " | "))
         if not r.ok:
             reply = f"[red]FAILED: {_escape(r.error)}[/red]" + (f" [dim]{reply}[/dim]" if reply else "")
+        elif r.warning:
+            reply += f" [yellow]({_escape(r.warning)})[/yellow]"
         elif r.late_ms is not None and r.late_ms >= 1.0:
             reply += f" [yellow](started {r.late_ms:.1f} ms late)[/yellow]"
         table.add_row(r.node, r.address, reply, "-" if r.exit is None else str(r.exit), *cells)

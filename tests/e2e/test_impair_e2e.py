@@ -73,10 +73,8 @@ def connect_ms(lab_plan, client: str, server: str, count: int = 10) -> list[floa
 
 
 def answered(result: dict) -> bool:
-    """The client got its reply. (On a loaded machine ``run`` may still fail a client that woke late
-    for its start instant; that is the trigger's own check, not the network's: the reply came.)"""
-    late = "not asleep in time" in (result.get("error") or "")
-    return result["ok"] or (late and result["timings"].get("first_byte") is not None)
+    """The client got its reply (one that woke late for its start instant is ok, with a warning)."""
+    return result["ok"]
 
 
 def cli_json(lab, *args: str, ok_codes=(0,)) -> dict:
