@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from labctl.deploy import CLIENT_PROGRAM, builtin_server_argv, file_hash, files_for
+from labctl.deploy import CLIENT_PROGRAM, LAUNCHER_FILES, builtin_server_argv, file_hash, files_for
 from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.programs import builtin, parse_program, resolve
@@ -272,8 +272,7 @@ def test_stale_nodes_are_deployed_first_and_only_they():
     runner, conns = fake_runner(client1={"stale": True})
     prep = runner.prepare()
     assert [d.node for d in prep.deployed] == ["client1"]
-    assert conns["client1"].puts == ["labctl/startat.py", "labctl/startat_hold.py",
-                                     f"labctl/{CLIENT_PROGRAM}"]
+    assert conns["client1"].puts == [*(f"labctl/{n}" for n in LAUNCHER_FILES), f"labctl/{CLIENT_PROGRAM}"]
     assert conns["client2"].puts == [] and conns["server"].puts == []
 
 

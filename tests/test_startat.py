@@ -253,7 +253,9 @@ def test_the_launcher_returns_only_when_the_output_is_complete():
 
 def test_without_the_hold_file_it_sleeps_and_execs(tmp_path):
     alone = tmp_path / "startat.py"
-    alone.write_bytes(STARTAT.read_bytes())  # without startat_hold.py beside it
+    alone.write_bytes(STARTAT.read_bytes())  # without startat_hold.py beside it (its other parts are)
+    for part in ("startat_check.py", "startat_output.py"):
+        (tmp_path / part).write_bytes((STARTAT.parent / part).read_bytes())
     out = subprocess.run([sys.executable, str(alone), "--at", repr(time.time() + LEAD), "--", "sh", "-c",
                           "echo ok"], capture_output=True, text=True, timeout=30)
     t = timings_of(out.stderr)
