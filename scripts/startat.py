@@ -138,8 +138,9 @@ def child(argv: list[str], at: float, hold: bool, status_w: int, ack_r: int, out
 class Launcher:
     """One program started at one instant: `run()` returns startat's exit status, `t` the timings."""
 
-    def __init__(self, argv: list[str], at: float, timeout: float | None, hold: bool, start: float) -> None:
-        self.argv, self.at, self.timeout, self.hold = argv, at, timeout, hold
+    def __init__(self, argv: list[str], at: float, timeout: float | None, hold: bool, start: float,
+                 spin: float = SPIN) -> None:
+        self.argv, self.at, self.timeout, self.hold, self.spin = argv, at, timeout, hold, spin
         self.t = timings(start, at, mode="hold" if hold else "exec")
         self.pid = 0
         self.holder: startat_hold.Holder | None = None
@@ -244,7 +245,7 @@ class Launcher:
             self.until_instant()
             if self.fallback:
                 self.finish()
-                self.__init__(self.argv, self.at, self.timeout, False, self.t["start"])  # type: ignore
+                self.__init__(self.argv, self.at, self.timeout, False, self.t["start"], self.spin)  # type: ignore
                 self.t["no_hold"] = "the launcher could not take the filter's listener (pidfd_getfd)"
                 return self.run()
             self.let_go()
@@ -265,17 +266,17 @@ class Launcher:
         """The handshake and (hold) the program's start-up, its network calls held; then sleep, and
         (hold: real-time from REALTIME_AHEAD before the instant) spin the last SPIN seconds."""
         ahead = startat_hold.REALTIME_AHEAD if self.hold else SLEEP_TO
-        for margin in (ahead, SPIN + SLEEP_TO):  # (poll's timeout is in whole milliseconds)
+        for margin in (ahead, self.spin + SLEEP_TO):  # (poll's timeout is in whole milliseconds)
             while self.exited is None and not self.fallback and (self.status_r >= 0 or self.holder):
                 left = self.at - margin - time.time()
                 if left <= 0:
                     break
                 self.poll(left, relay=False)
-            if margin > SPIN + SLEEP_TO and self.holder is not None:
+            if margin > self.spin + SLEEP_TO and self.holder is not None:
                 startat_hold.realtime(True)
                 self.nice = startat_hold.boost(self.pid, startat_hold.BOOST_NICE)
         if self.exited is None and not self.fallback:
-            wait_until(self.at, SPIN if self.holder is not None else 0.0)
+            wait_until(self.at, self.spin if self.holder is not None else 0.0)
 
     def let_go(self) -> None:
         """At the instant: release the held calls; until HOLD_OUTPUT after it, hold output and exit."""
@@ -374,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         exec_argv, machine = prepare(a.program, a.args, a.node)
         no_hold = ("--no-hold" if a.no_hold else "startat_hold.py missing" if startat_hold is None
                    else "the instant is past" if a.at - time.time() < 0.02 else startat_hold.why_not(machine))
-        launcher = Launcher(exec_argv, a.at, a.timeout, no_hold is None, start)
+        spin = SPIN if a.spin is None else a.spin
+        launcher = Launcher(exec_argv, a.at, a.timeout, no_hold is None, start, spin)
         launcher.t["no_hold"] = no_hold
         code = launcher.run()
         t = launcher.t

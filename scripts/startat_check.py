@@ -129,18 +129,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = Parser(prog="startat.py", description="Start PROGRAM at the wall-clock instant --at (see the top "
                "of this file for how, the exit codes and the startat-timings line).",
-               usage="%(prog)s --at EPOCH_SECONDS [--timeout SECONDS] [--node NAME] -- PROGRAM [ARGS...]")
+               usage="%(prog)s --at EPOCH_SECONDS [--timeout SECONDS] [--node NAME] [--no-hold] [--spin S] "
+                     "-- PROGRAM [ARGS...]")
     p.add_argument("--at", type=float, required=True, metavar="EPOCH_SECONDS", help="the instant (Unix time)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="kill the program's group this long after the instant (exit 124; default: none)")
     p.add_argument("--node", default=os.uname().nodename, help="this node's name, for the messages")
     p.add_argument("--no-hold", action="store_true",
                    help="do not exec early and hold the first network call: sleep, then exec")
+    p.add_argument("--spin", type=float, default=None, metavar="SECONDS",
+                   help="held: spin, not sleep, this long before the instant (default 0.003; 0: sleep)")
     p.add_argument("program", metavar="PROGRAM")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     a = p.parse_args(argv)
     if not (abs(a.at) < float("inf")) or a.at > time.time() + MAX_AHEAD:
         p.error(f"--at must be a Unix time at most {MAX_AHEAD:.0f} s ahead, not {a.at}")
+    if a.spin is not None and not 0 <= a.spin <= 0.1:
+        p.error(f"--spin must be 0 to 0.1 seconds, not {a.spin}")
     if a.timeout is not None and not 0 < a.timeout < float("inf"):
         p.error(f"--timeout must be a positive number of seconds, not {a.timeout}")
     return a
