@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labctl.deploy import (
@@ -73,13 +75,26 @@ def check_timeout(timeout: float | None) -> None:
                        f"{MAX_TIMEOUT:g} s (every client is killed when it runs past it)")
 
 
+# What the launcher and the built-in client import: a start of either costs about this Python start
+# when its file is not on the node yet (deploy copies it while the node is measured).
+LAUNCHER_IMPORTS = "argparse, contextlib, ctypes, fcntl, json, os, select, signal, struct, sys, time"
+CLIENT_IMPORTS = "argparse, json, re, socket, struct, sys, time"
+
+
 def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
     """What a client node runs to be measured: its clock, a start of the launcher (a Python start:
-    what an interpreted client costs too), its clock again; for the built-in client also a start of it."""
+    what an interpreted client costs too), its clock again; for the built-in client also a start of it.
+    A file not there yet is stood in for by a Python start with its imports."""
     py = " ".join(PYTHON)
-    script = f"date +%s.%N; {py} {remote_dir}/{LAUNCHER} --help > /dev/null 2>&1; date +%s.%N; "
+
+    def start(name: str, imports: str) -> str:
+        path = shlex.quote(f"{remote_dir}/{name}")
+        stand_in = shlex.quote("import " + imports)
+        return f"if [ -f {path} ]; then {py} {path} --help; else {py} -c {stand_in}; fi > /dev/null 2>&1; "
+
+    script = f"date +%s.%N; {start(LAUNCHER, LAUNCHER_IMPORTS)}date +%s.%N; "
     if builtin:
-        script += f"{py} {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; "
+        script += start(CLIENT_PROGRAM, CLIENT_IMPORTS)
     return script + "true"
 
 
@@ -211,12 +226,25 @@ class Runner:
         return program if isinstance(program, Program) else program_for(self.inventory, program)
 
     def prepare(self, program: Program | ProgramSpec | str | None = None) -> Prepared:
-        """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`), then measure
-        every client's start."""
+        """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`) and measure every
+        client's start, both at once on the same connections (the measurement needs nothing deployed):
+        one round trip of wall time where there were two. A client that got new files is measured
+        again afterwards (a file being copied meanwhile starts faster than it will); a node deploy
+        could not bring up to date is not measured."""
         program = self.program(program)
         prep = Prepared(program=program.name, resolved=program)
-        if self.deploy:
-            report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
+        builtin = program.client is None
+        clients = self.group.subset(self.client_names)
+        if not self.deploy:
+            measured = clients.map(lambda c: self._measure(c, builtin))
+        else:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure")
+            try:
+                measuring = pool.submit(clients.map, lambda c: self._measure(c, builtin))
+                report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
+                measured = measuring.result()
+            finally:
+                pool.shutdown(wait=False)  # on Ctrl-C, do not wait for the measurement here
             prep.deployed = [n for n in report.nodes if n.ok and n.changed]
             prep.unreachable = {n.node: str(n.error) for n in report.nodes if not n.ok}
             for n in report.nodes:
@@ -227,13 +255,18 @@ class Runner:
                 self.progress(f"deployed {program.name} to {', '.join(n.node for n in prep.deployed)}")
             if self.server.name in prep.unreachable:  # the clients will say what that means
                 self.progress(f"server {self.server.address}: {prep.unreachable[self.server.name]}")
-        clients = [n for n in self.client_names if n not in prep.unreachable]
-        builtin = program.client is None
-        measured = self.group.subset(clients).map(lambda c: self._measure(c, builtin))
+            again = [n.node for n in prep.deployed if n.role == "client"]
+            if again:
+                remeasured = self.group.subset(again).map(lambda c: self._measure(c, builtin))
+                measured.results.update(remeasured.results)
+                measured.failures.update(remeasured.failures)
+                for name in remeasured.results:
+                    measured.failures.pop(name, None)
         for name, exc in measured.failures.items():
-            prep.unreachable[name] = reason(exc)
+            prep.unreachable.setdefault(name, reason(exc))
         for name, (cost, python, offset) in measured.results.items():
-            prep.costs[name], prep.python[name], prep.offsets[name] = cost, python, offset
+            if name not in prep.unreachable:
+                prep.costs[name], prep.python[name], prep.offsets[name] = cost, python, offset
         if prep.costs:
             prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
         self.prepared = prep
