@@ -338,3 +338,32 @@ def test_a_flooding_client_cannot_fill_our_memory_and_its_timings_survive():
     data = bytes(out)
     assert len(data) < 2 * KEEP + 100 and out.dropped > 0
     assert split_launcher(data.decode())[0]["exit"] == 0  # the launcher's last line is kept
+
+
+def count(conn: FakeConnection, marker: str) -> int:
+    return sum(marker in c for c in conn.commands)
+
+
+def test_the_built_in_hours_share_one_measurement_but_each_checks_the_nodes():
+    runner, conns = fake_runner()
+    assert runner.trigger("tcp").ok and runner.trigger("udp").ok and runner.trigger("proto").ok
+    for name in ("client1", "client2", "client3"):
+        assert count(conns[name], "date +%s.%N") == 1, conns[name].commands  # measured once
+        assert count(conns[name], "sha256sum") == 3  # deploy.ensure before each program
+    assert runner.prepared.program == "proto"
+
+
+def test_a_client_that_got_new_files_is_measured_again_after_the_copy():
+    runner, conns = fake_runner(client1={"stale": True})
+    runner.prepare()
+    assert count(conns["client1"], "date +%s.%N") == 2   # while its files were copied, and after
+    assert count(conns["client2"], "date +%s.%N") == 1
+    assert set(runner.prepared.costs) == {"client1", "client2", "client3"}
+
+
+def test_the_measurement_needs_nothing_deployed():
+    from labctl.run import measure_script
+
+    script = measure_script("labctl", builtin=True)
+    assert "if [ -f labctl/startat.py ]" in script and "-c 'import argparse" in script
+    assert script.count("date +%s.%N") == 2 and "timeclient.py" in script
