@@ -22,6 +22,8 @@ from labctl.errors import LabctlError
 HOURS = (("tcp", "First hour: the time over TCP"), ("udp", "Second hour: the time over UDP"),
          ("proto", "Third hour: the line protocol (GET TIME, SAY HI on one connection)"))
 LOCAL_DIR = Path("captures")
+WARM = ("labctl.remote", "labctl.run", "labctl.capture", "labctl.analyse.readback",
+        "labctl.analyse.exercise_report")
 
 Progress = Callable[[str], None]
 
@@ -150,6 +152,7 @@ def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progr
         else:
             say(f"bringing lab {backend.lab.name} up ({backend.name})")
             ex.brought_up = True
+            bringup.prewarm(*WARM)  # the steps' modules, imported while the nodes come up
             inventory = bringup.up(backend, say)
         ex.steps["up"] = time.perf_counter() - t
         ex.lab = lab_description(backend, inventory)

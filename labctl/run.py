@@ -166,8 +166,9 @@ class Runner:
         """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`) and measure every
         client's start, both at once on the same connections (the measurement needs nothing deployed):
         one round trip of wall time where there were two. A client that got new files is measured
-        again afterwards (a file being copied meanwhile starts faster than it will); a node deploy
-        could not bring up to date is not measured."""
+        again as soon as it has them (a file being copied meanwhile starts faster than it will; and
+        the first start compiles the launcher's modules); a node deploy could not bring up to date
+        is not measured."""
         program = self.program(program)
         prep = Prepared(program=program.name, resolved=program)
         builtin = program.client is None
@@ -175,20 +176,22 @@ class Runner:
         if not self.deploy:
             measured = clients.map(lambda c: self._measure(c, builtin))
         else:
+            again: dict[str, tuple[float, float, float]] = {}
+
+            def measure_again(conn: Connection, node: NodeDeploy) -> None:
+                if node.role == "client" and node.ok and node.changed:
+                    again[conn.host.name] = self._measure(conn, builtin)
+
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure")
             try:
                 measuring = pool.submit(clients.map, lambda c: self._measure(c, builtin))
-                self._ensure(program, prep)
+                self._ensure(program, prep, then=measure_again)
                 measured = measuring.result()
             finally:
                 pool.shutdown(wait=False)  # on Ctrl-C, do not wait for the measurement here
-            again = [n.node for n in prep.deployed if n.role == "client"]
-            if again:
-                remeasured = self.group.subset(again).map(lambda c: self._measure(c, builtin))
-                measured.results.update(remeasured.results)
-                measured.failures.update(remeasured.failures)
-                for name in remeasured.results:
-                    measured.failures.pop(name, None)
+            measured.results.update(again)
+            for name in again:
+                measured.failures.pop(name, None)
         for name, exc in measured.failures.items():
             prep.unreachable.setdefault(name, reason(exc))
         for name, (cost, python, offset) in measured.results.items():
@@ -199,9 +202,9 @@ class Runner:
         self.prepared = prep
         return prep
 
-    def _ensure(self, program: Program, prep: Prepared) -> None:
+    def _ensure(self, program: Program, prep: Prepared, then=None) -> None:
         """deploy.ensure, its outcome in ``prep`` (deployed, unreachable) and said."""
-        report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
+        report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir, then=then)
         prep.deployed = [n for n in report.nodes if n.ok and n.changed]
         prep.unreachable.update({n.node: str(n.error) for n in report.nodes if not n.ok})
         for n in report.nodes:
