@@ -22,7 +22,7 @@ MARGIN = 0.02          # s: slack for jitter, not the cost itself
 MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse rather than wait
 # What the launcher and the built-in client import: a start of either costs about this Python start
 # when its file is not on the node yet (deploy copies it while the node is measured).
-LAUNCHER_IMPORTS = "argparse, contextlib, ctypes, fcntl, json, os, select, signal, struct, sys, time"
+LAUNCHER_IMPORTS = "ctypes, fcntl, os, select, signal, struct, sys, time"
 CLIENT_IMPORTS = "argparse, json, re, socket, struct, sys, time"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable  # (collections is there anyway: signal imports enum)
 
 
 class Relay:

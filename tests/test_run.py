@@ -365,5 +365,5 @@ def test_the_measurement_needs_nothing_deployed():
     from labctl.run import measure_script
 
     script = measure_script("labctl", builtin=True)
-    assert "if [ -f labctl/startat.py ]" in script and "-c 'import argparse" in script
+    assert "if [ -f labctl/startat.py ]" in script and "-c 'import ctypes" in script
     assert script.count("date +%s.%N") == 2 and "timeclient.py" in script

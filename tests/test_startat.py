@@ -312,3 +312,31 @@ def test_output_and_exit_wait_until_the_burst_is_over(tmp_path):
     assert sent >= t["at"]
     if t["mode"] == "hold":
         assert printed >= t["at"] + startat.HOLD_OUTPUT > sent
+
+
+def test_the_command_line_is_parsed_like_argparse_would():
+    import startat_check
+
+    at = time.time() + 5
+    a = startat_check.parse_args(["--at", str(at), "--node=client2", "--timeout", "3", "--", "ls", "-la"])
+    assert (a.at, a.node, a.timeout, a.no_hold, a.spin) == (at, "client2", 3.0, False, None)
+    assert (a.program, a.args) == ("ls", ["-la"])
+    a = startat_check.parse_args(["--at", str(at), "--no-hold", "--spin", "0", "prog", "--at", "x"])
+    assert (a.no_hold, a.spin, a.program, a.args) == (True, 0.0, "prog", ["--at", "x"])  # its own arguments
+    for bad, why in ((["--at", str(at), "--spin", "1", "--", "x"], "--spin must be 0 to 0.1"),
+                     (["--at", str(at)], "required: PROGRAM"), (["--", "x"], "required: --at"),
+                     (["--at", str(at), "--bogus", "x"], "unrecognized argument: --bogus"),
+                     (["--at"], "expected one argument")):
+        out = subprocess.run([sys.executable, str(STARTAT), *bad], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 125 and "startat: " in out.stderr and why in out.stderr, (bad, out.stderr)
+    out = subprocess.run([sys.executable, str(STARTAT), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("usage: startat.py --at EPOCH_SECONDS")
+
+
+def test_the_launcher_starts_without_the_heavy_modules():
+    here = str(STARTAT.parent)
+    out = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {here!r})\n"
+                          "import startat\n"
+                          "print(' '.join(m for m in ('argparse', 'json', 're', 'typing', 'contextlib') "
+                          "if m in sys.modules))"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "", out  # (its start is on every run's path)
