@@ -82,7 +82,7 @@ def test_stop_counts_a_zombie_as_gone(sshd, tmp_path):
         parent = c.start(["sh", "-c", "sleep 60 & echo child $!; exec sleep 60"], log=str(log), ready="child")
         try:
             child = int(log.read_text().split()[1])
-            assert _state(child) == "S"
+            assert _state(child) in ("R", "S")  # alive (running or asleep: "R" under load), not a zombie
             assert c.stop(child, timeout=1.0) is True  # not "killed after the timeout"
             assert _state(child) == "Z"  # still a zombie: stop did not wait for the reaping
         finally:
