@@ -256,7 +256,8 @@ def _hour(ex: Exercise, hour: Hour, runner, conn, inventory, ports, say: Progres
                                   "received": result.stats.received,
                                   "dropped": result.stats.dropped},
                         "summary": result.summary}
-        if result.interrupted:
+        # Ctrl-C stops the capture, or (while the clients run) the run, which returns what came back
+        if result.interrupted or (result.run is not None and result.run.interrupted):
             ex.interrupted = True
             hour.error = "interrupted (Ctrl-C) during the capture"
     except LabctlError as exc:
