@@ -338,13 +338,18 @@ class Runner:
                 if off:
                     res.timings = {k: v - off for k, v in res.timings.items()}
                 results.append(res)
-        self._learn(program, results, lead, prep)
+        self._learn(program, results, lead, prep, start_at)
         return RunResult(program.name, self.server.address, program.port, start_at, lead, results,
                          time.perf_counter() - t0, interrupted=interrupted)
 
-    def _learn(self, program: Program, results: list[ClientResult], lead: float, prep: Prepared) -> None:
-        """What a client's start-up took (exec to its first network call) sets the next run's lead
-        (--repeat, capture); a built-in client that was not asleep in time lengthens it."""
+    def _learn(self, program: Program, results: list[ClientResult], lead: float, prep: Prepared,
+               start_at: float) -> None:
+        """The next run's lead (--repeat, capture, the exercise's hours) from this one: a built-in
+        client that was not asleep in time lengthens it; when every client that answered was ready
+        (asleep, or held at its first network call) before the instant, it is what the launch really
+        took, with the same safety factor; else a program's start-up (exec to its first network call)
+        is added to the nodes' measured cost. (The measurement before the first run is a stand-in:
+        taken while deploy copied files and started the server, it came out up to 4x the launch.)"""
         for r in results:
             t = r.timings
             if program.client is not None and "ready" in t and "execve" in t:
@@ -353,8 +358,14 @@ class Runner:
                     self.startup[(program.name, r.node)] = startup
         late = [r.late_ms for r in results if r.late_ms is not None and not r.ok
                 and r.error and "not asleep in time" in r.error]
+        launched = start_at - lead
+        answered = [r for r in results if r.ok]
+        ready = [r.timings["ready"] - launched for r in answered
+                 if "ready" in r.timings and launched <= r.timings["ready"] <= start_at]
         if late:  # the node got slower since it was measured
             prep.lead = min(MAX_LEAD, max(prep.lead, lead + safety() * max(late) / 1000.0))
+        elif answered and len(ready) == len(answered):
+            prep.lead = choose_lead(ready)
         elif program.client is not None and prep.costs:
             prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
 
