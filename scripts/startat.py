@@ -27,12 +27,13 @@ SIGINT to the launcher kill the program's group too (exit 128+N). An error of st
 
     startat-timings: {"start": .., "ready": .., "exec": .., "end": .., "exit": .., "timed_out": ..,
                       "error": .., "late_ms": .., "at": .., "mode": "hold"|"exec", "execve": ..,
-                      "no_hold": null or why the program was not held}
+                      "no_hold": null or why the program was not held, "connects": ..}
 
 start: the launcher started; ready: the program was waiting for the instant (hold: it reached its
 first network call; exec: the child went to sleep); exec: the program was let go (hold: its first
 network call was released; exec: execve); late_ms: exec minus --at; execve: when execve was called;
-end: the program's group was gone. Times are epoch seconds (floats); null where they never happened.
+end: the program's group was gone; connects: TCP connects the launcher made for the program at the
+instant (startat_hold.py). Times are epoch seconds (floats); null where they never happened.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ __all__ = ["UNAME_NAMES", "LaunchError", "main", "prepare"]
 def timings(start: float, at: float, **known: object) -> dict[str, object]:
     """The startat-timings object: every key, null until known."""
     t: dict[str, object] = dict.fromkeys(("start", "ready", "exec", "end", "exit", "timed_out", "error",
-                                          "late_ms", "at", "mode", "execve", "no_hold"))
+                                          "late_ms", "at", "mode", "execve", "no_hold", "connects"))
     t.update(start=start, at=at, timed_out=False, **known)
     return t
 
@@ -341,7 +342,7 @@ class Launcher:
         h = self.holder
         if h is not None:
             h.close()
-            self.t["ready"] = h.first_call
+            self.t["ready"], self.t["connects"] = h.first_call, h.connected
             if self.t["exec"] is None and h.first_call is not None:
                 self.t["exec"] = max(h.first_call, self.at)  # its first network call came late
         if self.t["mode"] == "hold" and self.t["exec"] is None and self.t["execve"] is not None:

@@ -164,6 +164,7 @@ class Holder:
         self.connects: dict[int, tuple[object, bytes]] = {}  # held connect -> (our copy of its socket, its
         #                                                       address): connected by us at the instant
         self.first_call: float | None = None  # when the first network call (or the exit) arrived
+        self.connected = 0  # connects made for the program at the instant
 
     def pending(self, timeout: float = 0.0) -> bool:
         p = select.poll()
@@ -219,6 +220,7 @@ class Holder:
         rc = self.libc.connect(sock.fileno(), address, len(address))  # type: ignore[attr-defined]
         err = ctypes.get_errno() if rc < 0 else 0
         sock.close()
+        self.connected += 1
         try:  # noqa: SIM105  (contextlib is not imported: a faster start)
             self.ioctl(self.fd, NOTIF_SEND, bytearray(struct.pack("QqiI", nid, 0, -err, 0)))
         except OSError:  # (interrupted: it comes again and finds the connection under way, or made)

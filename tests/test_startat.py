@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -340,3 +341,47 @@ def test_the_launcher_starts_without_the_heavy_modules():
                           "print(' '.join(m for m in ('argparse', 'json', 're', 'typing', 'contextlib') "
                           "if m in sys.modules))"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.strip() == "", out  # (its start is on every run's path)
+
+
+CONNECTOR = """
+import selectors, socket, sys, time
+s = socket.socket()
+s.setblocking(sys.argv[2] == "blocking")
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    print("connected at once", flush=True)
+except BlockingIOError:
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_WRITE)
+    sel.select(5)
+    ok = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    print("in progress, then", "connected" if ok else "failed", flush=True)
+s.setblocking(True)
+print(s.recv(100).decode().strip(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not CAN_HOLD, reason="the hold needs Linux >= 5.6 on x86-64/aarch64")
+@pytest.mark.parametrize("blocking", [False, True], ids=["non-blocking", "blocking"])
+def test_a_held_tcp_connect_is_made_at_the_instant(tmp_path, blocking):
+    """Non-blocking (Go's): the launcher connects the program's socket itself at the instant and the
+    program sees EINPROGRESS, as from its own connect; blocking: the call is let go as it was."""
+    script = write_script(tmp_path / "c.py", CONNECTOR, 0o644)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        accepted: list[float] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            accepted.append(time.time())
+            conn.sendall(b"hello\n")
+            conn.close()
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        out, t = launch(str(script), str(server.getsockname()[1]), "blocking" if blocking else "no")
+        thread.join(5)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "hello", out.stderr
+    assert accepted and accepted[0] >= t["at"] and t["exec"] >= t["at"]
+    assert t["connects"] == (0 if blocking else 1)
+    assert out.stdout.startswith("connected at once" if blocking else "in progress, then connected")
