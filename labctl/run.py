@@ -45,6 +45,7 @@ from labctl.remote_process import RemoteProcess, wait_all
 from labctl.run_lead import (
     MARGIN,
     MAX_LEAD,
+    OBSERVED,
     RunError,
     choose_lead,
     clock_offset,
@@ -347,7 +348,7 @@ class Runner:
         """The next run's lead (--repeat, capture, the exercise's hours) from this one: a built-in
         client that was not asleep in time lengthens it; when every client that answered was ready
         (asleep, or held at its first network call) before the instant, it is what the launch really
-        took, with the same safety factor; else a program's start-up (exec to its first network call)
+        took (x OBSERVED, and the safety factor); else a program's start-up (exec to its first network call)
         is added to the nodes' measured cost. (The measurement before the first run is a stand-in:
         taken while deploy copied files and started the server, it came out up to 4x the launch.)"""
         for r in results:
@@ -365,7 +366,7 @@ class Runner:
         if late:  # the node got slower since it was measured
             prep.lead = min(MAX_LEAD, max(prep.lead, lead + safety() * max(late) / 1000.0))
         elif answered and len(ready) == len(answered):
-            prep.lead = choose_lead(ready)
+            prep.lead = choose_lead([OBSERVED * r for r in ready])
         elif program.client is not None and prep.costs:
             prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
 
