@@ -14,12 +14,11 @@ starting it first stops, by PID, any managed server that holds its ports, and sa
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shlex
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -309,29 +308,21 @@ def deploy_node(conn: Connection, program: Program, ports: Ports, *, remote_dir:
 
 
 def ensure(group: Group, program: Program | Ports | None = None, *, ports: Ports | None = None,
-           remote_dir: str = REMOTE_DIR, force: bool = False, scripts_dir: Path | None = None,
-           then: Callable[[Connection, NodeDeploy], None] | None = None) -> DeployReport:
+           remote_dir: str = REMOTE_DIR, force: bool = False,
+           scripts_dir: Path | None = None) -> DeployReport:
     """Bring every host of ``group`` up to date with ``program`` at once (``force``: copy and restart
     anyway). ``program`` None (or a :class:`Ports`, as older callers pass it) is the built-in server.
 
     A node that is already current costs one round trip; a node that fails (unreachable, a copy or
-    the server's start failed) is reported with its reason, and the others go on. ``then(conn,
-    node)`` runs in a node's own thread as soon as that node is up to date (not after the others: a
-    client need not wait for the server's start); what it raises is its own business, not deploy's.
+    the server's start failed) is reported with its reason, and the others go on.
     """
     if program is None or isinstance(program, Ports):
         ports = program if isinstance(program, Ports) else ports or Ports()
         program = resolve(builtin("tcp"), ports)
     ports = ports or Ports()
     t0 = time.perf_counter()
-    def one(conn: Connection) -> NodeDeploy:
-        node = deploy_node(conn, program, ports, remote_dir=remote_dir, force=force, scripts_dir=scripts_dir)
-        if then is not None:
-            with contextlib.suppress(Exception):
-                then(conn, node)
-        return node
-
-    outcome = group.map(one)
+    outcome = group.map(lambda conn: deploy_node(conn, program, ports, remote_dir=remote_dir, force=force,
+                                                 scripts_dir=scripts_dir))
     nodes = []
     for conn in group:
         name = conn.host.name

@@ -45,7 +45,6 @@ from labctl.remote_process import RemoteProcess, wait_all
 from labctl.run_lead import (
     MARGIN,
     MAX_LEAD,
-    OBSERVED,
     RunError,
     choose_lead,
     clock_offset,
@@ -167,9 +166,9 @@ class Runner:
         """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`) and measure every
         client's start, both at once on the same connections (the measurement needs nothing deployed):
         one round trip of wall time where there were two. A client that got new files is measured
-        again as soon as it has them (a file being copied meanwhile starts faster than it will; and
-        the first start compiles the launcher's modules); a node deploy could not bring up to date
-        is not measured."""
+        again once deploy is done (a file being copied meanwhile starts faster than it will, and the
+        first start compiles the launcher's modules; measured while the server starts, each start
+        came out twice as long); a node deploy could not bring up to date is not measured."""
         program = self.program(program)
         prep = Prepared(program=program.name, resolved=program)
         builtin = program.client is None
@@ -177,22 +176,20 @@ class Runner:
         if not self.deploy:
             measured = clients.map(lambda c: self._measure(c, builtin))
         else:
-            again: dict[str, tuple[float, float, float]] = {}
-
-            def measure_again(conn: Connection, node: NodeDeploy) -> None:
-                if node.role == "client" and node.ok and node.changed:
-                    again[conn.host.name] = self._measure(conn, builtin)
-
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure")
             try:
                 measuring = pool.submit(clients.map, lambda c: self._measure(c, builtin))
-                self._ensure(program, prep, then=measure_again)
+                self._ensure(program, prep)
                 measured = measuring.result()
             finally:
                 pool.shutdown(wait=False)  # on Ctrl-C, do not wait for the measurement here
-            measured.results.update(again)
-            for name in again:
-                measured.failures.pop(name, None)
+            again = [n.node for n in prep.deployed if n.role == "client"]
+            if again:  # after deploy is done: measured while it starts the server, a start costs more
+                remeasured = self.group.subset(again).map(lambda c: self._measure(c, builtin))
+                measured.results.update(remeasured.results)
+                measured.failures.update(remeasured.failures)
+                for name in remeasured.results:
+                    measured.failures.pop(name, None)
         for name, exc in measured.failures.items():
             prep.unreachable.setdefault(name, reason(exc))
         for name, (cost, python, offset) in measured.results.items():
@@ -203,9 +200,9 @@ class Runner:
         self.prepared = prep
         return prep
 
-    def _ensure(self, program: Program, prep: Prepared, then=None) -> None:
+    def _ensure(self, program: Program, prep: Prepared) -> None:
         """deploy.ensure, its outcome in ``prep`` (deployed, unreachable) and said."""
-        report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir, then=then)
+        report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
         prep.deployed = [n for n in report.nodes if n.ok and n.changed]
         prep.unreachable.update({n.node: str(n.error) for n in report.nodes if not n.ok})
         for n in report.nodes:
@@ -339,18 +336,16 @@ class Runner:
                 if off:
                     res.timings = {k: v - off for k, v in res.timings.items()}
                 results.append(res)
-        self._learn(program, results, lead, prep, start_at)
+        self._learn(program, results, lead, prep)
         return RunResult(program.name, self.server.address, program.port, start_at, lead, results,
                          time.perf_counter() - t0, interrupted=interrupted)
 
-    def _learn(self, program: Program, results: list[ClientResult], lead: float, prep: Prepared,
-               start_at: float) -> None:
-        """The next run's lead (--repeat, capture, the exercise's hours) from this one: a built-in
-        client that was not asleep in time lengthens it; when every client that answered was ready
-        (asleep, or held at its first network call) before the instant, it is what the launch really
-        took (x OBSERVED, and the safety factor); else a program's start-up (exec to its first network call)
-        is added to the nodes' measured cost. (The measurement before the first run is a stand-in:
-        taken while deploy copied files and started the server, it came out up to 4x the launch.)"""
+    def _learn(self, program: Program, results: list[ClientResult], lead: float, prep: Prepared) -> None:
+        """What a client's start-up took (exec to its first network call) sets the next run's lead
+        (--repeat, capture, the exercise's hours); a built-in client that was not asleep in time
+        lengthens it. (Learning the lead from the launch itself was tried: at 2 x 1.3 x what the
+        launch took it led longer than measuring again, at 1.3 x it let built-in clients wake up late
+        under this machine's load bursts.)"""
         for r in results:
             t = r.timings
             if program.client is not None and "ready" in t and "execve" in t:
@@ -359,14 +354,8 @@ class Runner:
                     self.startup[(program.name, r.node)] = startup
         late = [r.late_ms for r in results if r.late_ms is not None and not r.ok
                 and r.error and "not asleep in time" in r.error]
-        launched = start_at - lead
-        answered = [r for r in results if r.ok]
-        ready = [r.timings["ready"] - launched for r in answered
-                 if "ready" in r.timings and launched <= r.timings["ready"] <= start_at]
         if late:  # the node got slower since it was measured
             prep.lead = min(MAX_LEAD, max(prep.lead, lead + safety() * max(late) / 1000.0))
-        elif answered and len(ready) == len(answered):
-            prep.lead = choose_lead([OBSERVED * r for r in ready])
         elif program.client is not None and prep.costs:
             prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
 

@@ -20,9 +20,6 @@ from labctl.run_result import SAFETY
 
 MARGIN = 0.02          # s: slack for jitter, not the cost itself
 MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse rather than wait
-# A launch seen once is one sample: on a machine whose load comes in bursts the next one took up to
-# twice as long (bench/run.py at load 10-40: with 1.0 here, 5 of 30 built-in clients woke up late).
-OBSERVED = 2.0
 # What the launcher and the built-in client import: a start of either costs about this Python start
 # when its file is not on the node yet (deploy copies it while the node is measured).
 LAUNCHER_IMPORTS = "ctypes, fcntl, os, select, signal, struct, sys, time"
