@@ -10,6 +10,7 @@ lab's bridge (:mod:`labctl.safety`).
 from __future__ import annotations
 
 import base64
+import logging
 import select
 import shlex
 import socket
@@ -34,6 +35,10 @@ from labctl.safety import check_host, unsafe_hosts  # noqa: E402
 
 if TYPE_CHECKING:
     from labctl.remote_process import RemoteProcess
+
+# paramiko's transport thread logs a failed handshake with its traceback; without a handler of its own
+# that reaches stderr through logging's last resort. The failure reaches the caller as one RemoteError.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 Command = Union[str, Sequence[str]]
@@ -110,12 +115,23 @@ def load_private_key(path: Path) -> paramiko.PKey:
         raise RemoteError(f"private key {path}: {exc}") from None
 
 
+# Seconds for the SSH handshake (banner, key exchange, auth) and for opening a channel, once the TCP
+# connection is up: an sshd that accepted is alive, but one in a VM under QEMU without KVM on a busy
+# machine can take many seconds to fork and answer (too short a wait lost client1 of the VM test).
+HANDSHAKE_TIMEOUT = 30.0
+
+
 class Connection:
-    """One SSH connection to one host, opened on first use and kept until :meth:`close`."""
+    """One SSH connection to one host, opened on first use and kept until :meth:`close`.
+
+    ``connect_timeout`` bounds the TCP connect (a dead or absent node); the handshake and each channel
+    get at least :data:`HANDSHAKE_TIMEOUT`.
+    """
 
     def __init__(self, host: Host, *, connect_timeout: float = 5.0, route_checked: bool = False) -> None:
         self.host = host
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = max(connect_timeout, HANDSHAKE_TIMEOUT)
         self._route_checked = route_checked
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -156,8 +172,8 @@ class Connection:
                 sock = socket.create_connection((host.address, host.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 client.connect(host.address, port=host.port, username=host.user, pkey=pkey, sock=sock,
-                               timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                               auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False)
+                               timeout=self.handshake_timeout, banner_timeout=self.handshake_timeout,
+                               auth_timeout=self.handshake_timeout, allow_agent=False, look_for_keys=False)
             except paramiko.BadHostKeyException:
                 client.close()
                 # `up` keeps the pins of a lab it finds running (a changed key is what pinning is there
@@ -199,7 +215,7 @@ class Connection:
         self.open()
         assert self._client is not None
         try:
-            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan = self._client.get_transport().open_session(timeout=self.handshake_timeout)
             chan.exec_command(line)
             if stdin is not None:
                 chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
@@ -224,7 +240,7 @@ class Connection:
         self.open()
         assert self._client is not None
         try:
-            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan = self._client.get_transport().open_session(timeout=self.handshake_timeout)
             chan.exec_command(line)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise RemoteError(f"{self.host.name}: lost the connection starting `{line}`: {exc}") from None
@@ -306,7 +322,7 @@ class Connection:
         self.open()
         assert self._client is not None
         try:
-            chan = self._client.get_transport().open_session(timeout=self.connect_timeout)
+            chan = self._client.get_transport().open_session(timeout=self.handshake_timeout)
             chan.exec_command(line)
             chan.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:

@@ -242,8 +242,8 @@ class Runner:
         before, t0 = time.time(), time.perf_counter()
         stdout = conn.run(measure_script(self.remote_dir, builtin), timeout=30).stdout
         cost, after = time.perf_counter() - t0, time.time()
-        remote, python = parse_measure(stdout, cost)
-        return cost, python, clock_offset(before, after, remote)
+        remote, python, rest = parse_measure(stdout, cost)
+        return cost, python, clock_offset(before, after, remote, rest)
 
     def trigger(self, program: Program | ProgramSpec | str = "tcp", *, send: Sequence[str] | None = None,
                 timeout: float | None = None, retries: int | None = None,

@@ -32,7 +32,8 @@ class RunError(LabctlError):
 
 def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
     """What a client node runs to be measured: its clock, a start of the launcher, its clock again;
-    for the built-in client also a start of it. A file not there yet is stood in for by a Python
+    for the built-in client also a start of it; its clock at the end (what the script took there
+    narrows when the first reading was taken). A file not there yet is stood in for by a Python
     start with its imports."""
     py = " ".join(PYTHON)
 
@@ -44,12 +45,12 @@ def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
     script = f"date +%s.%N; {start(LAUNCHER, LAUNCHER_IMPORTS)}date +%s.%N; "
     if builtin:
         script += start(CLIENT_PROGRAM, CLIENT_IMPORTS)
-    return script + "true"
+    return script + "date +%s.%N"
 
 
-def parse_measure(stdout: str, cost: float) -> tuple[float | None, float]:
-    """(the node's clock when it began, one Python start there in seconds) from the script's output;
-    a start it could not time is taken as the whole round trip ``cost``."""
+def parse_measure(stdout: str, cost: float) -> tuple[float | None, float, float]:
+    """(the node's clock when it began, one Python start there, what the node spent after its first
+    reading; seconds) from the script's output; a start it could not time is the whole ``cost``."""
     stamps = []
     for word in stdout.split():
         try:
@@ -58,7 +59,10 @@ def parse_measure(stdout: str, cost: float) -> tuple[float | None, float]:
             continue
     remote = stamps[0] if stamps else None
     python = stamps[1] - stamps[0] if len(stamps) > 1 else cost
-    return remote, max(python, 0.0)
+    # the first reading was taken at least what the rest of the script took there before `after`:
+    # on a slow VM that is seconds, which would hide a clock seconds off inside the probe's interval
+    rest = stamps[-1] - stamps[0] if len(stamps) > 2 else 0.0
+    return remote, max(python, 0.0), rest
 
 
 def safety() -> float:
@@ -87,16 +91,19 @@ def choose_lead(costs: Sequence[float]) -> float:
     return lead
 
 
-def clock_offset(before: float, after: float, remote: float | None) -> float:
+def clock_offset(before: float, after: float, remote: float | None, rest: float = 0.0) -> float:
     """The node clock's offset from ours, or 0.0 when the probe cannot tell it from zero.
 
-    ``remote`` was read on the node somewhere between ``before`` and ``after`` (our clock), so the
-    true offset lies in ``[remote - after, remote - before]``. Only when that interval excludes zero
-    (a VM whose clock is off by more than the round trip) is a correction applied.
+    ``remote`` was read on the node somewhere between ``before`` and ``after`` (our clock), and the
+    node worked ``rest`` seconds more after reading it before it answered, so the true offset lies in
+    ``[remote - (after - rest), remote - before]``. Only when that interval excludes zero (a VM whose
+    clock is off by more than the round trip) is a correction applied.
     """
     if remote is None:
         return 0.0
-    low, high = remote - after, remote - before
+    if not 0.0 <= rest <= after - before:  # a node clock that jumped or races: do not narrow
+        rest = 0.0
+    low, high = remote - (after - rest), remote - before
     if low <= 0.0 <= high:
         return 0.0
     return (low + high) / 2.0

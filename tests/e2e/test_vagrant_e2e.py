@@ -112,6 +112,12 @@ def _nft_tables() -> set[tuple[str, str]]:
     return {(f[1], f[2]) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
 
 
+def _libvirt_made_tables(before: dict) -> set[tuple[str, str]]:
+    """Tables that appeared since the fixture started, but a lab's own guard (``labctl-NAME``): each lab's
+    teardown checks its own, and a namespace lab elsewhere on the machine may have one of its own."""
+    return {(f, t) for f, t in _nft_tables() - before["nft_tables"] if not t.startswith("labctl-")}
+
+
 def _nft_table_rules(family: str, table: str) -> list[str]:
     """The rule lines of one table (not its chain headers)."""
     out = subprocess.run(["nft", "list", "table", family, table], capture_output=True, text=True,
@@ -241,11 +247,11 @@ def libvirt(tmp_path_factory):
             problems.append(f"firewall chains left: {_libvirt_chains() - before['chains']}")
         # libvirt's iptables-nft calls create the ip/ip6 filter, nat and mangle tables: remove the
         # ones that were not there before, once they hold no rule of anybody's
-        for family, table in _nft_tables() - before["nft_tables"]:
+        for family, table in _libvirt_made_tables(before):
             if not _nft_table_rules(family, table):
                 subprocess.run(["nft", "delete", "table", family, table], check=False)
-        if _nft_tables() - before["nft_tables"]:
-            problems.append(f"nft tables left: {_nft_tables() - before['nft_tables']}")
+        if _libvirt_made_tables(before):
+            problems.append(f"nft tables left: {_libvirt_made_tables(before)}")
         if Path("/proc/sys/net/ipv4/ip_forward").read_text() != before["ip_forward"]:
             problems.append("net.ipv4.ip_forward changed")
         if problems:
