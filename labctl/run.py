@@ -10,8 +10,8 @@ derived from a measurement taken just before (one round trip per node that also 
 there, all nodes at once, so it sees the same contention the real start will), never a constant.
 
 The built-in client (``timeclient.py``) is launched by startat too, for the same timeout, clean-up
-and timings, but keeps its own ``--start-at``: it makes its socket ahead and spins the last
-milliseconds, which measured tighter than a held Python program (bench/startat.py: 3 clients 2.1
+and timings, but keeps its own ``--start-at``: it makes its socket ahead and sleeps to the instant,
+which measured tighter than a held Python program (bench/startat.py: 3 clients 2.1
 vs 3.8 ms, 31 clients 4-12 vs 70-275 ms on the wire, on this loaded machine).
 
 Each client runs inside a small shell that holds its stdin, the SSH channel's: EOF on it (labctl
