@@ -50,6 +50,26 @@ SUBNETS = {3: 78, 31: 79}
 SEED = Path(os.environ.get("LABCTL_BENCH_DIR") or REPO.parent / "shared" / "bench")
 GO_SUBNET = ipaddress.IPv4Network("192.168.20.0/24")  # the seed's Go TCP client dials 192.168.20.2:8080
 TARGETS = {3: (1.0, 0.5, 2.0), 31: (20.0, 2.0, None)}  # spread ms (the Go client's), run tcp s, capture s
+# The CLI as a user runs it: with its bytecode cached (an environment that says PYTHONDONTWRITEBYTECODE
+# would make every start compile labctl again, ~0.1 s that no installed labctl pays).
+CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+# The reference for `run tcp` as a whole process: the least a CLI that runs one command on a client
+# over SSH can do (Python, paramiko, the inventory, one connection with the pinned key, `true`).
+SSH_TRUE = """
+import sys; sys.path.insert(0, {repo!r})
+from pathlib import Path
+from labctl.backends.netns import NetnsBackend
+from labctl.lab import load_lab
+from labctl.remote import Connection
+inventory = NetnsBackend(load_lab(Path({lab!r})), Path({state!r})).inventory()
+with Connection(inventory.clients[0]) as conn:
+    conn.run("true")
+"""
+
+
+def load() -> str:
+    """This machine's load average (1, 5, 15 min): the figures beside it depend on it."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def subnet_in_use(net: ipaddress.IPv4Network) -> list[str]:
@@ -80,7 +100,8 @@ def lab_file(directory: Path, clients: int, on_go_subnet: bool) -> Path:
 
 def cli(lab: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     argv = [sys.executable, str(REPO / "labctl.py"), "--lab", str(lab), "--state-dir", str(STATE_ROOT), *args]
-    return subprocess.run(argv, capture_output=True, text=True, check=check, cwd=REPO, timeout=300)
+    return subprocess.run(argv, capture_output=True, text=True, check=check, cwd=REPO, timeout=300,
+                          env=CLI_ENV)
 
 
 def plain_client_argv(server: str, port: int) -> list[str]:
@@ -165,10 +186,17 @@ def bench_spreads(inventory, runs: int, workdir: Path, go_tcp: bool) -> dict[str
     return spreads
 
 
-def bench_cli(lab: Path, runs: int, *args: str) -> list[float]:
-    """Wall time of whole CLI processes; a failed one is reported (and still timed)."""
+def bench_cli(lab: Path, runs: int, *args: str, reference: list[float] | None = None) -> list[float]:
+    """Wall time of whole CLI processes; a failed one is reported (and still timed). With
+    ``reference``, before each: the bare `ssh true` process (SSH_TRUE), timed into it."""
     times = []
+    ssh_true = [sys.executable, "-c", SSH_TRUE.format(repo=str(REPO), lab=str(lab),
+                                                      state=str(STATE_ROOT / lab.stem))]
     for _ in range(runs):
+        if reference is not None:
+            t0 = time.perf_counter()
+            subprocess.run(ssh_true, check=True, cwd=REPO, timeout=60, env=CLI_ENV)
+            reference.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         proc = cli(lab, *args, check=False)
         times.append(time.perf_counter() - t0)
@@ -216,8 +244,12 @@ def main() -> int:
                 spreads = bench_spreads(inventory, args.runs, workdir, go_tcp)
                 row = {"clients": n, **{k: med(v) for k, v in spreads.items()},
                        "worst late": max(spreads["late"], default=0.0)}
+                row["load"] = load()
                 if not args.no_cli:
-                    row["run tcp"] = med(bench_cli(lab, args.runs, "run", "tcp", "--json"))
+                    ref: list[float] = []
+                    row["run tcp"] = med(bench_cli(lab, args.runs, "run", "tcp", "--json", reference=ref))
+                    row["ssh true"] = med(ref)
+                    row["load cli"] = load()
                     if go_tcp:
                         row["run go-tcp"] = med(bench_cli(lab, args.runs, "run", "go-tcp", "--json"))
                     if n <= 3:
@@ -237,7 +269,8 @@ def report_rows(rows: list[dict], args) -> None:
         return f"{'-':>9} {'':>6}" if v is None else f"{v:>9.2f} {v / base:>6.1f}"
 
     print(f"\ntrigger spread: first to last client's first packet in the server's pcap, median of "
-          f"{args.runs} (lower is better; ratio = method / start-at, the built-in client)")
+          f"{args.runs} (lower is better; ratio = method / start-at, the built-in client); load average "
+          f"after each size: {'; '.join(str(r['clients']) + ' clients ' + r['load'] for r in rows)}")
     heads = "  ".join(f"{h:>9} {'ratio':>6}" for h in ("go-tcp ms", "go-udp ms", "barrier ms", "fabric ms"))
     print(f"{'clients':>7}  {'start-at ms':>11}  {heads}  {'wake delay ms (med / worst)':>27}")
     for r in rows:
@@ -254,7 +287,10 @@ def report_rows(rows: list[dict], args) -> None:
     if not args.no_cli:
         print(f"\nwhole CLI process, wall time, median of {args.runs}")
         for r in rows:
-            line = f"{r['clients']:>3} clients: run tcp {r['run tcp']:.3f} s"
+            ratio = r["run tcp"] / r["ssh true"]
+            line = (f"{r['clients']:>3} clients: run tcp {r['run tcp']:.3f} s (reference, a bare `ssh true` "
+                    f"process through paramiko: {r['ssh true']:.3f} s, ratio {ratio:.1f}; "
+                    f"load {r['load cli']})")
             if "run go-tcp" in r:
                 line += f", run go-tcp {r['run go-tcp']:.3f} s"
             if "capture --run tcp" in r:

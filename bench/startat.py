@@ -8,6 +8,7 @@ at one instant with `ip netns exec` (no SSH in the way: this measures the launch
   ref:timeclient  the built-in path: `timeclient.py udp SERVER --start-at T` (its socket made ahead)
   go-udp          startat.py -- seed-udpclient SERVER:PORT   (the seed's Go UDP client)
   py-udp          startat.py -- python3 timeclient.py udp SERVER   (our client as "any program")
+  go-udp/sleep    startat.py --spin 0 -- seed-udpclient ...  (held; the launcher sleeps, no spin)
   go-udp/no-hold  startat.py --no-hold -- seed-udpclient ...  (sleep, then exec at the instant)
   py-udp/no-hold  startat.py --no-hold -- python3 timeclient.py udp ...
 
@@ -74,7 +75,7 @@ def client_argv(method: str, server: str, at: float, node: str) -> list[str]:
     if method == "ref:timeclient":
         return [*py_client, "--start-at", repr(at), "--json"]
     program = [str(BENCH / "seed-udpclient"), f"{server}:{PORT}"] if method.startswith("go") else py_client
-    extra = ["--no-hold"] if method.endswith("/no-hold") else []
+    extra = {"/no-hold": ["--no-hold"], "/sleep": ["--spin", "0"]}.get(method[method.find("/"):], [])
     return [PYTHON, str(SCRIPTS / "startat.py"), "--at", repr(at), "--timeout", "5", "--node", node,
             *extra, "--", *program]
 
@@ -161,7 +162,8 @@ def main() -> int:
     ap.add_argument("--lab", type=Path, required=True, help="a lab file of your own (netns backend)")
     ap.add_argument("--clients", type=int, nargs="+", default=[3, 31])
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--methods", default="ref:timeclient,go-udp,py-udp,go-udp/no-hold,py-udp/no-hold")
+    ap.add_argument("--methods", default="ref:timeclient,go-udp,go-udp/sleep,py-udp,go-udp/no-hold,"
+                                         "py-udp/no-hold")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/startat.py needs root (ip netns exec, tcpdump)", file=sys.stderr)
@@ -222,7 +224,8 @@ def main() -> int:
 
 def report(n: int, methods: list[str], rounds: dict[str, list[dict]]) -> None:
     ref = med([r["spread_ms"] for r in rounds.get("ref:timeclient", [])])
-    print(f"\n{n} clients: median of {len(next(iter(rounds.values())))} runs")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{n} clients: median of {len(next(iter(rounds.values())))} runs (load average now {load})")
     print(f"{'method':16} {'wire ms':>9} {'p90 ms':>9} {'/ref':>6} {'exec ms':>9} {'late ms':>9} "
           f"{'exec cost':>9} {'failed':>6}")
     for m in methods:

@@ -105,12 +105,27 @@ def _on_every_host(inventory: Inventory, timeout: float, fn: Callable[[Connectio
 
 def _prewarm_remote() -> None:
     """Import labctl.remote (paramiko, ~100 ms) in a thread while the backend brings the nodes up."""
-    if "labctl.remote" in sys.modules:
+    prewarm("labctl.remote")
+
+
+def prewarm(*modules: str) -> None:
+    """Import ``modules`` in a thread while this one waits for something else (a lab's sshds, the
+    nodes' answers): the import's CPU is then off the wall-clock path. A module already there is
+    skipped; whoever imports it meanwhile waits for the import under way (the import lock)."""
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo:
         return
     # The thread inherits the signal mask: blocked there, Ctrl-C always lands in the main thread.
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        threading.Thread(target=importlib.import_module, args=("labctl.remote",), daemon=True,
-                         name="import-remote").start()
+        threading.Thread(target=_import_quietly, args=(todo,), daemon=True, name="prewarm").start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _import_quietly(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # (whoever needs it imports it again and says what is wrong)
+            return

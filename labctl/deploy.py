@@ -5,7 +5,7 @@ namespaces, VMs and plain SSH hosts. :func:`ensure` is the one way to bring node
 deploy`` calls it, and so does ``labctl run`` before it triggers the clients.
 
 Files go to ``~/labctl/`` on each node (SFTP and ``ssh`` commands start in the remote user's home, so
-a relative path is that): the launcher ``startat.py`` (+ ``startat_hold.py``) everywhere,
+a relative path is that): the launcher ``startat.py`` (+ its parts ``startat_*.py``) everywhere,
 ``serverctl.py`` on the server, the built-in ``timeserver.py``/``timeclient.py`` or the program's own
 files under ``programs/NAME/``. Only files whose SHA-256 differs are copied, with their mode (the
 executable bit stays what it is here). The server runs as a managed process of ``serverctl.py``
@@ -35,7 +35,7 @@ SERVER_FILES = (SERVER_PROGRAM, "timeserver_protocol.py", "timeserver_limits.py"
                 "timeserver_lines.py")
 CLIENT_PROGRAM = "timeclient.py"
 LAUNCHER = "startat.py"
-LAUNCHER_FILES = (LAUNCHER, "startat_hold.py")
+LAUNCHER_FILES = (LAUNCHER, "startat_check.py", "startat_output.py", "startat_hold.py")
 SERVERCTL = "serverctl.py"
 SERVERCTL_FILES = (SERVERCTL, "listening.py")  # it imports listening.py (and startat.py, for its checks)
 SERVERS_DIR = "servers"

@@ -28,6 +28,8 @@ LOCAL_DIR = Path("captures")
 NODES = ("all", "server")          # --nodes: every node, the server only, or a list of names
 DEFAULT_NODES = "server"           # (see docs/exercise.md, "Where it captures": measured both)
 LOSSY_TCP_TIMEOUT = 30.0   # s: a TCP client's timeout in the lossy round (see _timeout)
+WARM = ("labctl.remote", "labctl.run", "labctl.capture", "labctl.analyse.readback",
+        "labctl.analyse.exercise_report")
 
 Progress = Callable[[str], None]
 
@@ -217,6 +219,7 @@ def run_exercise(backend: Backend, directory: Path, *, keep: bool = False, progr
         else:
             say(f"bringing lab {backend.lab.name} up ({backend.name})")
             ex.brought_up = True
+            bringup.prewarm(*WARM)  # the steps' modules, imported while the nodes come up
             inventory = bringup.up(backend, say)
         ex.steps["up"] = time.perf_counter() - t
         ex.lab = lab_description(backend, inventory)
@@ -349,7 +352,8 @@ def _hour(ex: Exercise, hour: Hour, runner, conns, inventory, ports, say: Progre
             _count_at_server(hour, inventory.server.name)
         if hour.program is not None:
             _own_protocol(hour)
-        if result.interrupted:
+        # Ctrl-C stops the capture, or (while the clients run) the run, which returns what came back
+        if result.interrupted or (result.run is not None and result.run.interrupted):
             ex.interrupted = True
             hour.error = "interrupted (Ctrl-C) during the capture"
     except LabctlError as exc:

@@ -10,8 +10,8 @@ derived from a measurement taken just before (one round trip per node that also 
 there, all nodes at once, so it sees the same contention the real start will), never a constant.
 
 The built-in client (``timeclient.py``) is launched by startat too, for the same timeout, clean-up
-and timings, but keeps its own ``--start-at``: it makes its socket ahead and spins the last
-milliseconds, which measured tighter than a held Python program (bench/startat.py: 3 clients 2.1
+and timings, but keeps its own ``--start-at``: it makes its socket ahead and sleeps to the instant,
+which measured tighter than a held Python program (bench/startat.py: 3 clients 2.1
 vs 3.8 ms, 31 clients 4-12 vs 70-275 ms on the wire, on this loaded machine).
 
 Each client runs inside a small shell that holds its stdin, the SSH channel's: EOF on it (labctl
@@ -22,10 +22,10 @@ Written against :class:`~labctl.remote.Group` and the inventory only.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labctl.deploy import (
@@ -38,29 +38,32 @@ from labctl.deploy import (
     ports_of,
     program_for,
 )
-from labctl.errors import LabctlError
 from labctl.inventory import Inventory
 from labctl.programs import BUILTIN_NAMES, MAX_TIMEOUT, Program, ProgramSpec
 from labctl.remote import Connection, Group, reason
 from labctl.remote_process import RemoteProcess, wait_all
+from labctl.run_lead import (
+    MARGIN,
+    MAX_LEAD,
+    RunError,
+    choose_lead,
+    clock_offset,
+    measure_script,
+    parse_measure,
+    safety,
+)
 from labctl.run_result import LATE_MS, SAFETY, ClientResult, RunResult, parse_client
 
-__all__ = ["LATE_MS", "SAFETY", "ClientResult", "RunError", "RunResult", "Runner", "choose_lead"]
+__all__ = ["LATE_MS", "MARGIN", "SAFETY", "ClientResult", "RunError", "RunResult", "Runner", "choose_lead",
+           "clock_offset", "measure_script"]
 
 PROTOCOLS = BUILTIN_NAMES
 DEFAULT_SEND = {"proto": ("GET TIME", "SAY HI")}
 BUILTIN_TIMEOUT = 3.0  # timeclient's own --timeout default (per attempt)
-# The lead: SAFETY x the slowest node's measured start + MARGIN (slack for jitter, not the cost itself).
-MARGIN = 0.02          # s
-MAX_LEAD = 30.0        # s: beyond this something is wrong with a node; refuse rather than wait
 KILL_GRACE = 1.0       # s startat gives a client's group between SIGTERM and SIGKILL
 NODE_SLACK = 5.0       # s past a client's timeout before labctl gives up on its node's answer
 INTERRUPT_GRACE = 0.8  # s after Ctrl-C for the launchers to report what their clients did
 MAX_STARTUP = 5.0      # s: a first network call later than this after exec is the program's design
-
-
-class RunError(LabctlError):
-    """The run could not be started at all (no client reachable, bad options)."""
 
 
 def port_for(protocol: str, ports) -> int:
@@ -71,17 +74,6 @@ def check_timeout(timeout: float | None) -> None:
     if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
         raise RunError(f"--timeout {timeout:g}: a client's timeout is more than 0 and at most "
                        f"{MAX_TIMEOUT:g} s (every client is killed when it runs past it)")
-
-
-def measure_script(remote_dir: str = REMOTE_DIR, builtin: bool = False) -> str:
-    """What a client node runs to be measured: its clock, a start of the launcher (a Python start:
-    what an interpreted client costs too), its clock again; for the built-in client also a start of it;
-    its clock at the end (what the script took there narrows when the first reading was taken)."""
-    py = " ".join(PYTHON)
-    script = f"date +%s.%N; {py} {remote_dir}/{LAUNCHER} --help > /dev/null 2>&1; date +%s.%N; "
-    if builtin:
-        script += f"{py} {remote_dir}/{CLIENT_PROGRAM} --help > /dev/null 2>&1; "
-    return script + "date +%s.%N"
 
 
 def launcher_argv(argv: Sequence[str], at: float, timeout: float, node: str,
@@ -120,50 +112,6 @@ def builtin_client_argv(protocol: str, server: str, port: int, start_at: float, 
 
 
 client_argv = builtin_client_argv  # (the name older callers use)
-
-
-def safety() -> float:
-    """SAFETY, or ``LABCTL_LEAD_SAFETY`` from the environment (a machine shared with heavy jobs has
-    load bursts that can triple a node's start time between the measurement and the run)."""
-    raw = os.environ.get("LABCTL_LEAD_SAFETY")
-    if not raw:
-        return SAFETY
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 1.0 <= value <= 100.0:
-        raise RunError(f"LABCTL_LEAD_SAFETY={raw!r}: use a factor between 1 and 100 (default {SAFETY})")
-    return value
-
-
-def choose_lead(costs: Sequence[float]) -> float:
-    """The lead before the start instant, from each node's measured start (seconds)."""
-    if not costs:
-        raise RunError("no client node could be measured")
-    lead = safety() * max(costs) + MARGIN
-    if lead > MAX_LEAD:
-        raise RunError(f"starting a client takes {max(costs):.1f} s on the slowest node: too slow to "
-                       "trigger at one instant (is a node overloaded?)")
-    return lead
-
-
-def clock_offset(before: float, after: float, remote: float | None, rest: float = 0.0) -> float:
-    """The node clock's offset from ours, or 0.0 when the probe cannot tell it from zero.
-
-    ``remote`` was read on the node somewhere between ``before`` and ``after`` (our clock), and the
-    node worked ``rest`` seconds more after reading it before it answered, so the true offset lies in
-    ``[remote - (after - rest), remote - before]``. Only when that interval excludes zero (a VM whose
-    clock is off by more than the round trip) is a correction applied.
-    """
-    if remote is None:
-        return 0.0
-    if not 0.0 <= rest <= after - before:  # a node clock that jumped or races: do not narrow
-        rest = 0.0
-    low, high = remote - (after - rest), remote - before
-    if low <= 0.0 <= high:
-        return 0.0
-    return (low + high) / 2.0
 
 
 @dataclass
@@ -215,33 +163,69 @@ class Runner:
         return program if isinstance(program, Program) else program_for(self.inventory, program)
 
     def prepare(self, program: Program | ProgramSpec | str | None = None) -> Prepared:
-        """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`), then measure
-        every client's start."""
+        """Bring the nodes up to date with ``program`` (:func:`labctl.deploy.ensure`) and measure every
+        client's start, both at once on the same connections (the measurement needs nothing deployed):
+        one round trip of wall time where there were two. A client that got new files is measured
+        again once deploy is done (a file being copied meanwhile starts faster than it will, and the
+        first start compiles the launcher's modules; measured while the server starts, each start
+        came out twice as long); a node deploy could not bring up to date is not measured."""
         program = self.program(program)
         prep = Prepared(program=program.name, resolved=program)
-        if self.deploy:
-            report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
-            prep.deployed = [n for n in report.nodes if n.ok and n.changed]
-            prep.unreachable = {n.node: str(n.error) for n in report.nodes if not n.ok}
-            for n in report.nodes:
-                if n.ok and n.stopped:
-                    self.progress(f"{n.node}: stopped {', '.join(n.stopped)}: it held the ports of "
-                                  f"{program.name}")
-            if prep.deployed:
-                self.progress(f"deployed {program.name} to {', '.join(n.node for n in prep.deployed)}")
-            if self.server.name in prep.unreachable:  # the clients will say what that means
-                self.progress(f"server {self.server.address}: {prep.unreachable[self.server.name]}")
-        clients = [n for n in self.client_names if n not in prep.unreachable]
         builtin = program.client is None
-        measured = self.group.subset(clients).map(lambda c: self._measure(c, builtin))
+        clients = self.group.subset(self.client_names)
+        if not self.deploy:
+            measured = clients.map(lambda c: self._measure(c, builtin))
+        else:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure")
+            try:
+                measuring = pool.submit(clients.map, lambda c: self._measure(c, builtin))
+                self._ensure(program, prep)
+                measured = measuring.result()
+            finally:
+                pool.shutdown(wait=False)  # on Ctrl-C, do not wait for the measurement here
+            again = [n.node for n in prep.deployed if n.role == "client"]
+            if again:  # after deploy is done: measured while it starts the server, a start costs more
+                remeasured = self.group.subset(again).map(lambda c: self._measure(c, builtin))
+                measured.results.update(remeasured.results)
+                measured.failures.update(remeasured.failures)
+                for name in remeasured.results:
+                    measured.failures.pop(name, None)
         for name, exc in measured.failures.items():
-            prep.unreachable[name] = reason(exc)
+            prep.unreachable.setdefault(name, reason(exc))
         for name, (cost, python, offset) in measured.results.items():
-            prep.costs[name], prep.python[name], prep.offsets[name] = cost, python, offset
+            if name not in prep.unreachable:
+                prep.costs[name], prep.python[name], prep.offsets[name] = cost, python, offset
         if prep.costs:
             prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
         self.prepared = prep
         return prep
+
+    def _ensure(self, program: Program, prep: Prepared) -> None:
+        """deploy.ensure, its outcome in ``prep`` (deployed, unreachable) and said."""
+        report = ensure(self.group, program, ports=self.ports, remote_dir=self.remote_dir)
+        prep.deployed = [n for n in report.nodes if n.ok and n.changed]
+        prep.unreachable.update({n.node: str(n.error) for n in report.nodes if not n.ok})
+        for n in report.nodes:
+            if n.ok and n.stopped:
+                self.progress(f"{n.node}: stopped {', '.join(n.stopped)}: it held the ports of "
+                              f"{program.name}")
+        if prep.deployed:
+            self.progress(f"deployed {program.name} to {', '.join(n.node for n in prep.deployed)}")
+        if self.server.name in prep.unreachable:  # the clients will say what that means
+            self.progress(f"server {self.server.address}: {prep.unreachable[self.server.name]}")
+
+    def _switch(self, program: Program, prep: Prepared) -> Prepared:
+        """Another program of the same deploy (:func:`same_deploy`): the nodes' measured starts still
+        hold, but the nodes are checked again (deploy.ensure: one round trip; a server that stopped
+        since is started again)."""
+        measured = {n: prep.unreachable[n] for n in prep.unreachable if n not in prep.costs}
+        new = Prepared(program=program.name, resolved=program, costs=dict(prep.costs),
+                       python=dict(prep.python), offsets=dict(prep.offsets), unreachable=measured,
+                       lead=prep.lead)
+        if self.deploy:
+            self._ensure(program, new)
+        self.prepared = new
+        return new
 
     def _start_cost(self, program: Program, node: str, prep: Prepared) -> float:
         """Round trip + launcher start, and the program's own start-up: the built-in's was measured;
@@ -258,13 +242,8 @@ class Runner:
         before, t0 = time.time(), time.perf_counter()
         stdout = conn.run(measure_script(self.remote_dir, builtin), timeout=30).stdout
         cost, after = time.perf_counter() - t0, time.time()
-        lines = [float(w) for w in stdout.split() if _is_float(w)]
-        remote = lines[0] if lines else None
-        python = lines[1] - lines[0] if len(lines) > 1 else cost
-        # the first reading was taken at least what the rest of the script took there before `after`:
-        # on a slow VM that is seconds, which would hide a clock seconds off inside the probe's interval
-        rest = lines[-1] - lines[0] if len(lines) > 2 else 0.0
-        return cost, max(python, 0.0), clock_offset(before, after, remote, rest)
+        remote, python, rest = parse_measure(stdout, cost)
+        return cost, python, clock_offset(before, after, remote, rest)
 
     def trigger(self, program: Program | ProgramSpec | str = "tcp", *, send: Sequence[str] | None = None,
                 timeout: float | None = None, retries: int | None = None,
@@ -282,10 +261,14 @@ class Runner:
                            "client what it needs in its command (or input: in the lab file)")
         if program.port == 0:
             raise RunError(f"the lab turns {program.name} off (port 0 in the lab file)")
-        prep = self.prepared if self.prepared and self.prepared.resolved == program else self.prepare(program)
+        prep = self.prepared
+        if prep is None or prep.resolved is None or not same_deploy(prep.resolved, program):
+            prep = self.prepare(program)
+        elif prep.resolved != program:
+            prep = self._switch(program, prep)
         protocol = program.spec.builtin or "tcp"
         send = DEFAULT_SEND.get(protocol, ()) if send is None and builtin else (send or ())
-        names = [n for n in self.client_names if n in prep.costs]
+        names = [n for n in self.client_names if n in prep.costs and n not in prep.unreachable]
         if not names and not self.client_names:
             raise RunError("the inventory has no client nodes")
         lead = prep.lead if lead is None else lead
@@ -360,7 +343,10 @@ class Runner:
 
     def _learn(self, program: Program, results: list[ClientResult], lead: float, prep: Prepared) -> None:
         """What a client's start-up took (exec to its first network call) sets the next run's lead
-        (--repeat, capture); a built-in client that was not asleep in time lengthens it."""
+        (--repeat, capture, the exercise's hours); a built-in client that was not asleep in time
+        lengthens it. (Learning the lead from the launch itself was tried: at 2 x 1.3 x what the
+        launch took it led longer than measuring again, at 1.3 x it let built-in clients wake up late
+        under this machine's load bursts.)"""
         for r in results:
             t = r.timings
             if program.client is not None and "ready" in t and "execve" in t:
@@ -375,12 +361,11 @@ class Runner:
             prep.lead = choose_lead([self._start_cost(program, n, prep) for n in prep.costs])
 
 
-def _is_float(word: str) -> bool:
-    try:
-        float(word)
-        return True
-    except ValueError:
-        return False
+def same_deploy(a: Program, b: Program) -> bool:
+    """True when ``b`` needs nothing on the nodes that ``a`` did not bring and measure: the same server
+    (under the same name), client and files, e.g. the built-in tcp, udp and proto, which share the
+    time server and the client. A run of ``b`` after ``a`` then needs no second deploy and measurement."""
+    return (a.server, a.client, a.extra, a.server_id) == (b.server, b.client, b.extra, b.server_id)
 
 
 def median_spread(runs: Sequence[RunResult]) -> float | None:

@@ -12,13 +12,16 @@ the program is exec'd at once and runs its start-up early, stopped at its first 
                         and lets it go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE)
 
 A send on a connected socket is not filtered (its connect was held), so a client's first packet costs
-one release. Calls on AF_UNIX and netlink sockets (name lookups, syslog) are let go at once. From the
-instant until the burst is over, the program's writes to stdout/stderr and its exit are held too: a
-client done at once then neither prints, tears down nor exits while the others still start.
+one release. A TCP connect on a non-blocking socket (Go's, an event loop's) is not even released: at the
+instant the launcher connects the program's socket itself (a copy of it, pidfd_getfd; the address read
+from the program's memory) and answers the held call with EINPROGRESS, so the SYN leaves from the
+launcher, already running, without waiting for the program to be scheduled. Calls on AF_UNIX and netlink
+sockets (name lookups, syslog) are let go at once. From the instant until the burst is over, the
+program's writes to stdout/stderr and its exit are held too: a client done at once then neither prints,
+tears down nor exits while the others still start.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import struct
@@ -36,6 +39,8 @@ REALTIME_AHEAD = 0.5  # seconds before the instant from which the launcher runs 
 BOOST_NICE = -10  # the program's nice value from then until the burst after the instant is over
 SYS_PIDFD_GETFD = 438  # the same on every architecture
 NOTIF_RECV, NOTIF_SEND = 0xC0502100, 0xC0182101  # SECCOMP_IOCTL_NOTIF_RECV/SEND (struct sizes 80, 24)
+NOTIF_ID_VALID = 0x40082102  # SECCOMP_IOCTL_NOTIF_ID_VALID: the call is still waiting (memory read is its)
+EINPROGRESS = 115  # (the same on x86-64 and aarch64)
 NOTIF_SIZE = 80
 
 
@@ -62,9 +67,11 @@ def realtime(on: bool) -> None:
     they are let go, one ioctl each), the launcher runs SCHED_FIFO where it may (root), so that on a
     node whose cores are busy (a namespace lab's clients all share this machine's) it wakes on time.
     The program itself never runs real-time; it gets BOOST_NICE for the burst (see `boost`)."""
-    with contextlib.suppress(AttributeError, OSError):
+    try:
         policy = os.SCHED_FIFO if on else os.SCHED_OTHER
         os.sched_setscheduler(0, policy, os.sched_param(1 if on else 0))
+    except (AttributeError, OSError):
+        pass
 
 
 def boost(pid: int, nice: int | None) -> dict[int, int]:
@@ -72,11 +79,16 @@ def boost(pid: int, nice: int | None) -> dict[int, int]:
     From REALTIME_AHEAD before the instant to HOLD_OUTPUT after it the program runs at BOOST_NICE, so
     that once let go it gets a core before the node's other work."""
     old: dict[int, int] = {}
-    with contextlib.suppress(OSError):
-        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
-            with contextlib.suppress(OSError):
-                old[tid] = os.getpriority(os.PRIO_PROCESS, tid)
-                os.setpriority(os.PRIO_PROCESS, tid, old[tid] if nice is None else nice)
+    try:
+        tids = list(map(int, os.listdir(f"/proc/{pid}/task")))
+    except OSError:
+        return old
+    for tid in tids:
+        try:
+            old[tid] = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, old[tid] if nice is None else nice)
+        except OSError:
+            pass
     return old
 
 
@@ -137,8 +149,9 @@ class Holder:
         import ctypes
         import fcntl
 
-        self.ioctl = fcntl.ioctl
-        fd = libc().syscall(SYS_PIDFD_GETFD, pidfd, child_fd, 0)
+        self.ioctl, self.fcntl = fcntl.ioctl, fcntl.fcntl
+        self.libc = libc()
+        fd = self.libc.syscall(SYS_PIDFD_GETFD, pidfd, child_fd, 0)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "pidfd_getfd: " + os.strerror(ctypes.get_errno()))
         self.fd = fd
@@ -147,27 +160,77 @@ class Holder:
         self.held: list[int] = []   # network calls, let go at the instant
         self.quiet: list[int] = []  # output and exit, let go when the burst after the instant is over
         a = ARCHES[os.uname().machine]
-        self.exit_nr, self.out_nrs = a["exit"], a["out"]
+        self.exit_nr, self.out_nrs, self.connect_nr = a["exit"], a["out"], a["net"][0]
+        self.connects: dict[int, tuple[object, bytes]] = {}  # held connect -> (our copy of its socket, its
+        #                                                       address): connected by us at the instant
         self.first_call: float | None = None  # when the first network call (or the exit) arrived
+        self.connected = 0  # connects made for the program at the instant
 
     def pending(self, timeout: float = 0.0) -> bool:
         p = select.poll()
         p.register(self.fd, select.POLLIN)
         return any(ev & select.POLLIN for _, ev in p.poll(max(0.0, timeout) * 1000.0))
 
-    def receive(self) -> tuple[int, int, int] | None:
-        """One notification: (id, syscall nr, first argument), or None when it vanished."""
+    def receive(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """One notification: (id, syscall nr, its six arguments), or None when it vanished."""
         buf = bytearray(NOTIF_SIZE)
         try:
             self.ioctl(self.fd, NOTIF_RECV, buf)
         except OSError:
             return None
-        nid, _pid, _flags, nr, _arch, _ip, arg0 = struct.unpack_from("QIIiIQQ", buf)
-        return nid, nr, arg0
+        nid, _pid, _flags, nr, _arch, _ip, *args = struct.unpack_from("QIIiIQ6Q", buf)
+        return nid, nr, tuple(args)
+
+    def prepare_connect(self, nid: int, args: tuple[int, ...]) -> None:
+        """For a held TCP connect on a non-blocking socket (Go's, most event loops'): our own copy of
+        the socket and the address, so that at the instant the launcher connects it itself. The SYN
+        then leaves from the launcher, running real-time at the instant, instead of waiting until the
+        released program is scheduled again (1-10 ms on a busy node). Anything else: let go as usual."""
+        import socket
+
+        fd, size = self.libc.syscall(SYS_PIDFD_GETFD, self.pidfd, args[0] & 0xFFFFFFFF, 0), args[2]
+        if fd < 0:
+            return
+        try:
+            sock = socket.socket(fileno=fd)  # (closed with it; the program's own fd is not touched)
+        except OSError:
+            os.close(fd)
+            return
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM \
+                    or not self.fcntl(fd, 3) & os.O_NONBLOCK or not 0 < size <= 128:  # (3: F_GETFL)
+                raise OSError("not a non-blocking TCP connect")
+            mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                address = os.pread(mem, size, args[1])
+            finally:
+                os.close(mem)
+            self.ioctl(self.fd, NOTIF_ID_VALID, bytearray(struct.pack("Q", nid)))  # (the read was its)
+        except OSError:
+            sock.close()
+            return
+        self.connects[nid] = (sock, address)
+
+    def connect_for(self, nid: int) -> None:
+        """Connect the program's socket ourselves and answer its held connect with what it returned
+        (EINPROGRESS, as a non-blocking connect does: the program then waits for it as it would)."""
+        sock, address = self.connects.pop(nid)
+        import ctypes
+
+        rc = self.libc.connect(sock.fileno(), address, len(address))  # type: ignore[attr-defined]
+        err = ctypes.get_errno() if rc < 0 else 0
+        sock.close()
+        self.connected += 1
+        try:  # noqa: SIM105  (contextlib is not imported: a faster start)
+            self.ioctl(self.fd, NOTIF_SEND, bytearray(struct.pack("QqiI", nid, 0, -err, 0)))
+        except OSError:  # (interrupted: it comes again and finds the connection under way, or made)
+            pass
 
     def release(self, nid: int) -> None:
-        with contextlib.suppress(OSError):  # (an interrupted call comes again; or the program is gone)
+        try:  # noqa: SIM105  (contextlib is not imported: a faster start)
             self.ioctl(self.fd, NOTIF_SEND, bytearray(struct.pack("QqiI", nid, 0, 0, 1)))  # FLAG_CONTINUE
+        except OSError:  # (an interrupted call comes again; or the program is gone)
+            pass
 
     def is_local(self, sock_fd: int) -> bool:
         """True for an AF_UNIX or netlink socket (name lookups, logging): never held."""
@@ -191,7 +254,8 @@ class Holder:
             got = self.receive()
             if got is None:
                 return
-            nid, nr, arg0 = got
+            nid, nr, args = got
+            arg0 = args[0]
             now = time.time()
             if nr in self.out_nrs:
                 (self.quiet.append if at <= now < quiet_end else self.release)(nid)
@@ -203,6 +267,8 @@ class Holder:
                 self.quiet.append(nid)
             elif now < at and not local:
                 self.held.append(nid)
+                if nr == self.connect_nr:
+                    self.prepare_connect(nid, args)
             else:
                 self.release(nid)
 
@@ -210,10 +276,16 @@ class Holder:
         """Release the held calls of `which` (self.held or self.quiet), newest first: a call that a
         signal interrupted came again with a new id."""
         for nid in reversed(which):
-            self.release(nid)
+            if nid in self.connects:
+                self.connect_for(nid)
+            else:
+                self.release(nid)
         which.clear()
 
     def close(self) -> None:
+        for sock, _ in self.connects.values():
+            sock.close()  # type: ignore[attr-defined]
+        self.connects.clear()
         os.close(self.fd)
 
 

@@ -18,7 +18,7 @@ from labctl.backends import BACKENDS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "labctl"
 
-STEPS = ("labctl.deploy", "labctl.run", "labctl.run_result", "labctl.capture",
+STEPS = ("labctl.deploy", "labctl.run", "labctl.run_lead", "labctl.run_result", "labctl.capture",
          "labctl.capture_clock", "labctl.capture_home", "labctl.capture_result", "labctl.capture_signals",
          "labctl.tcpdump", "labctl.bringup", "labctl.shell", "labctl.impairment")
 LAB = ("labctl.lab", "labctl.links", "labctl.programs")   # the lab as data (its links: and programs:)

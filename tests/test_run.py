@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from labctl.deploy import CLIENT_PROGRAM, builtin_server_argv, file_hash, files_for
+from labctl.deploy import CLIENT_PROGRAM, LAUNCHER_FILES, builtin_server_argv, file_hash, files_for
 from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.programs import builtin, parse_program, resolve
@@ -282,8 +282,7 @@ def test_stale_nodes_are_deployed_first_and_only_they():
     runner, conns = fake_runner(client1={"stale": True})
     prep = runner.prepare()
     assert [d.node for d in prep.deployed] == ["client1"]
-    assert conns["client1"].puts == ["labctl/startat.py", "labctl/startat_hold.py",
-                                     f"labctl/{CLIENT_PROGRAM}"]
+    assert conns["client1"].puts == [*(f"labctl/{n}" for n in LAUNCHER_FILES), f"labctl/{CLIENT_PROGRAM}"]
     assert conns["client2"].puts == [] and conns["server"].puts == []
 
 
@@ -384,3 +383,39 @@ def test_the_run_table_shows_attempts_and_timeouts_and_unknown_for_foreign_progr
     rows = {line.split()[1]: line for line in console.export_text().splitlines() if "client" in line}
     assert [c.strip() for c in rows["client1"].split("│")[-3:-1]] == ["3", "2"]     # tries, timeouts
     assert [c.strip() for c in rows["client2"].split("│")[-3:-1]] == ["unknown", "unknown"]
+
+
+def count(conn: FakeConnection, marker: str) -> int:
+    return sum(marker in c for c in conn.commands)
+
+
+def test_the_built_in_hours_share_one_measurement_but_each_checks_the_nodes():
+    runner, conns = fake_runner()
+    assert runner.trigger("tcp").ok and runner.trigger("udp").ok and runner.trigger("proto").ok
+    for name in ("client1", "client2", "client3"):
+        assert count(conns[name], "date +%s.%N") == 1, conns[name].commands  # measured once
+        assert count(conns[name], "sha256sum") == 3  # deploy.ensure before each program
+    assert runner.prepared.program == "proto"
+
+
+def test_a_client_that_got_new_files_is_measured_again_after_the_copy():
+    runner, conns = fake_runner(client1={"stale": True})
+    runner.prepare()
+    assert count(conns["client1"], "date +%s.%N") == 2   # while its files were copied, and after
+    assert count(conns["client2"], "date +%s.%N") == 1
+    assert set(runner.prepared.costs) == {"client1", "client2", "client3"}
+
+
+def test_the_measurement_needs_nothing_deployed():
+    from labctl.run import measure_script
+
+    script = measure_script("labctl", builtin=True)
+    assert "if [ -f labctl/startat.py ]" in script and "-c 'import ctypes" in script
+    assert script.count("date +%s.%N") == 3 and "timeclient.py" in script
+
+
+def test_the_lead_measured_for_tcp_serves_udp_and_proto():
+    runner, _conns = fake_runner(client1={"cost": 0.1})
+    first = runner.trigger("tcp")
+    assert first.ok and first.lead >= SAFETY * 0.1
+    assert [runner.trigger(p).lead for p in ("udp", "proto")] == pytest.approx([first.lead] * 2)

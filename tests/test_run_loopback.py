@@ -17,7 +17,7 @@ import pytest
 from loopback_sshd import free_port, loopback_sshd
 
 from labctl.capture import CaptureError, capture, parse_stats
-from labctl.deploy import ensure, probe, program_for, stop_server
+from labctl.deploy import LAUNCHER_FILES, ensure, probe, program_for, stop_server
 from labctl.inventory import Host, Inventory
 from labctl.lab import Lab, Ports
 from labctl.remote import Group
@@ -67,7 +67,7 @@ def test_deploy_copies_only_what_changed_and_manages_the_server(loop_lab):
         assert server.server.startswith("started pid ")
         assert set(server.listening) >= {f"tcp {ports.tcp}", f"udp {ports.tcp}", f"tcp {ports.proto}"}
         # the three "clients" share one directory here: whoever looks first copies, the others may not
-        assert all(sorted(n.copied + n.unchanged) == ["startat.py", "startat_hold.py", "timeclient.py"]
+        assert all(sorted(n.copied + n.unchanged) == sorted([*LAUNCHER_FILES, "timeclient.py"])
                    for n in first.nodes[1:])
         assert any(n.copied for n in first.nodes[1:])
         pid = int(server.server.split()[-1])

@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -253,7 +254,9 @@ def test_the_launcher_returns_only_when_the_output_is_complete():
 
 def test_without_the_hold_file_it_sleeps_and_execs(tmp_path):
     alone = tmp_path / "startat.py"
-    alone.write_bytes(STARTAT.read_bytes())  # without startat_hold.py beside it
+    alone.write_bytes(STARTAT.read_bytes())  # without startat_hold.py beside it (its other parts are)
+    for part in ("startat_check.py", "startat_output.py"):
+        (tmp_path / part).write_bytes((STARTAT.parent / part).read_bytes())
     out = subprocess.run([sys.executable, str(alone), "--at", repr(time.time() + LEAD), "--", "sh", "-c",
                           "echo ok"], capture_output=True, text=True, timeout=30)
     t = timings_of(out.stderr)
@@ -310,3 +313,75 @@ def test_output_and_exit_wait_until_the_burst_is_over(tmp_path):
     assert sent >= t["at"]
     if t["mode"] == "hold":
         assert printed >= t["at"] + startat.HOLD_OUTPUT > sent
+
+
+def test_the_command_line_is_parsed_like_argparse_would():
+    import startat_check
+
+    at = time.time() + 5
+    a = startat_check.parse_args(["--at", str(at), "--node=client2", "--timeout", "3", "--", "ls", "-la"])
+    assert (a.at, a.node, a.timeout, a.no_hold, a.spin) == (at, "client2", 3.0, False, None)
+    assert (a.program, a.args) == ("ls", ["-la"])
+    a = startat_check.parse_args(["--at", str(at), "--no-hold", "--spin", "0", "prog", "--at", "x"])
+    assert (a.no_hold, a.spin, a.program, a.args) == (True, 0.0, "prog", ["--at", "x"])  # its own arguments
+    for bad, why in ((["--at", str(at), "--spin", "1", "--", "x"], "--spin must be 0 to 0.1"),
+                     (["--at", str(at)], "required: PROGRAM"), (["--", "x"], "required: --at"),
+                     (["--at", str(at), "--bogus", "x"], "unrecognized argument: --bogus"),
+                     (["--at"], "expected one argument")):
+        out = subprocess.run([sys.executable, str(STARTAT), *bad], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 125 and "startat: " in out.stderr and why in out.stderr, (bad, out.stderr)
+    out = subprocess.run([sys.executable, str(STARTAT), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("usage: startat.py --at EPOCH_SECONDS")
+
+
+def test_the_launcher_starts_without_the_heavy_modules():
+    here = str(STARTAT.parent)
+    out = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {here!r})\n"
+                          "import startat\n"
+                          "print(' '.join(m for m in ('argparse', 'json', 're', 'typing', 'contextlib') "
+                          "if m in sys.modules))"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "", out  # (its start is on every run's path)
+
+
+CONNECTOR = """
+import selectors, socket, sys, time
+s = socket.socket()
+s.setblocking(sys.argv[2] == "blocking")
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    print("connected at once", flush=True)
+except BlockingIOError:
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_WRITE)
+    sel.select(5)
+    ok = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    print("in progress, then", "connected" if ok else "failed", flush=True)
+s.setblocking(True)
+print(s.recv(100).decode().strip(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not CAN_HOLD, reason="the hold needs Linux >= 5.6 on x86-64/aarch64")
+@pytest.mark.parametrize("blocking", [False, True], ids=["non-blocking", "blocking"])
+def test_a_held_tcp_connect_is_made_at_the_instant(tmp_path, blocking):
+    """Non-blocking (Go's): the launcher connects the program's socket itself at the instant and the
+    program sees EINPROGRESS, as from its own connect; blocking: the call is let go as it was."""
+    script = write_script(tmp_path / "c.py", CONNECTOR, 0o644)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        accepted: list[float] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            accepted.append(time.time())
+            conn.sendall(b"hello\n")
+            conn.close()
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        out, t = launch(str(script), str(server.getsockname()[1]), "blocking" if blocking else "no")
+        thread.join(5)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "hello", out.stderr
+    assert accepted and accepted[0] >= t["at"] and t["exec"] >= t["at"]
+    assert t["connects"] == (0 if blocking else 1)
+    assert out.stdout.startswith("connected at once" if blocking else "in progress, then connected")

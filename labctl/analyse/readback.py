@@ -1,6 +1,7 @@
 """What ``labctl capture`` says about the pcap it brought home: read back, per protocol and per client."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from labctl.analyse.conversations import DEFAULT_DETAIL, build
@@ -45,7 +46,7 @@ def read_back(path: Path, detail: int = DEFAULT_DETAIL) -> tuple[Analysis, dict]
     summary = {"packets": analysis.packets, "protocols": protocols, "clients": clients,
                "spread_ms": None if spread is None else round(spread, 3), "open": still_open,
                "warnings": list(analysis.warnings)}
-    if count_points(path) > 1:       # several nodes: the ladders draw each packet once (multinode.py)
+    if isinstance(path, (str, os.PathLike)) and count_points(path) > 1:  # several nodes: each packet once
         from labctl.analyse.multinode import analyse_captures
 
         analysis = analyse_captures([path], detail)

@@ -83,7 +83,11 @@ def _nft(run: Runner, *args: str, script: str | None = None) -> subprocess.Compl
     if run is subprocess.run and shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin:/bin") is None:
         raise GuardError("nft is missing (the lab's forwarding guard needs it): apt-get install -y nftables")
     argv = ["nft", *args] if script is None else ["nft", "-f", "-"]
-    return run(argv, input=script, capture_output=True, text=True, check=False)
+    try:
+        return run(argv, input=script, capture_output=True, text=True, check=False)
+    except OSError as exc:  # not on this user's PATH (/usr/sbin), or not allowed to run it
+        raise GuardError(f"cannot run nft ({exc.strerror or exc}): the lab's forwarding guard needs it, "
+                         "as root (apt-get install -y nftables)") from None
 
 
 def install(lab_name: str, bridge: str, *more: str, run: Runner = subprocess.run) -> None:

@@ -224,7 +224,11 @@ def cmd_run(args: argparse.Namespace, ctx) -> int:
         raise CliError("--send is for the line protocol (proto) and the built-in udp client only: labctl run "
                        "proto --send 'GET TIME'; give your own client its input in its command or input:")
     _interrupt_on_termination()
-    console = None if args.json else _console()
+    console = None
+    if not args.json:
+        from labctl.bringup import prewarm
+
+        prewarm("rich.console", "rich.table")  # while the nodes are measured and the clients run
     runs = []
     with Runner(inventory, deploy=not args.no_deploy, progress=_say) as runner:
         for _ in range(args.repeat):
@@ -233,6 +237,7 @@ def cmd_run(args: argparse.Namespace, ctx) -> int:
             if args.json:
                 print(json.dumps(result.to_json()), flush=True)
             else:
+                console = console or _console()
                 console.print(run_table(result))
             if result.interrupted:
                 _say("interrupted: every client was stopped; above is what came back")

@@ -64,6 +64,8 @@ def cmd_up(args: argparse.Namespace, ctx) -> int:
     backend = ctx.backend()
     start = time.perf_counter()
     progress = None if args.json else (lambda msg: _err(f"labctl: {msg}"))
+    if not args.json:
+        bringup.prewarm("rich.console", "rich.table")  # while the nodes come up
     inventory = bringup.up(backend, progress)
     elapsed = time.perf_counter() - start
     if args.json:  # the inventory file's JSON, the same document as `labctl inventory --format json`

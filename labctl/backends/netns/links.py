@@ -312,12 +312,14 @@ def remove(lab: str, state_root: Path) -> list[str]:
 # --- the backend's side ----------------------------------------------------------------------------------
 
 def on_up(lab_plan: LabPlan, state_root: Path, lab) -> None:
-    """At ``up``: probe the kernel once, then make the links what the lab file's ``links:`` says."""
+    """At ``up``: make the links what the lab file's ``links:`` says. The kernel is probed (~0.1 s:
+    a shell in the server's namespace, tc and nft) only when there is something to apply; otherwise
+    ``impair`` and ``links`` probe it when they need it (``apply`` keeps what it found)."""
     state = read_state(state_root)
-    state["kernel"] = detect(lab_plan)
-    write_state(state_root, state)
     wanted = resolve(lab.links, [n.name for n in lab_plan.nodes])
     if any(imp.active for imp in wanted.values()) or state.get("wanted"):
+        state["kernel"] = detect(lab_plan)
+        write_state(state_root, state)
         apply(lab_plan, state_root, wanted)
 
 
