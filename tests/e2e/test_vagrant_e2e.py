@@ -508,6 +508,49 @@ def test_capture_with_run(vms):
     assert outcome["stats"]["dropped"] == 0 and outcome["stats"]["captured"] >= 3 * 5
 
 
+def test_capture_on_every_vm(vms):
+    """``capture --nodes all`` on the VMs: one pcapng, one named interface per node, per-interface counts
+    equal to each tcpdump's own and to tshark's; every client's SYN seen at the client and at the
+    server; the nodes' clocks measured and said."""
+    tshark = require_tool("tshark", "apt-get install tshark")
+    pcap = vms.root / "every-node.pcapng"
+    outcome = _last_json(vms.labctl("capture", "--nodes", "all", "--run", "tcp", "--json", "-o", str(pcap),
+                                    timing="capture --nodes all --run tcp"))
+    nodes = {n["node"]: n for n in outcome["nodes"]}
+    assert set(nodes) == {"server", "client1", "client2", "client3"}, outcome
+    assert all(n["stats"]["dropped"] == 0 and n["clock"]["kind"] for n in nodes.values()), outcome
+    argv = [tshark, "-r", str(pcap), "-T", "fields", "-e", "frame.interface_name", "-e", "tcp.flags"]
+    fields = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = [line.split("\t") for line in fields.splitlines() if line.strip()]
+    per_interface: dict[str, int] = {}
+    syns: dict[str, int] = {}
+    for name, flags in rows:
+        per_interface[name] = per_interface.get(name, 0) + 1
+        if flags and int(flags, 16) & 0x12 == 0x02:
+            syns[name] = syns.get(name, 0) + 1
+    assert {name.split("/")[0] for name in per_interface} == set(nodes), per_interface
+    for name, count in per_interface.items():
+        assert count == nodes[name.split("/")[0]]["packets"], (name, count, outcome["nodes"])
+    by_node = {name.split("/")[0]: n for name, n in syns.items()}
+    clients = [by_node.get(c, 0) for c in ("client1", "client2", "client3")]
+    # (a slow VM may send its SYN again: every copy a client sent reached the server)
+    assert min(clients) >= 1 and by_node.get("server") == sum(clients), syns
+
+
+def test_the_exercise_on_the_vms(vms):
+    """``labctl exercise`` on the running VMs: every hour captured and answered, one report, the lab
+    left up (it was up before)."""
+    out = vms.root / "exercise"
+    proc = vms.labctl("exercise", "-o", str(out), timeout=900, timing="exercise")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "run.json").read_text())
+    assert data["ok"] and [h["protocol"] for h in data["hours"]] == ["tcp", "udp", "proto"], data
+    assert all(r["ok"] for h in data["hours"] for r in h["run"]["results"]), data
+    assert not data["taken_down"] and (out / "report.html").stat().st_size > 10_000
+    status = vms.labctl("status", "--json")
+    assert all(n["up"] for n in json.loads(status.stdout)["nodes"]), status.stdout
+
+
 def test_labctl_ssh_through_the_vagrant_backend(vms):
     """``labctl ssh client1 CMD``: the system ssh client, labctl's key, the host key pinned from the
     inventory (StrictHostKeyChecking=yes against only that key)."""
