@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from labctl.backends import forward_guard
 from labctl.backends.base import Backend, BackendError, Check, NodeStatus, Progress
 from labctl.backends.remote_links import RemoteLinks
 from labctl.backends.running import vagrant_dotfile
@@ -270,8 +271,15 @@ class VagrantBackend(RemoteLinks, Backend):
         down = [n.name for n in self.lab.nodes if states.get(n.name) != "running"]
         if down:
             raise LabNotUp(f"Vagrant VMs not running: {', '.join(down)}: run labctl --backend vagrant up")
-        if self.provider == "libvirt" and not libvirt_networks.guarded(self.lab.name):
-            self.guard_forwarding(lambda _m: None)  # VMs of a plain `vagrant up` (or a flushed ruleset)
+        if self.provider == "libvirt":
+            try:
+                if not libvirt_networks.guarded(self.lab.name):
+                    self.guard_forwarding(lambda _m: None)  # a plain `vagrant up`, or a flushed ruleset
+            except forward_guard.GuardError:
+                if os.geteuid() == 0:
+                    raise
+                # a user who is not root cannot set nftables rules (the card's non-root path): libvirt's
+                # isolated networks have no forward of their own, and `status` says the guard is unknown
         pins = self._read_pins()
         if any(n.name not in pins for n in self.lab.nodes):  # VMs of a plain `vagrant up`: adopt them once
             self._ensure_client_key()
