@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 from labctl.analyse import decode as dec
@@ -172,10 +173,16 @@ def build(path: str | Path, detail: int = DEFAULT_DETAIL, part: int = 0, parts: 
     """
     info = ReadInfo(str(path))
     b = Builder(detail, part, parts)
+    feed_all(b, read_chunks(path, info))
+    return b, info
+
+
+def feed_all(b: Builder, chunks: Iterable) -> None:
+    """Feed ``b`` every chunk and finish it, the garbage collector paused, what was built frozen after."""
     was = gc.isenabled()
     gc.disable()
     try:
-        for chunk in read_chunks(path, info):
+        for chunk in chunks:
             b.feed(chunk)
         b.finish()
         b.count_bytes()
@@ -183,4 +190,3 @@ def build(path: str | Path, detail: int = DEFAULT_DETAIL, part: int = 0, parts: 
         gc.freeze()
         if was:
             gc.enable()
-    return b, info

@@ -10,13 +10,12 @@ to each ``Conversation`` and its ladder.
 """
 from __future__ import annotations
 
-import gc
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.analyse.chunks import BLOCK, EPOCH_SPAN, PAD, Chunk, ReadInfo
-from labctl.analyse.conversations import DEFAULT_DETAIL, Builder
+from labctl.analyse.conversations import DEFAULT_DETAIL, Builder, feed_all
 from labctl.analyse.matching import Event, match
 from labctl.analyse.model import Analysis, Conversation
 from labctl.analyse.points import CapturePoint, Captures, read_captures
@@ -278,17 +277,7 @@ def analyse_captures(paths: list[str | Path], detail: int = DEFAULT_DETAIL) -> A
             info.linktypes.append(pt.linktype)
     info.warnings += captures.warnings
     b = Builder(detail)
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        for chunk in _chunks(events, captures.points):
-            b.feed(chunk)
-        b.finish()
-        b.count_bytes()
-    finally:
-        gc.freeze()
-        if was:
-            gc.enable()
+    feed_all(b, _chunks(events, captures.points))
     return Analysis(info.path, info, b, MultiNode(captures, events))
 
 

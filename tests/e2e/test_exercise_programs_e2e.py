@@ -21,9 +21,9 @@ import pytest
 
 from labctl.backends.netns import NetnsBackend
 from labctl.lab import load_lab
-from tests.e2e.conftest import STATE_ROOT, LabUnderTest, _lab_ready_or_skip, leftovers
-from tests.e2e.test_programs_e2e import GO_TIME, seed, subnet_in_use
-from tests.requires import SHARED_BENCH, missing, require_tool
+from tests.e2e.conftest import STATE_ROOT, LabUnderTest, leftovers
+from tests.e2e.test_programs_e2e import GO_TIME, seed_programs_on_a_free_card_subnet
+from tests.requires import SHARED_BENCH, require_tool
 
 pytestmark = pytest.mark.lab
 
@@ -38,13 +38,7 @@ def patient_lead(monkeypatch):
 def seed_lab(lab_lock, tmp_path):
     """A 3-client lab file on 192.168.20.0/24 with the seed's Go programs; not up (the exercise brings
     it up); whatever happens, nothing of it is left afterwards."""
-    _lab_ready_or_skip()
-    for name in ("seed-tcpserver", "seed-tcpclient", "seed-udpserver", "seed-udpclient"):
-        seed(name)
-    busy = subnet_in_use()
-    if busy:
-        missing("a free 192.168.20.0/24 (the seed's Go TCP client dials 192.168.20.2 hard-coded)",
-                "in use here: " + "; ".join(busy))
+    seed_programs_on_a_free_card_subnet()
     name = "x" + secrets.token_hex(3)
     lab_file = tmp_path / "lab.yml"
     lab_file.write_text(f"""name: {name}

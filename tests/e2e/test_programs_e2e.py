@@ -69,9 +69,9 @@ def arm_binary(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def go_lab(lab_lock, tmp_path):
-    """A 2-client lab on 192.168.20.0/24 with the seed's programs (and a few more) in its lab file."""
+def seed_programs_on_a_free_card_subnet() -> None:
+    """The lab can be built, the seed's four Go programs are there, and 192.168.20.0/24 is free (the
+    seed's Go TCP client dials 192.168.20.2 hard-coded): otherwise a skip (a failure under CI)."""
     _lab_ready_or_skip()
     for name in ("seed-tcpserver", "seed-tcpclient", "seed-udpserver", "seed-udpclient"):
         seed(name)
@@ -79,6 +79,12 @@ def go_lab(lab_lock, tmp_path):
     if busy:
         missing("a free 192.168.20.0/24 (the seed's Go TCP client dials 192.168.20.2 hard-coded)",
                 "in use here: " + "; ".join(busy))
+
+
+@pytest.fixture
+def go_lab(lab_lock, tmp_path):
+    """A 2-client lab on 192.168.20.0/24 with the seed's programs (and a few more) in its lab file."""
+    seed_programs_on_a_free_card_subnet()
     name = "p" + secrets.token_hex(3)
     arm_binary(tmp_path / "arm-client")
     lab_file = tmp_path / "lab.yml"
