@@ -22,15 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-LOCK_FILE = "/run/labctl-test.lock"
+from cli_timing import LOCK_FILE, REPO, load, timed  # (bench/ is on sys.path: run as a script)
+
 TARGET = 5.0
-# The CLI as a user runs it: with its bytecode cached (an environment that says PYTHONDONTWRITEBYTECODE
-# would make every start compile labctl again, ~0.1 s that no installed labctl pays).
-CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 LAB = """name: bex
 subnet: 192.168.126.0/24
 host_address: 192.168.126.1
@@ -39,19 +35,6 @@ clients: 3
 """
 
 
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=CLI_ENV)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(argv[2:])} failed ({proc.returncode}): "
-                         f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
-    return elapsed
-
-
-def load() -> str:
-    """This machine's load average (1, 5, 15 min): the figures beside it depend on it."""
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> int:

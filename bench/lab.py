@@ -21,14 +21,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-LOCK_FILE = "/run/labctl-test.lock"
-# The CLI as a user runs it: with its bytecode cached (an environment that says PYTHONDONTWRITEBYTECODE
-# would make every start compile labctl again, ~0.1 s that no installed labctl pays).
-CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+from cli_timing import LOCK_FILE, REPO, load, timed  # (bench/ is on sys.path: run as a script)
+
 TARGETS = {("up", 4): 0.5, ("up", 32): 1.5, ("down", 4): 0.3}
 LAB = """name: bench
 subnet: 192.168.125.0/24
@@ -38,18 +34,6 @@ clients: 3
 """
 
 
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=CLI_ENV)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(argv[2:])} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return elapsed
-
-
-def load() -> str:
-    """This machine's load average (1, 5, 15 min): the figures beside it depend on it."""
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def verify_sessions(lab_file: Path, nodes: int) -> None:

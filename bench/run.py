@@ -35,24 +35,21 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from cli_timing import CLI_ENV, LOCK_FILE, REPO, load  # (bench/ is on sys.path: run as a script)
+
 sys.path.insert(0, str(REPO))
 
-from labctl.analyse.readback import read_back  # noqa: E402
-from labctl.capture import capture  # noqa: E402
-from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of  # noqa: E402
-from labctl.remote import Connection, Group  # noqa: E402
-from labctl.run import Runner  # noqa: E402
+from labctl.analyse.readback import read_back
+from labctl.capture import capture
+from labctl.deploy import CLIENT_PROGRAM, REMOTE_DIR, ensure, ports_of
+from labctl.remote import Connection, Group
+from labctl.run import Runner
 
-LOCK_FILE = "/run/labctl-test.lock"
 STATE_ROOT = Path("/run/labctl")
 SUBNETS = {3: 78, 31: 79}
 SEED = Path(os.environ.get("LABCTL_BENCH_DIR") or REPO.parent / "shared" / "bench")
 GO_SUBNET = ipaddress.IPv4Network("192.168.20.0/24")  # the seed's Go TCP client dials 192.168.20.2:8080
 TARGETS = {3: (1.0, 0.5, 2.0), 31: (20.0, 2.0, None)}  # spread ms (the Go client's), run tcp s, capture s
-# The CLI as a user runs it: with its bytecode cached (an environment that says PYTHONDONTWRITEBYTECODE
-# would make every start compile labctl again, ~0.1 s that no installed labctl pays).
-CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 # The reference for `run tcp` as a whole process: the least a CLI that runs one command on a client
 # over SSH can do (Python, paramiko, the inventory, one connection with the pinned key, `true`).
 SSH_TRUE = """
@@ -66,10 +63,6 @@ with Connection(inventory.clients[0]) as conn:
     conn.run("true")
 """
 
-
-def load() -> str:
-    """This machine's load average (1, 5, 15 min): the figures beside it depend on it."""
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def subnet_in_use(net: ipaddress.IPv4Network) -> list[str]:
