@@ -16,6 +16,7 @@ import pytest
 
 from tests.procs import live_processes
 from tests.requires import require_tool
+from tests.said import BACKEND_LINE
 
 pytestmark = pytest.mark.lab
 
@@ -149,7 +150,7 @@ def test_capture_without_run_until_duration(netns_lab, tmp_path):
                             cwd=Path(__file__).resolve().parents[2])
     try:
         line = proc.stderr.readline()
-        while line.startswith("labctl: backend "):  # the line naming the backend in use comes first
+        while line.startswith(BACKEND_LINE):  # the line naming the backend in use comes first
             line = proc.stderr.readline()
         assert "tcpdump listening on server eth0" in line, line
         assert netns_lab.cli("run", "tcp").returncode == 0
@@ -177,7 +178,7 @@ def test_ctrl_c_during_capture_brings_home_the_pcap_and_stops_tcpdump(netns_lab,
             _past_start_up(proc.pid)  # connecting, or starting tcpdump: before or while it gets ready
         else:
             line = proc.stderr.readline()
-            while line.startswith("labctl: backend "):  # the line naming the backend comes first
+            while line.startswith(BACKEND_LINE):  # the line naming the backend comes first
                 line = proc.stderr.readline()
             assert "tcpdump listening" in line, line
             if when == "listening":
