@@ -353,8 +353,7 @@ class Runner:
                 startup = t["ready"] - t["execve"]
                 if 0.0 <= startup <= MAX_STARTUP:  # (longer: the program waits on purpose, not start-up)
                     self.startup[(program.name, r.node)] = startup
-        late = [r.late_ms for r in results if r.late_ms is not None
-                and r.warning and "not asleep in time" in r.warning]
+        late = [r.late_ms for r in results if r.late_ms is not None and r.woke_late]
         if late:  # the node got slower since it was measured
             prep.lead = min(MAX_LEAD, max(prep.lead, lead + safety() * max(late) / 1000.0))
         elif program.client is not None and prep.costs:

@@ -33,6 +33,7 @@ class ClientResult:
     attempts: int | None = None      # attempts the client made (None: unknown: a program not labctl's)
     timeouts: int | None = None      # of them, how many timed out (None: unknown)
     attempt_log: list[str] | None = None  # how each attempt ended: ok, timeout, refused, ... (built-in only)
+    woke_late: bool = False          # the built-in client was not asleep at the instant (see ``warning``)
     warning: str | None = None       # answered, but not as asked: e.g. it woke after the instant
 
     @property
@@ -219,6 +220,7 @@ def _builtin(res: ClientResult, reply: str, start_at: float, launcher_error: str
     if not res.ok:
         res.error = str(data.get("error") or launcher_error or f"client exited {res.exit}")
     elif is_late:  # its answer is real and kept; that it was not simultaneous is said, not hidden
+        res.woke_late = True
         res.warning = (f"woke up {res.late_ms or 0:.1f} ms after the start instant (it was not asleep in "
                        f"time, so it did not start with the others; on a busy machine set "
                        f"LABCTL_LEAD_SAFETY above {SAFETY})")
